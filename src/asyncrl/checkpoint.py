@@ -1,0 +1,48 @@
+"""Checkpoints: ``save_pretrained`` folders (plain transformers can load them) plus resume state.
+
+Layout: ``<run>/checkpoints/step_<N>/`` holds the model and tokenizer files, ``trainer_state.pt``
+(optimizer, scheduler, learner version, value head, counters, RNG) and ``config.yaml``;
+``<run>/checkpoints/latest`` names the newest. Every folder is written to a temporary name and
+renamed, so an interrupted save never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from asyncrl.io import atomic_dir, atomic_write_text
+
+TRAINER_STATE = "trainer_state.pt"
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, config_yaml: str) -> Path:
+    final = Path(run_dir) / "checkpoints" / f"step_{step}"
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        torch.save({**trainer_state, "torch_rng": torch.get_rng_state()}, tmp / TRAINER_STATE)
+        (tmp / "config.yaml").write_text(config_yaml)
+
+    atomic_dir(final, fill)
+    atomic_write_text(Path(run_dir) / "checkpoints" / "latest", final.name + "\n")
+    return final
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder (its latest checkpoint) -> the checkpoint folder."""
+    p = Path(path)
+    if (p / TRAINER_STATE).is_file():
+        return p
+    latest = p / "checkpoints" / "latest"
+    if latest.is_file():
+        ckpt = p / "checkpoints" / latest.read_text().strip()
+        if (ckpt / TRAINER_STATE).is_file():
+            return ckpt
+    raise ValueError(f"no checkpoint to resume from at {p} (expected {TRAINER_STATE} or checkpoints/latest)")
+
+
+def load_trainer_state(ckpt: Path) -> dict:
+    return torch.load(Path(ckpt) / TRAINER_STATE, map_location="cpu", weights_only=False)

@@ -1,0 +1,118 @@
+"""Command line: ``asyncrl train [CONFIG.yaml] [--field value ...]`` and ``asyncrl config``.
+
+Every config field is a flag of the same name with dashes (``max_lag`` -> ``--max-lag``). Values
+are read as YAML scalars (``none``/``null`` for None, ``true``/``false``) and validated by the
+config model, so a bad value gets the same one-line error from a flag as from a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from asyncrl.config import Config, ConfigError, field_docs, load_config
+
+
+def _parse_value(text: str):
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    docs = field_docs()
+    group = parser.add_argument_group("config fields (override the YAML file)")
+    for name, field in Config.model_fields.items():
+        default = field.default
+        group.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, metavar="VALUE",
+            help=f"{docs.get(name, '')} [default: {default}]".replace("%", "%%"),
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asyncrl", description="Asynchronous off-policy RL post-training of LMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a policy (no arguments: the built-in arithmetic job)")
+    train.add_argument("config", nargs="?", help="YAML config file")
+    _add_config_flags(train)
+    show = sub.add_parser("config", help="print the resolved config as YAML (same arguments as train)")
+    show.add_argument("config", nargs="?", help="YAML config file")
+    _add_config_flags(show)
+    return parser
+
+
+def resolve(args: argparse.Namespace) -> Config:
+    overrides = {k: _parse_value(v) for k, v in vars(args).items() if k in Config.model_fields}
+    cfg = load_config(args.config, overrides)
+    if cfg.output_dir is None:
+        if cfg.resume:
+            from asyncrl.checkpoint import find_checkpoint
+
+            cfg.output_dir = str(find_checkpoint(cfg.resume).parent.parent)
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            cfg.output_dir = f"runs/{cfg.task}-{cfg.loss}-lag{cfg.max_lag}-{stamp}"
+    return cfg
+
+
+def cmd_train(cfg: Config) -> int:
+    from asyncrl.runtime.local import LocalRuntime, WorkerFailed
+
+    run_dir = Path(cfg.output_dir)
+    if not cfg.resume and (run_dir / "checkpoints").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run with checkpoints; pass --resume {run_dir} to continue it "
+            "or choose another --output-dir"
+        )
+    print(f"asyncrl: run folder {run_dir}", flush=True)
+    try:
+        summary = LocalRuntime(cfg, run_dir).run()
+    except WorkerFailed as e:
+        print(f"asyncrl: error: {e}", file=sys.stderr)
+        return 1
+    acc = summary["final_accuracy"]
+    print(
+        f"asyncrl: {'interrupted' if summary['interrupted'] else 'done'} at step {summary['steps']}, "
+        f"wall {summary['wall_time_s']:.1f}s"
+        + (f", final accuracy {acc:.3f}" if acc is not None else "")
+        + f"; checkpoint {summary['checkpoint']}",
+        flush=True,
+    )
+    return 130 if summary["interrupted"] else 0
+
+
+def _quiet_libraries() -> None:
+    # Per-file "Loading weights" bars from every role drown the run's own progress output.
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        cfg = resolve(args)
+        if args.command == "config":
+            print(yaml.safe_dump(cfg.model_dump(), sort_keys=False), end="")
+            return 0
+        return cmd_train(cfg)
+    except (ConfigError, ValueError) as e:
+        print(f"asyncrl: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""One flat, typed run configuration.
+
+Every field is also a command-line flag of the same name (``max_lag`` is ``--max-lag``). Values
+come from, in increasing priority: field defaults, a YAML file, command-line flags. The resolved
+config is saved as ``config.yaml`` in the run folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+LossName = Literal["tb", "online_dpo", "rloo", "grpo", "ppo"]
+
+# Which `variant` values each loss accepts; the first is the default.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "tb": ("vargrad",),
+    "online_dpo": ("sigmoid", "ipo"),
+    "rloo": ("rloo",),
+    "grpo": ("grpo", "dr_grpo"),
+    "ppo": ("ppo",),
+}
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line meant for the user."""
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- what to train ---
+    task: str = "arithmetic"
+    """Task name (prompt source + reward + eval metric). Built in: ``arithmetic``."""
+    model: str | None = None
+    """Policy: a local Hugging Face model folder or a ``.gguf`` file. None = the task's built-in
+    base model (``arithmetic`` ships a tiny Llama)."""
+    output_dir: str | None = None
+    """Run folder. None = ``runs/<task>-<loss>-lag<max_lag>-<timestamp>``."""
+    seed: int = 0
+    """Seed for prompts, sampling, buffer and initialisation of new heads."""
+    resume: str | None = None
+    """Resume from a checkpoint folder (``<run>/checkpoints/step_N``) or a run folder (latest)."""
+
+    # --- algorithm ---
+    loss: LossName = "tb"
+    """Loss: ``tb`` (VarGrad trajectory balance), ``online_dpo``, ``rloo``, ``grpo``, ``ppo``."""
+    variant: str | None = None
+    """Loss variant: online_dpo ``sigmoid``/``ipo``; grpo ``grpo``/``dr_grpo``. None = default."""
+    beta: float = Field(0.1, gt=0)
+    """tb: reward temperature (target ∝ ref·exp(r/beta)); online_dpo: DPO beta."""
+    beta_end: float | None = Field(None, gt=0)
+    """tb: if set, beta moves linearly from ``beta`` to ``beta_end`` over ``steps``."""
+    kl_coef: float = Field(0.05, ge=0)
+    """rloo/ppo: KL-to-reference penalty folded into the reward; grpo: k3 KL term weight."""
+    clip_eps: float = Field(0.2, gt=0, lt=1)
+    """ppo/grpo: ratio clip epsilon; rloo: sequence-level ratio clip when ``rloo_clip``."""
+    rloo_clip: bool = False
+    """rloo: clip the sequence-level importance ratio (PPO-style) instead of plain REINFORCE."""
+    is_cap: float | None = Field(2.0, gt=0)
+    """grpo: truncated importance-sampling cap on pi_learner/pi_behaviour per token; None = off."""
+    vf_coef: float = Field(0.1, ge=0)
+    """ppo: value-loss weight."""
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    """ppo: GAE lambda."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """ppo: discount per token."""
+    reference: bool = True
+    """Keep a frozen copy of the initial policy as reference (needed by every loss's KL term)."""
+
+    # --- batch shape and sampling ---
+    steps: int = Field(300, ge=1)
+    """Learner steps (optimizer updates) to run."""
+    prompts_per_step: int = Field(16, ge=1)
+    """Prompts (groups) per learner batch."""
+    samples_per_prompt: int = Field(8, ge=1)
+    """K completions sampled per prompt."""
+    micro_batch_prompts: int | None = Field(None, ge=1)
+    """Prompts per micro-batch (gradient accumulation); None = whole batch at once."""
+    max_new_tokens: int = Field(8, ge=1)
+    """Generation stops at EOS or after this many tokens."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature; learner log-probs use the same scaling."""
+    chat_template: Literal["auto", "never"] = "auto"
+    """``auto``: wrap prompts in the tokenizer's chat template when it has one."""
+
+    # --- asynchrony ---
+    max_lag: int = Field(2, ge=0)
+    """Max staleness (learner updates between generating and training weights). 0 = synchronous
+    on-policy training: generate with the current weights, train, repeat."""
+    sync_every: int = Field(1, ge=1)
+    """Publish weights to generators every this many learner steps."""
+    num_generators: int = Field(1, ge=1)
+    """Generator workers sampling concurrently with the learner."""
+    workers: Literal["process", "thread"] = "process"
+    """How generators run beside the learner: separate processes (default; no GIL sharing) or
+    threads. See docs/runtime.md for the measurement behind the default."""
+    threads_per_worker: int | None = Field(None, ge=1)
+    """torch intra-op threads per role; None = cores split evenly between learner and generators."""
+
+    # --- replay buffer ---
+    buffer: Literal["fifo", "tba"] = "fifo"
+    """``fifo``: each sample once, oldest first, too-stale samples dropped. ``tba``: TBA replay."""
+    recency_prob: float = Field(0.5, ge=0, le=1)
+    """tba: probability m of drawing a prompt refreshed at the latest sync."""
+    inv_temp: float = Field(1.0, ge=0)
+    """tba: otherwise draw prompts by softmax(mean reward * inv_temp)."""
+    per_prompt_capacity: int = Field(32, ge=1)
+    """tba: samples kept per prompt (newest)."""
+    buffer_capacity: int = Field(20000, ge=1)
+    """tba: samples kept in all; the oldest are evicted."""
+
+    # --- optimisation ---
+    lr: float = Field(3e-4, gt=0)
+    """AdamW peak learning rate."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Decay after warmup, to 0 at ``steps`` for linear/cosine."""
+    warmup_steps: int = Field(10, ge=0)
+    """Linear warmup from 0 to ``lr``."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Gradient clipping by global norm; None = off."""
+
+    # --- evaluation, logging, checkpoints ---
+    eval_every: int = Field(50, ge=0)
+    """Greedy evaluation every this many steps (and at step 0 and the end); 0 = only those two."""
+    eval_limit: int | None = Field(None, ge=1)
+    """Evaluate on the first N eval prompts only."""
+    eval_log_generations: int = Field(4, ge=0)
+    """Generations written to ``generations.jsonl`` at each evaluation."""
+    save_every: int = Field(0, ge=0)
+    """Checkpoint every this many steps; 0 = only the final checkpoint."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto`` = cuda when available. Weights are fp32 on CPU, bf16 on GPU."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "Config":
+        allowed = VARIANTS[self.loss]
+        if self.variant is None:
+            object.__setattr__(self, "variant", allowed[0])
+        elif self.variant not in allowed:
+            raise ValueError(
+                f"variant {self.variant!r} is not valid for loss {self.loss!r}; "
+                f"choose one of {', '.join(allowed)}"
+            )
+        if self.loss in ("tb", "online_dpo", "rloo", "grpo") and self.samples_per_prompt < 2:
+            raise ValueError(f"loss {self.loss!r} compares samples of a prompt: samples_per_prompt must be >= 2")
+        if self.buffer == "fifo" and self.max_lag < self.sync_every - 1:
+            raise ValueError(
+                f"max_lag={self.max_lag} < sync_every-1={self.sync_every - 1}: with weights published every "
+                f"{self.sync_every} steps the freshest sample can be {self.sync_every - 1} steps stale; "
+                "raise max_lag or lower sync_every"
+            )
+        if self.micro_batch_prompts is not None and self.micro_batch_prompts > self.prompts_per_step:
+            raise ValueError("micro_batch_prompts cannot exceed prompts_per_step")
+        if self.buffer == "tba" and self.per_prompt_capacity < self.samples_per_prompt:
+            raise ValueError("per_prompt_capacity must be >= samples_per_prompt")
+        return self
+
+    @property
+    def synchronous(self) -> bool:
+        return self.max_lag == 0
+
+
+def _format_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if e["loc"] else msg)
+    return "invalid config: " + "; ".join(parts)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """YAML file (optional) + overrides -> validated Config; raises ConfigError with one line."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of field: value")
+        data.update(loaded)
+    data.update(overrides or {})
+    try:
+        return Config(**data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from asyncrl.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+
+
+def field_docs() -> dict[str, str]:
+    """Field name -> docstring, read from the source (used for --help and the docs table)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(Config))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[attr-defined]
+    return docs

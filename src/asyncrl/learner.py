@@ -1,0 +1,161 @@
+"""The learner role: batches of groups in, one optimizer step out, versioned weights published.
+
+Reference log-probs are computed here, on the learner, with a frozen copy of the initial policy,
+in the same forward layout as the policy's own log-probs (one extra no-grad forward per
+micro-batch). Generators never need the reference model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import Tensor
+
+from asyncrl.buffer import BufferBatch
+from asyncrl.config import Config
+from asyncrl.losses.common import LossInputs, seq_sum
+from asyncrl.losses.registry import make_loss
+from asyncrl.policy import Packed, completion_logprobs, pack
+
+
+def lr_lambda(cfg: Config):
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        if cfg.lr_schedule == "linear":
+            return 1.0 - frac
+        return 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    return f
+
+
+def flatten(batch: BufferBatch):
+    """Groups -> prompt-major rows: prompts [N] id lists, completions [N], behaviour [N], rewards [N]."""
+    prompts, comps, beh, rewards = [], [], [], []
+    for g in batch.groups:
+        for s in g.samples:
+            prompts.append(s.prompt_ids)
+            comps.append(s.completion_ids)
+            beh.append(s.behaviour_logprobs)
+            rewards.append(s.reward)
+    return prompts, comps, beh, rewards
+
+
+def _pad_floats(rows: list[list[float]], width: int) -> Tensor:  # [N, width]
+    out = torch.zeros((len(rows), width))
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out
+
+
+class Learner:
+    def __init__(self, cfg: Config, model, ref_model, pad_id: int, device: torch.device):
+        self.cfg = cfg
+        self.model = model.train()
+        self.ref_model = ref_model.eval() if ref_model is not None else None
+        if self.ref_model is not None:
+            self.ref_model.requires_grad_(False)
+        self.pad_id = pad_id
+        self.device = device
+        self.loss_fn = make_loss(cfg)
+        self.value_head = None
+        params = list(model.parameters())
+        if cfg.loss == "ppo":
+            # PPO's critic shares the policy trunk: a linear head on the last hidden state.
+            hidden = model.config.hidden_size
+            self.value_head = torch.nn.Linear(hidden, 1).to(device=device, dtype=next(model.parameters()).dtype)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
+            params += list(self.value_head.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.version = 0  # optimizer steps taken; samples carry the version that generated them
+
+    def _micro_inputs(self, packed: Packed, beh: Tensor, rewards: Tensor) -> LossInputs:
+        with_hidden = self.value_head is not None
+        out = completion_logprobs(self.model, packed, self.cfg.temperature, with_hidden=with_hidden)
+        logp, hidden = out if with_hidden else (out, None)
+        ref = None
+        if self.ref_model is not None:
+            with torch.no_grad():
+                ref = completion_logprobs(self.ref_model, packed, self.cfg.temperature)
+        values = self.value_head(hidden).squeeze(-1).float() if with_hidden else None
+        return LossInputs(
+            logp=logp, mask=packed.completion_mask, behaviour_logp=beh, rewards=rewards,
+            group_size=self.cfg.samples_per_prompt, ref_logp=ref, values=values,
+        )
+
+    def step(self, batch: BufferBatch) -> dict[str, float]:
+        """One optimizer update on ``batch``; returns metrics (floats)."""
+        t0 = time.perf_counter()
+        K = self.cfg.samples_per_prompt
+        prompts, comps, beh_rows, reward_rows = flatten(batch)
+        n_groups = len(batch.groups)
+        mb = self.cfg.micro_batch_prompts or n_groups
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        kl_sum = loss_sum = 0.0
+        tokens = 0
+        for g0 in range(0, n_groups, mb):
+            rows = slice(g0 * K, min(n_groups, g0 + mb) * K)
+            weight = (rows.stop - rows.start) / (n_groups * K)  # this micro-batch's share of groups
+            packed = pack(prompts[rows], comps[rows], self.pad_id).to(self.device)
+            C = packed.completion_ids.shape[1]
+            beh = _pad_floats(beh_rows[rows], C).to(self.device)  # [n, C]
+            rewards = torch.tensor(reward_rows[rows], dtype=torch.float32, device=self.device)  # [n]
+            inp = self._micro_inputs(packed, beh, rewards)
+            loss, metrics = self.loss_fn(inp, self.version)
+            (loss * weight).backward()
+            loss_sum += loss.item() * weight
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v * weight
+            if inp.ref_logp is not None:
+                kl = seq_sum(inp.logp.detach() - inp.ref_logp, inp.mask).mean().item()
+                kl_sum += kl * weight
+            tokens += int(packed.attention_mask.sum())
+        params = [p for grp in self.optimizer.param_groups for p in grp["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            params, self.cfg.max_grad_norm if self.cfg.max_grad_norm else float("inf")
+        ).item()
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.version += 1
+        dt = time.perf_counter() - t0
+        return {
+            "loss": loss_sum,
+            # Sequence-level KL(pi || ref) estimated on the batch's samples: mean over sequences of
+            # the summed per-token log-ratio (0 when no reference model is kept).
+            "kl": kl_sum,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "train_time_s": dt,
+            "learner_tokens": tokens,
+            "learner_tokens_per_s": tokens / dt,
+            **{f"loss/{k}": v for k, v in sums.items()},
+        }
+
+    def weights(self) -> dict[str, Tensor]:
+        """A CPU snapshot of the policy weights, safe to hand to other threads/processes."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    # --- checkpoint state beyond the model weights ---
+    def state_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "value_head": self.value_head.state_dict() if self.value_head is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.version = state["version"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.value_head is not None and state.get("value_head") is not None:
+            self.value_head.load_state_dict(state["value_head"])

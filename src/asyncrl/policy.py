@@ -1,0 +1,152 @@
+"""Models, tokenizers and per-token log-probs.
+
+Layout used everywhere a prompt+completion batch meets a model: prompts left-padded to the longest
+prompt P, completions right-padded to the longest completion C, so completion token ``j`` of every
+row sits at column ``P + j`` and is predicted by the logits at column ``P + j - 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+BUILTIN_MODELS = {"arithmetic": Path(__file__).parent / "assets" / "arithmetic-base"}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA GPU is visible to torch")
+    return torch.device(name)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    # bf16 halves memory and doubles matmul throughput on GPUs; CPUs get fp32 for exactness.
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def resolve_model_path(model: str | None, task: str) -> str:
+    if model is None:
+        if task not in BUILTIN_MODELS:
+            raise ValueError(f"task {task!r} has no built-in model; pass --model PATH")
+        return str(BUILTIN_MODELS[task])
+    p = Path(model)
+    if not p.exists():
+        raise ValueError(f"model path does not exist: {model} (models are loaded from local folders only)")
+    if p.is_file() and p.suffix != ".gguf":
+        raise ValueError(f"model file {model} is not a .gguf file; pass a model folder or a .gguf file")
+    return str(p)
+
+
+def _split_gguf(path: str) -> tuple[str, dict]:
+    p = Path(path)
+    if p.is_file():
+        return str(p.parent), {"gguf_file": p.name}
+    return str(p), {}
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    folder, extra = _split_gguf(path)
+    tok = AutoTokenizer.from_pretrained(folder, **extra)
+    # Decoder-only batched generation needs left padding; a missing pad token falls back to EOS.
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, device: torch.device, dtype: torch.dtype | None = None):
+    from transformers import AutoModelForCausalLM
+
+    folder, extra = _split_gguf(path)
+    dtype = dtype or default_dtype(device)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
+    return model.to(device)
+
+
+def encode_prompts(tokenizer, texts: list[str], chat_template: str = "auto") -> list[list[int]]:
+    """Prompt texts -> token ids; wrapped in the chat template when the tokenizer has one."""
+    use_chat = chat_template == "auto" and getattr(tokenizer, "chat_template", None)
+    out = []
+    for text in texts:
+        if use_chat:
+            rendered = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            )
+            # The template already holds BOS where the model wants it.
+            out.append(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        else:
+            out.append(tokenizer(text)["input_ids"])
+    return out
+
+
+@dataclass
+class Packed:
+    input_ids: Tensor  # [N, P+C]
+    attention_mask: Tensor  # [N, P+C]
+    position_ids: Tensor  # [N, P+C]
+    completion_ids: Tensor  # [N, C]
+    completion_mask: Tensor  # [N, C] float
+    prompt_len: int  # P
+
+    def to(self, device: torch.device) -> "Packed":
+        return Packed(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.position_ids.to(device),
+            self.completion_ids.to(device),
+            self.completion_mask.to(device),
+            self.prompt_len,
+        )
+
+
+def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> Packed:
+    n = len(prompts)
+    P = max(len(p) for p in prompts)
+    C = max(1, max(len(c) for c in completions))
+    ids = torch.full((n, P + C), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, P + C), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids[i, P - len(p) : P] = torch.tensor(p, dtype=torch.long)
+        attn[i, P - len(p) : P] = 1
+        if c:
+            ids[i, P : P + len(c)] = torch.tensor(c, dtype=torch.long)
+            attn[i, P : P + len(c)] = 1
+    # Positions count real tokens only, so a left-padded row sees the same positions as unpadded.
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    comp_mask = attn[:, P:].float()
+    return Packed(ids, attn, pos, ids[:, P:].clone(), comp_mask, P)
+
+
+def token_logprobs(logits: Tensor, targets: Tensor, temperature: float) -> Tensor:
+    """logits [N, C, V], targets [N, C] -> [N, C] log-softmax(logits / temperature) at targets."""
+    logits = logits.float() / temperature
+    # log_softmax via logsumexp keeps a single [N, C, V] temporary.
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+def completion_logprobs(model, batch: Packed, temperature: float, with_hidden: bool = False):
+    """Per-token log-probs of the completion tokens.
+
+    Returns logp [N, C] (masked positions hold garbage; multiply by ``batch.completion_mask``) and,
+    with ``with_hidden``, the last hidden states at the predicting positions [N, C, H].
+    """
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        output_hidden_states=with_hidden,
+        use_cache=False,
+    )
+    P, C = batch.prompt_len, batch.completion_ids.shape[1]
+    logits = out.logits[:, P - 1 : P - 1 + C]  # [N, C, V]
+    logp = token_logprobs(logits, batch.completion_ids, temperature)
+    if with_hidden:
+        return logp, out.hidden_states[-1][:, P - 1 : P - 1 + C]
+    return logp

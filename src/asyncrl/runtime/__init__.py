@@ -1,0 +1,1 @@
+"""Runtimes host the roles (generators, buffer, learner). ``local``: one machine."""

@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny random Llama with a real character-level HF tokenizer, built in-process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def build_tiny_model_dir(path, seed: int = 0, chat_template: str | None = None):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>"]
+    chars = list("0123456789+-=abcdefghijklmnopqrstuvwxyz ?.,:|<>/")
+    vocab = {t: i for i, t in enumerate(specials + chars)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="left"
+    )
+    if chat_template:
+        tok.chat_template = chat_template
+    tok.save_pretrained(path)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(cfg)
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama")))

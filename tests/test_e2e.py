@@ -1,0 +1,111 @@
+"""Tiny end-to-end runs on CPU (seconds each) through the real CLI entry point."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from asyncrl.cli import main
+from asyncrl.policy import BUILTIN_MODELS
+
+pytestmark = pytest.mark.e2e
+
+BASE = BUILTIN_MODELS["arithmetic"]
+TINY = ["--steps", "4", "--prompts-per-step", "4", "--samples-per-prompt", "4", "--eval-every", "2",
+        "--eval-limit", "16", "--max-new-tokens", "6", "--warmup-steps", "0", "--lr", "1e-3"]
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _run(tmp_path, *flags) -> Path:
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--output-dir", str(out), *flags]) == 0
+    return out
+
+
+def _param_delta(ckpt: Path) -> float:
+    from transformers import AutoModelForCausalLM
+
+    before = AutoModelForCausalLM.from_pretrained(BASE).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(ckpt).state_dict()  # plain transformers can load it
+    return max((after[k].float() - before[k].float()).abs().max().item() for k in before)
+
+
+@pytest.mark.parametrize("max_lag", [0, 2])
+@pytest.mark.parametrize("loss", ["tb", "online_dpo", "rloo", "grpo", "ppo"])
+def test_each_loss_sync_and_async(tmp_path, loss, max_lag):
+    out = _run(tmp_path, "--loss", loss, "--max-lag", str(max_lag), "--workers", "thread")
+    rows = _rows(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert r["staleness_max"] <= max_lag
+        assert all(v is not None for v in r.values()), r
+    if max_lag == 0:
+        assert all(r["staleness_mean"] == 0 for r in rows)
+    evals = _rows(out / "eval.jsonl")
+    assert [e["step"] for e in evals] == [0, 2, 4] and evals[0]["wall_time_s"] >= 0
+    assert (out / "config.yaml").is_file() and list((out / "tb").iterdir())
+    assert _param_delta(out / "checkpoints" / "step_4") > 0
+
+
+def test_process_workers_two_generators_and_resume(tmp_path):
+    out = _run(tmp_path, "--workers", "process", "--num-generators", "2", "--max-lag", "1",
+               "--save-every", "2")
+    rows = _rows(out / "metrics.jsonl")
+    assert max(r["staleness_max"] for r in rows) <= 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["samples_seen"] == 4 * 4 * 4
+    # resume the same run folder for two more steps: versions and counters continue
+    assert main(["train", *TINY, "--steps", "6", "--resume", str(out), "--workers", "thread"]) == 0
+    rows = _rows(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[-1]["samples_seen"] == 6 * 4 * 4
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_6"
+
+
+def test_tba_buffer_run(tmp_path):
+    out = _run(tmp_path, "--buffer", "tba", "--workers", "thread", "--max-lag", "1")
+    rows = _rows(out / "metrics.jsonl")
+    assert rows[-1]["buffer/size"] > 0
+    # replay: later batches may hold samples older than the newest request
+    assert all(r["staleness_max"] >= 0 for r in rows)
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, capsys):
+    out = _run(tmp_path, "--workers", "thread")
+    assert main(["train", *TINY, "--output-dir", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_ctrl_c_writes_final_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "CI": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asyncrl.cli", "train", *TINY, "--steps", "100000", "--eval-every", "0",
+         "--output-dir", str(out), "--workers", "process"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        m = out / "metrics.jsonl"
+        if m.is_file() and len(m.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("run did not start")
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout
+    ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    assert state["learner"]["version"] == int(ckpt.name.split("_")[1]) >= 3
+    assert "interrupted at step" in stdout
