@@ -307,6 +307,12 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    # transformers 5 records the class as "TokenizersBackend", a name 4.x cannot resolve;
+    # "PreTrainedTokenizerFast" loads the same tokenizer.json in both (engines may pin 4.x).
+    tok_cfg_path = out_dir / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_cfg_path.read_text())
+    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2) + "\n")
     # Reload with plain transformers: this is exactly how users and the engines will load it.
     re_tok = AutoTokenizer.from_pretrained(out_dir)
     check_tokenizer(re_tok)
