@@ -70,9 +70,13 @@ class Config(BaseModel):
     """ppo: discount per token."""
     reference: bool = True
     """Keep a frozen copy of the initial policy as reference (needed by every loss's KL term)."""
+    reference_on: Literal["generator", "learner"] = "generator"
+    """Where reference log-probs are computed: ``generator`` (once per sample, right after
+    sampling, on the generator's otherwise idle time; reused when replayed) or ``learner`` (every
+    time a sample is trained on). See docs/runtime.md."""
 
     # --- batch shape and sampling ---
-    steps: int = Field(300, ge=1)
+    steps: int = Field(900, ge=1)
     """Learner steps (optimizer updates) to run."""
     prompts_per_step: int = Field(16, ge=1)
     """Prompts (groups) per learner batch."""
@@ -98,8 +102,12 @@ class Config(BaseModel):
     workers: Literal["process", "thread"] = "process"
     """How generators run beside the learner: separate processes (default; no GIL sharing) or
     threads. See docs/runtime.md for the measurement behind the default."""
-    threads_per_worker: int | None = Field(None, ge=1)
-    """torch intra-op threads per role; None = cores split evenly between learner and generators."""
+    learner_threads: int | None = Field(None, ge=1)
+    """CPU torch threads for the learner; None = all cores when synchronous, else the cores the
+    generators leave free, at least 1 (see docs/runtime.md)."""
+    generator_threads: int | None = Field(None, ge=1)
+    """CPU torch threads per generator process; None = all cores when synchronous (roles take
+    turns), else cores / (1 + num_generators), at least 1."""
 
     # --- replay buffer ---
     buffer: Literal["fifo", "tba"] = "fifo"
@@ -114,9 +122,9 @@ class Config(BaseModel):
     """tba: samples kept in all; the oldest are evicted."""
 
     # --- optimisation ---
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(5e-5, gt=0)
     """AdamW peak learning rate."""
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
     """Decay after warmup, to 0 at ``steps`` for linear/cosine."""
     warmup_steps: int = Field(10, ge=0)
     """Linear warmup from 0 to ``lr``."""
@@ -126,7 +134,7 @@ class Config(BaseModel):
     """Gradient clipping by global norm; None = off."""
 
     # --- evaluation, logging, checkpoints ---
-    eval_every: int = Field(50, ge=0)
+    eval_every: int = Field(100, ge=0)
     """Greedy evaluation every this many steps (and at step 0 and the end); 0 = only those two."""
     eval_limit: int | None = Field(None, ge=1)
     """Evaluate on the first N eval prompts only."""

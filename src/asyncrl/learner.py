@@ -1,8 +1,9 @@
 """The learner role: batches of groups in, one optimizer step out, versioned weights published.
 
-Reference log-probs are computed here, on the learner, with a frozen copy of the initial policy,
-in the same forward layout as the policy's own log-probs (one extra no-grad forward per
-micro-batch). Generators never need the reference model.
+Reference log-probs come with the samples when generators computed them (``reference_on:
+generator``, the default: once per sample, on generator time); with ``reference_on: learner`` the
+learner computes them here with its own frozen copy of the initial policy, one extra no-grad
+forward per micro-batch, every time a sample is trained on.
 """
 
 from __future__ import annotations
@@ -35,15 +36,17 @@ def lr_lambda(cfg: Config):
 
 
 def flatten(batch: BufferBatch):
-    """Groups -> prompt-major rows: prompts [N] id lists, completions [N], behaviour [N], rewards [N]."""
-    prompts, comps, beh, rewards = [], [], [], []
+    """Groups -> prompt-major rows: prompts, completions, behaviour log-probs, rewards, ref log-probs
+    (each a list of N = B*K entries)."""
+    prompts, comps, beh, rewards, refs = [], [], [], [], []
     for g in batch.groups:
         for s in g.samples:
             prompts.append(s.prompt_ids)
             comps.append(s.completion_ids)
             beh.append(s.behaviour_logprobs)
             rewards.append(s.reward)
-    return prompts, comps, beh, rewards
+            refs.append(s.ref_logprobs)
+    return prompts, comps, beh, rewards, refs
 
 
 def _pad_floats(rows: list[list[float]], width: int) -> Tensor:  # [N, width]
@@ -76,12 +79,11 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.version = 0  # optimizer steps taken; samples carry the version that generated them
 
-    def _micro_inputs(self, packed: Packed, beh: Tensor, rewards: Tensor) -> LossInputs:
+    def _micro_inputs(self, packed: Packed, beh: Tensor, rewards: Tensor, ref: Tensor | None) -> LossInputs:
         with_hidden = self.value_head is not None
         out = completion_logprobs(self.model, packed, self.cfg.temperature, with_hidden=with_hidden)
         logp, hidden = out if with_hidden else (out, None)
-        ref = None
-        if self.ref_model is not None:
+        if ref is None and self.ref_model is not None:
             with torch.no_grad():
                 ref = completion_logprobs(self.ref_model, packed, self.cfg.temperature)
         values = self.value_head(hidden).squeeze(-1).float() if with_hidden else None
@@ -94,7 +96,7 @@ class Learner:
         """One optimizer update on ``batch``; returns metrics (floats)."""
         t0 = time.perf_counter()
         K = self.cfg.samples_per_prompt
-        prompts, comps, beh_rows, reward_rows = flatten(batch)
+        prompts, comps, beh_rows, reward_rows, ref_rows = flatten(batch)
         n_groups = len(batch.groups)
         mb = self.cfg.micro_batch_prompts or n_groups
         self.optimizer.zero_grad(set_to_none=True)
@@ -108,7 +110,9 @@ class Learner:
             C = packed.completion_ids.shape[1]
             beh = _pad_floats(beh_rows[rows], C).to(self.device)  # [n, C]
             rewards = torch.tensor(reward_rows[rows], dtype=torch.float32, device=self.device)  # [n]
-            inp = self._micro_inputs(packed, beh, rewards)
+            refs = ref_rows[rows]
+            ref = _pad_floats(refs, C).to(self.device) if all(r is not None for r in refs) else None  # [n, C]
+            inp = self._micro_inputs(packed, beh, rewards, ref)
             loss, metrics = self.loss_fn(inp, self.version)
             (loss * weight).backward()
             loss_sum += loss.item() * weight

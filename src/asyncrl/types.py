@@ -33,6 +33,7 @@ class Sample:
     version: int  # learner version of the weights that generated this sample
     finished: bool  # True when generation stopped at EOS (not at max tokens)
     text: str = ""  # decoded completion, for logs
+    ref_logprobs: list[float] | None = None  # [C] frozen reference log-probs, when the generator computed them
 
 
 @dataclass

@@ -74,7 +74,7 @@ class LocalRuntime:
         tokenizer = load_tokenizer(policy_path)
         model = load_model(policy_path, device)
         # The reference is always the *initial* policy, also after a resume.
-        ref = load_model(base_path, device) if cfg.reference else None
+        ref = load_model(base_path, device) if cfg.reference and cfg.reference_on == "learner" else None
         learner = Learner(cfg, model, ref, tokenizer.pad_token_id, device)
         counters = {"samples_seen": 0, "dropped": 0}
         if trainer_state is not None:
@@ -88,7 +88,7 @@ class LocalRuntime:
         )
         ctx, outbox = make_outbox(cfg.workers)
         workers = [
-            WorkerHandle(cfg.workers, cfg, policy_path, w, outbox, gen_threads, ctx)
+            WorkerHandle(cfg.workers, cfg, policy_path, base_path, w, outbox, gen_threads, ctx)
             for w in range(cfg.num_generators)
         ]
         logger = RunLogger(self.run_dir, cfg.steps, learner.version)
@@ -98,7 +98,7 @@ class LocalRuntime:
         in_main = threading.current_thread() is threading.main_thread()
         prev_handler = signal.signal(signal.SIGINT, self._on_sigint) if in_main else None
         interrupted = False
-        totals = {"gen_time_s": 0.0, "gen_tokens": 0, "train_time_s": 0.0, "wait_time_s": 0.0,
+        totals = {"gen_time_s": 0.0, "score_time_s": 0.0, "gen_tokens": 0, "train_time_s": 0.0, "wait_time_s": 0.0,
                   "sync_time_s": 0.0, "eval_time_s": 0.0, "weight_load_s": 0.0}
         step = learner.version
         t0 = time.perf_counter()
@@ -153,6 +153,7 @@ class LocalRuntime:
                     assigned[wid] -= 1
                     pending_stats.append(stats)
                     totals["gen_time_s"] += stats.gen_time_s
+                    totals["score_time_s"] += stats.score_time_s
                     totals["gen_tokens"] += stats.tokens
                     totals["weight_load_s"] += load_s
 

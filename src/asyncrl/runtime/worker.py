@@ -20,22 +20,27 @@ import torch
 from asyncrl.config import Config
 
 
-def build_generator(cfg: Config, model_path: str, worker_id: int, model=None, tokenizer=None):
+def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str | None = None):
     from asyncrl.engines import make_engine
     from asyncrl.generator import Generator
     from asyncrl.policy import load_model, load_tokenizer, resolve_device
     from asyncrl.tasks import make_task
 
     device = resolve_device(cfg.device)
-    tokenizer = tokenizer or load_tokenizer(model_path)
-    model = model or load_model(model_path, device)
+    tokenizer = load_tokenizer(model_path)
+    model = load_model(model_path, device)
+    ref = None
+    if cfg.reference and cfg.reference_on == "generator":
+        ref = load_model(ref_path or model_path, device).eval().requires_grad_(False)
     engine = make_engine("hf", model, tokenizer, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     torch.manual_seed(cfg.seed * 7919 + worker_id)
     return Generator(engine, make_task(cfg.task), tokenizer, samples_per_prompt=cfg.samples_per_prompt,
-                     seed=cfg.seed * 1000 + worker_id, chat_template=cfg.chat_template)
+                     seed=cfg.seed * 1000 + worker_id, chat_template=cfg.chat_template, ref_model=ref,
+                     temperature=cfg.temperature)
 
 
-def worker_loop(cfg_dict: dict, model_path: str, worker_id: int, inbox, outbox, threads: int | None) -> None:
+def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, inbox, outbox,
+                threads: int | None) -> None:
     import time
 
     import signal
@@ -47,7 +52,7 @@ def worker_loop(cfg_dict: dict, model_path: str, worker_id: int, inbox, outbox, 
         if threads:  # None in thread mode: the thread pool is per process, owned by the learner
             torch.set_num_threads(threads)
         cfg = Config(**cfg_dict)
-        gen = build_generator(cfg, model_path, worker_id)
+        gen = build_generator(cfg, model_path, worker_id, ref_path)
         outbox.put(("ready", worker_id))
         load_s = 0.0
         while True:
@@ -71,20 +76,21 @@ def worker_loop(cfg_dict: dict, model_path: str, worker_id: int, inbox, outbox, 
 class WorkerHandle:
     """One generator worker, running as a thread or a process; the controller only sees queues."""
 
-    def __init__(self, kind: str, cfg: Config, model_path: str, worker_id: int, outbox, threads: int, ctx=None):
+    def __init__(self, kind: str, cfg: Config, model_path: str, ref_path: str, worker_id: int, outbox,
+                 threads: int, ctx=None):
         self.kind = kind
         self.worker_id = worker_id
         args_cfg = cfg.model_dump()
         if kind == "process":
             self.inbox = ctx.Queue()
             self._runner = ctx.Process(
-                target=worker_loop, args=(args_cfg, model_path, worker_id, self.inbox, outbox, threads),
+                target=worker_loop, args=(args_cfg, model_path, ref_path, worker_id, self.inbox, outbox, threads),
                 daemon=True, name=f"asyncrl-gen-{worker_id}",
             )
         else:
             self.inbox = queue.Queue()
             self._runner = threading.Thread(
-                target=worker_loop, args=(args_cfg, model_path, worker_id, self.inbox, outbox, None),
+                target=worker_loop, args=(args_cfg, model_path, ref_path, worker_id, self.inbox, outbox, None),
                 daemon=True, name=f"asyncrl-gen-{worker_id}",
             )
         self._runner.start()
@@ -117,12 +123,12 @@ def make_outbox(kind: str):
 
 
 def default_threads(cfg: Config) -> tuple[int, int]:
-    """(learner threads, threads per generator)."""
+    """(learner threads, threads per generator process), measured choices in docs/runtime.md."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cfg.threads_per_worker is not None:
-        return cfg.threads_per_worker, cfg.threads_per_worker
     if cfg.synchronous:
         # Roles never overlap in synchronous mode, so each may use every core in its turn.
-        return cores, cores
-    share = max(1, cores // (1 + cfg.num_generators))
-    return share, share
+        gen, learner = cores, cores
+    else:
+        gen = max(1, cores // (1 + cfg.num_generators))
+        learner = max(1, cores - gen * cfg.num_generators)
+    return cfg.learner_threads or learner, cfg.generator_threads or gen
