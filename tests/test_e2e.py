@@ -42,7 +42,8 @@ def _param_delta(ckpt: Path) -> float:
 @pytest.mark.parametrize("max_lag", [0, 2])
 @pytest.mark.parametrize("loss", ["tb", "online_dpo", "rloo", "grpo", "ppo"])
 def test_each_loss_sync_and_async(tmp_path, loss, max_lag):
-    out = _run(tmp_path, "--loss", loss, "--max-lag", str(max_lag), "--workers", "thread")
+    out = _run(tmp_path, "--loss", loss, "--max-lag", str(max_lag), "--workers", "thread",
+               "--reference-on", "learner" if loss == "ppo" else "generator")
     rows = _rows(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
