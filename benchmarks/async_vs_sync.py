@@ -59,7 +59,7 @@ def main() -> None:
                 "wall_time_s": s["wall_time_s"],
                 "time_to_target_s": time_to_target(run, args.target),
                 "final_accuracy": s["final_accuracy"],
-                "gen_time_s": s["gen_time_s"],
+                "gen_time_s": s["gen_time_s"] + s["score_time_s"],  # generator busy: sampling + scoring
                 "train_time_s": s["train_time_s"],
                 "wait_time_s": s["wait_time_s"],
                 "sync_time_s": s["sync_time_s"],

@@ -87,3 +87,13 @@ def test_config_command_prints_resolved_yaml(capsys):
 def test_console_script_installed():
     out = subprocess.run([sys.executable, "-m", "asyncrl.cli", "train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--samples-per-prompt" in out.stdout
+
+
+def test_config_reference_doc_is_current():
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gen_config_docs.py"
+    assert subprocess.run([sys.executable, str(script), "--check"]).returncode == 0, (
+        "docs/config.md is stale: run python scripts/gen_config_docs.py"
+    )

@@ -67,6 +67,16 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype | None = None
     folder, extra = _split_gguf(path)
     dtype = dtype or default_dtype(device)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
+    if extra:
+        # A GGUF-loaded model is marked quantized and refuses save_pretrained, which checkpoints
+        # need: move its de-quantised weights into a plain model built from the same config.
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        plain.load_state_dict(model.state_dict())
+        plain.generation_config = model.generation_config
+        model = plain
     return model.to(device)
 
 

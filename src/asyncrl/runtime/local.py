@@ -88,7 +88,7 @@ class LocalRuntime:
         )
         ctx, outbox = make_outbox(cfg.workers)
         workers = [
-            WorkerHandle(cfg.workers, cfg, policy_path, base_path, w, outbox, gen_threads, ctx)
+            WorkerHandle(cfg.workers, cfg, policy_path, base_path, w, learner.version, outbox, gen_threads, ctx)
             for w in range(cfg.num_generators)
         ]
         logger = RunLogger(self.run_dir, cfg.steps, learner.version)

@@ -20,7 +20,8 @@ import torch
 from asyncrl.config import Config
 
 
-def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str | None = None):
+def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str | None = None,
+                    start_version: int = 0):
     from asyncrl.engines import make_engine
     from asyncrl.generator import Generator
     from asyncrl.policy import load_model, load_tokenizer, resolve_device
@@ -33,14 +34,16 @@ def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str 
     if cfg.reference and cfg.reference_on == "generator":
         ref = load_model(ref_path or model_path, device).eval().requires_grad_(False)
     engine = make_engine("hf", model, tokenizer, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
-    torch.manual_seed(cfg.seed * 7919 + worker_id)
+    # A resumed run continues with fresh prompt and sampling streams instead of replaying the first ones.
+    offset = 100_003 * start_version
+    torch.manual_seed(cfg.seed * 7919 + worker_id + offset)
     return Generator(engine, make_task(cfg.task), tokenizer, samples_per_prompt=cfg.samples_per_prompt,
-                     seed=cfg.seed * 1000 + worker_id, chat_template=cfg.chat_template, ref_model=ref,
+                     seed=cfg.seed * 1000 + worker_id + offset, chat_template=cfg.chat_template, ref_model=ref,
                      temperature=cfg.temperature)
 
 
-def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, inbox, outbox,
-                threads: int | None) -> None:
+def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, start_version: int, inbox,
+                outbox, threads: int | None) -> None:
     import time
 
     import signal
@@ -52,7 +55,7 @@ def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, 
         if threads:  # None in thread mode: the thread pool is per process, owned by the learner
             torch.set_num_threads(threads)
         cfg = Config(**cfg_dict)
-        gen = build_generator(cfg, model_path, worker_id, ref_path)
+        gen = build_generator(cfg, model_path, worker_id, ref_path, start_version)
         outbox.put(("ready", worker_id))
         load_s = 0.0
         while True:
@@ -76,21 +79,21 @@ def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, 
 class WorkerHandle:
     """One generator worker, running as a thread or a process; the controller only sees queues."""
 
-    def __init__(self, kind: str, cfg: Config, model_path: str, ref_path: str, worker_id: int, outbox,
-                 threads: int, ctx=None):
+    def __init__(self, kind: str, cfg: Config, model_path: str, ref_path: str, worker_id: int, start_version: int,
+                 outbox, threads: int, ctx=None):
         self.kind = kind
         self.worker_id = worker_id
         args_cfg = cfg.model_dump()
         if kind == "process":
             self.inbox = ctx.Queue()
             self._runner = ctx.Process(
-                target=worker_loop, args=(args_cfg, model_path, ref_path, worker_id, self.inbox, outbox, threads),
+                target=worker_loop, args=(args_cfg, model_path, ref_path, worker_id, start_version, self.inbox, outbox, threads),
                 daemon=True, name=f"asyncrl-gen-{worker_id}",
             )
         else:
             self.inbox = queue.Queue()
             self._runner = threading.Thread(
-                target=worker_loop, args=(args_cfg, model_path, ref_path, worker_id, self.inbox, outbox, None),
+                target=worker_loop, args=(args_cfg, model_path, ref_path, worker_id, start_version, self.inbox, outbox, None),
                 daemon=True, name=f"asyncrl-gen-{worker_id}",
             )
         self._runner.start()
