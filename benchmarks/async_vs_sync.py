@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 MODES = {
-    "sync": ["--max-lag", "0"],
+    "sync": ["--max-lag", "0"],  # workers auto -> inline: ordinary synchronous training in one thread
+    "sync-process": ["--max-lag", "0", "--workers", "process"],
     "async": [],  # the default job: max_lag from the config default
     "async-thread": ["--workers", "thread"],
     "sync-thread": ["--max-lag", "0", "--workers", "thread"],

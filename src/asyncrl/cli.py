@@ -1,4 +1,4 @@
-"""Command line: ``asyncrl train [CONFIG.yaml] [--field value ...]`` and ``asyncrl config``.
+"""Command line: ``asyncrl train [CONFIG.yaml] [--field value ...]``, ``asyncrl config``, ``asyncrl eval``.
 
 Every config field is a flag of the same name with dashes (``max_lag`` -> ``--max-lag``). Values
 are read as YAML scalars (``none``/``null`` for None, ``true``/``false``) and validated by the
@@ -46,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("config", help="print the resolved config as YAML (same arguments as train)")
     show.add_argument("config", nargs="?", help="YAML config file")
     _add_config_flags(show)
+    for name, text in (("sft", "supervised fine-tuning on prompt/completion rows (docs/sft_rm.md)"),
+                       ("rm", "train a Bradley-Terry reward model on chosen/rejected pairs (docs/sft_rm.md)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", nargs="?", help="YAML config file")
+        _add_config_flags(p)
+    ev = sub.add_parser("eval", help="greedy evaluation of a checkpoint on a task; writes eval_report.json "
+                                     "(docs/tasks.md)")
+    ev.add_argument("checkpoint", help="model folder (save_pretrained), run folder, run checkpoint folder or .gguf")
+    ev.add_argument("--limit", dest="eval_limit", default=argparse.SUPPRESS, metavar="N",
+                    help="evaluate the first N eval prompts only (same as --eval-limit)")
+    ev.set_defaults(config=None)
+    _add_config_flags(ev)
     return parser
 
 
@@ -59,7 +71,10 @@ def resolve(args: argparse.Namespace) -> Config:
             cfg.output_dir = str(find_checkpoint(cfg.resume).parent.parent)
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            cfg.output_dir = f"runs/{cfg.task}-{cfg.loss}-lag{cfg.max_lag}-{stamp}"
+            if getattr(args, "command", None) in ("sft", "rm"):
+                cfg.output_dir = f"runs/{args.command}-{stamp}"
+            else:
+                cfg.output_dir = f"runs/{cfg.task}-{cfg.loss}-lag{cfg.max_lag}-{stamp}"
     return cfg
 
 
@@ -73,9 +88,11 @@ def cmd_train(cfg: Config) -> int:
             "or choose another --output-dir"
         )
     print(f"asyncrl: run folder {run_dir}", flush=True)
+    from asyncrl.tasks import RewardError
+
     try:
         summary = LocalRuntime(cfg, run_dir).run()
-    except WorkerFailed as e:
+    except (WorkerFailed, RewardError) as e:  # RewardError: raised in this process (evaluation, inline worker)
         print(f"asyncrl: error: {e}", file=sys.stderr)
         return 1
     acc = summary["final_accuracy"]
@@ -83,6 +100,44 @@ def cmd_train(cfg: Config) -> int:
         f"asyncrl: {'interrupted' if summary['interrupted'] else 'done'} at step {summary['steps']}, "
         f"wall {summary['wall_time_s']:.1f}s"
         + (f", final accuracy {acc:.3f}" if acc is not None else "")
+        + f"; checkpoint {summary['checkpoint']}",
+        flush=True,
+    )
+    return 130 if summary["interrupted"] else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``asyncrl eval CHECKPOINT --task NAME [--limit N] [--output-dir DIR]``."""
+    from asyncrl.evaluation import REPORT, eval_checkpoint, eval_config
+    from asyncrl.tasks import RewardError
+
+    overrides = {k: _parse_value(v) for k, v in vars(args).items() if k in Config.model_fields}
+    cfg = eval_config(args.checkpoint, overrides)
+    try:
+        report = eval_checkpoint(cfg)
+    except RewardError as e:
+        print(f"asyncrl: error: {e}", file=sys.stderr)
+        return 1
+    shown = ", ".join(f"{k} {report[k]:.4f}" for k in ("accuracy", "reward_mean") if report.get(k) is not None)
+    print(f"asyncrl: eval {cfg.task} on {cfg.model}: {shown + ', ' if shown else ''}n={report['n']}; "
+          f"report {Path(cfg.output_dir) / REPORT}", flush=True)
+    return 0
+
+
+def cmd_supervised(command: str, cfg: Config) -> int:
+    """``asyncrl sft`` / ``asyncrl rm``."""
+    if command == "sft":
+        from asyncrl.sft import run_sft as run
+    else:
+        from asyncrl.rm import run_rm as run
+    print(f"asyncrl: run folder {cfg.output_dir}", flush=True)
+    summary = run(cfg)
+    ev = summary["final_eval"] or {}
+    held = ev.get("eval_accuracy", ev.get("eval_loss"))
+    print(
+        f"asyncrl: {command} {'interrupted' if summary['interrupted'] else 'done'} at step {summary['steps']}, "
+        f"wall {summary['wall_time_s']:.1f}s, loss {summary['final_loss']}"
+        + (f", held-out {'accuracy' if 'eval_accuracy' in ev else 'loss'} {held:.4f}" if held is not None else "")
         + f"; checkpoint {summary['checkpoint']}",
         flush=True,
     )
@@ -104,10 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
+        if args.command == "eval":
+            return cmd_eval(args)
         cfg = resolve(args)
         if args.command == "config":
             print(yaml.safe_dump(cfg.model_dump(), sort_keys=False), end="")
             return 0
+        if args.command in ("sft", "rm"):
+            return cmd_supervised(args.command, cfg)
         return cmd_train(cfg)
     except (ConfigError, ValueError) as e:
         print(f"asyncrl: error: {e}", file=sys.stderr)

@@ -34,7 +34,8 @@ class Config(BaseModel):
 
     # --- what to train ---
     task: str = "arithmetic"
-    """Task name (prompt source + reward + eval metric). Built in: ``arithmetic``."""
+    """Task (prompt source + reward + eval metric): ``arithmetic``, ``gsm8k``, or ``custom`` (prompts
+    from ``prompts``, reward from ``reward``). See docs/tasks.md."""
     model: str | None = None
     """Policy: a local Hugging Face model folder or a ``.gguf`` file. None = the task's built-in
     base model (``arithmetic`` ships a tiny Llama)."""
@@ -44,6 +45,27 @@ class Config(BaseModel):
     """Seed for prompts, sampling, buffer and initialisation of new heads."""
     resume: str | None = None
     """Resume from a checkpoint folder (``<run>/checkpoints/step_N``) or a run folder (latest)."""
+
+    # --- tasks (docs/tasks.md) ---
+    prompt_template: str | None = None
+    """gsm8k/custom: prompt text, with ``{question}`` replaced by the question / ``prompt_field``
+    value (the chat template is applied on top). None = the task's default (gsm8k: the question plus
+    "Please reason step by step, and put your final answer within \\boxed{}."; custom: the field as is)."""
+    gsm8k_data: str = "../shared/data/gsm8k"
+    """gsm8k: folder holding ``train.jsonl`` and ``test.jsonl`` (relative to the current directory), or
+    a Hugging Face dataset name ``owner/name`` (e.g. ``openai/gsm8k``; needs internet)."""
+    prompts: str | None = None
+    """custom: prompt rows: a ``.jsonl`` / ``.json`` / ``.parquet`` file or a ``datasets``
+    ``save_to_disk`` folder; ``prompt_field`` names the prompt text, every field reaches the reward."""
+    eval_prompts: str | None = None
+    """custom: evaluation rows, same format as ``prompts``; None = evaluate on ``prompts`` itself."""
+    reward: str | None = None
+    """custom: reward function ``package.module:function`` (the current directory is importable),
+    called as ``fn(prompts, completions, rows)`` with three equal-length lists; returns one float each."""
+    reward_errors: Literal["stop", "skip"] = "stop"
+    """When a reward function raises, returns NaN/inf/a non-number or the wrong number of values:
+    ``stop`` the run with the offending row in the message; ``skip`` drop that prompt's whole group
+    and count it (``reward_errors_total`` in metrics.jsonl)."""
 
     # --- algorithm ---
     loss: LossName = "tb"
@@ -99,9 +121,10 @@ class Config(BaseModel):
     """Publish weights to generators every this many learner steps."""
     num_generators: int = Field(1, ge=1)
     """Generator workers sampling concurrently with the learner."""
-    workers: Literal["process", "thread"] = "process"
-    """How generators run beside the learner: separate processes (default; no GIL sharing) or
-    threads. See docs/runtime.md for the measurement behind the default."""
+    workers: Literal["auto", "process", "thread", "inline"] = "auto"
+    """How generators run beside the learner: ``process`` (separate processes, no GIL sharing),
+    ``thread``, or ``inline`` (in the learner's own thread; synchronous runs only). ``auto`` =
+    inline when ``max_lag`` is 0, else process. See docs/runtime.md for the measurements."""
     learner_threads: int | None = Field(None, ge=1)
     """CPU torch threads for the learner; None = all cores when synchronous, else the cores the
     generators leave free, at least 1 (see docs/runtime.md)."""
@@ -163,15 +186,65 @@ class Config(BaseModel):
                 f"{self.sync_every} steps the freshest sample can be {self.sync_every - 1} steps stale; "
                 "raise max_lag or lower sync_every"
             )
+        if self.workers == "auto":
+            object.__setattr__(self, "workers", "inline" if self.max_lag == 0 and self.num_generators == 1 else "process")
+        if self.workers == "inline" and (self.max_lag != 0 or self.num_generators != 1):
+            raise ValueError("workers=inline runs the generator in the learner's thread: it needs max_lag=0 "
+                             "and num_generators=1")
         if self.micro_batch_prompts is not None and self.micro_batch_prompts > self.prompts_per_step:
             raise ValueError("micro_batch_prompts cannot exceed prompts_per_step")
         if self.buffer == "tba" and self.per_prompt_capacity < self.samples_per_prompt:
             raise ValueError("per_prompt_capacity must be >= samples_per_prompt")
+        if self.task == "custom" and (not self.prompts or not self.reward):
+            raise ValueError("task 'custom' needs --prompts PATH and --reward package.module:function")
+        if self.prompt_template is not None and "{question}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain the placeholder {question}")
         return self
 
     @property
     def synchronous(self) -> bool:
         return self.max_lag == 0
+
+    # --- sft / rm ---
+    # Used by ``asyncrl sft`` / ``asyncrl rm`` (docs/sft_rm.md); ``train`` ignores them. They also
+    # use model, output_dir, seed, steps, lr, lr_schedule, warmup_steps, weight_decay,
+    # max_grad_norm, chat_template, eval_every, eval_limit, save_every, device, learner_threads.
+    data: str | None = None
+    """sft/rm: training rows: a ``.jsonl`` / ``.json`` file (``.gz`` too), or, with the ``datasets``
+    package installed, a ``.parquet`` file or a ``save_to_disk`` folder."""
+    eval_data: str | None = None
+    """sft/rm: held-out rows, same format as ``data``; None = hold out ``eval_holdout_rows`` rows."""
+    eval_holdout_rows: int = Field(0, ge=0)
+    """sft/rm: when ``eval_data`` is None, rows of ``data`` (seeded shuffle) kept out of training for
+    the held-out eval; 0 = no held-out eval."""
+    prompt_field: str | None = None
+    """sft: prompt column (chat template applied when the tokenizer has one; None = ``prompt``).
+    rm: optional shared-prefix column prepended to both responses; None = full texts.
+    custom task: the prompt text column of ``prompts`` (None = ``prompt``)."""
+    completion_field: str = "completion"
+    """sft: target column; the loss is the NLL of its tokens plus EOS (prompt tokens masked)."""
+    chosen_field: str = "chosen"
+    """rm: preferred response (or full text when ``prompt_field`` is None)."""
+    rejected_field: str = "rejected"
+    """rm: dispreferred response (or full text when ``prompt_field`` is None)."""
+    epochs: float | None = Field(None, gt=0)
+    """sft/rm: passes over the training rows; when set it replaces ``steps``
+    (steps = ceil(epochs * rows / batch_size))."""
+    batch_size: int = Field(16, ge=1)
+    """sft: examples, rm: preference pairs per optimizer step."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """sft/rm: rows per forward/backward (exact gradient accumulation); None = whole batch."""
+    max_seq_tokens: int = Field(1024, ge=2)
+    """sft: prompt+completion cut to this many tokens (completion end cut first); rm: each text
+    keeps its last this-many tokens (after BOS), where chosen and rejected differ."""
+
+    @model_validator(mode="after")
+    def _check_sft_rm(self) -> "Config":
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ValueError("micro_batch_size cannot exceed batch_size")
+        if self.chosen_field == self.rejected_field:
+            raise ValueError("chosen_field and rejected_field must name different columns")
+        return self
 
 
 def _format_error(err: ValidationError) -> str:

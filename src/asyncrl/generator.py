@@ -9,7 +9,7 @@ from asyncrl.engines.base import Engine
 import torch
 
 from asyncrl.policy import completion_logprobs, encode_prompts, pack
-from asyncrl.tasks.base import Task
+from asyncrl.tasks.base import RewardError, Task, checked_rewards
 from asyncrl.types import Group, Prompt, Sample
 
 
@@ -19,12 +19,22 @@ class GenStats:
     score_time_s: float  # decoding, task reward and reference log-probs
     tokens: int  # generated tokens (EOS included)
     version: int
+    reward_errors: int = 0  # completions whose reward failed (reward_errors=skip; their groups are dropped)
+
+
+# reward_errors=skip: this many requests in a row with every group dropped means the reward function
+# is broken, not unlucky; stop instead of generating forever.
+MAX_FAILED_REQUESTS = 3
 
 
 class Generator:
     def __init__(self, engine: Engine, task: Task, tokenizer, *, samples_per_prompt: int, seed: int,
-                 chat_template: str = "auto", ref_model=None, temperature: float = 1.0):
+                 chat_template: str = "auto", ref_model=None, temperature: float = 1.0,
+                 reward_errors: str = "stop"):
         self.engine = engine
+        self.reward_errors = reward_errors
+        self._failed_requests = 0  # consecutive requests whose every group was dropped
+        self._warned = False
         self.ref_model = ref_model  # frozen initial policy; None = the learner computes reference log-probs
         self.temperature = temperature
         self.task = task
@@ -42,24 +52,41 @@ class Generator:
         t1 = time.perf_counter()
         flat_prompts = [p for p in prompts for _ in range(self.k)]
         texts = [self.tokenizer.decode(c.ids, skip_special_tokens=True) for g in completions for c in g]
-        rewards = self.task.reward(flat_prompts, texts)  # [B*K]
-        refs = self._ref_logprobs(prompt_ids, completions)  # [B*K] lists, or Nones
+        rewards, errors = checked_rewards(self.task, flat_prompts, texts, self.reward_errors)  # [B*K]
+        tokens = sum(len(c.ids) for g in completions for c in g)
+        # A group with any failed reward is dropped whole: the losses need exactly K samples per group.
+        keep = [b for b in range(len(prompts)) if all(rewards[b * self.k + j] is not None for j in range(self.k))]
+        self._failed_requests = 0 if keep else self._failed_requests + 1
+        if errors:
+            self._note_errors(errors)
+        refs = self._ref_logprobs([prompt_ids[b] for b in keep], [completions[b] for b in keep])  # [B'*K]
         t2 = time.perf_counter()
-        groups, tokens, r = [], 0, iter(zip(rewards, texts, refs))
-        for prompt, ids, comps in zip(prompts, prompt_ids, completions):
+        groups, r = [], iter(refs)
+        for b in keep:
             samples = []
-            for c in comps:
-                reward, text, ref = next(r)
-                samples.append(Sample(prompt.prompt_id, ids, c.ids, c.logprobs, float(reward), version,
-                                      c.finished, text, ref))
-                tokens += len(c.ids)
-            groups.append(Group(prompt, samples))
-        return groups, GenStats(t1 - t0, t2 - t1, tokens, version)
+            for j, c in enumerate(completions[b]):
+                i = b * self.k + j
+                samples.append(Sample(prompts[b].prompt_id, prompt_ids[b], c.ids, c.logprobs, rewards[i], version,
+                                      c.finished, texts[i], next(r)))
+            groups.append(Group(prompts[b], samples))
+        return groups, GenStats(t1 - t0, t2 - t1, tokens, version, len(errors))
+
+    def _note_errors(self, errors: dict[int, str]) -> None:
+        first = errors[min(errors)]
+        if not self._warned:  # once per generator: enough to find the bug, not enough to flood the log
+            import sys
+
+            print(f"asyncrl: warning: skipping groups with reward errors (counted in reward_errors_total); "
+                  f"first: {first}", file=sys.stderr, flush=True)
+            self._warned = True
+        if self._failed_requests >= MAX_FAILED_REQUESTS:
+            raise RewardError(f"every group had a reward error in {MAX_FAILED_REQUESTS} requests in a row "
+                              f"(reward_errors=skip), so nothing is left to train on; last: {first}")
 
     @torch.no_grad()
     def _ref_logprobs(self, prompt_ids: list[list[int]], completions) -> list:
         rows_c = [c.ids for g in completions for c in g]
-        if self.ref_model is None:
+        if self.ref_model is None or not rows_c:
             return [None] * len(rows_c)
         rows_p = [p for p, g in zip(prompt_ids, completions) for _ in g]
         device = next(self.ref_model.parameters()).device

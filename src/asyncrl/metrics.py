@@ -54,7 +54,8 @@ class RunLogger:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):
                     self._tb.add_scalar(f"eval/{k}", v, row["step"])
-        self.progress.note(f"eval step {row['step']}: accuracy {row['accuracy']:.3f}")
+        shown = ", ".join(f"{k} {row[k]:.3f}" for k in ("accuracy", "reward_mean") if isinstance(row.get(k), float))
+        self.progress.note(f"eval step {row['step']}: {shown or 'done'}")
 
     def _write(self, f, row: dict) -> None:
         f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")

@@ -30,7 +30,7 @@ from asyncrl.io import atomic_write_text
 from asyncrl.learner import Learner
 from asyncrl.metrics import RunLogger
 from asyncrl.policy import load_model, load_tokenizer, resolve_device, resolve_model_path
-from asyncrl.runtime.worker import WorkerHandle, default_threads, make_outbox
+from asyncrl.runtime.worker import InlineWorker, WorkerHandle, default_threads, make_outbox
 from asyncrl.tasks import make_task
 
 # Requests a worker may hold (one running, one queued) so it never idles waiting for the
@@ -60,6 +60,8 @@ class LocalRuntime:
     def run(self) -> dict:
         cfg = self.cfg
         t_setup = time.perf_counter()
+        # First, so a bad task setting (missing data, unimportable reward) fails before anything is written.
+        task = make_task(cfg)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
         learner_threads, gen_threads = default_threads(cfg)
@@ -76,21 +78,23 @@ class LocalRuntime:
         # The reference is always the *initial* policy, also after a resume.
         ref = load_model(base_path, device) if cfg.reference and cfg.reference_on == "learner" else None
         learner = Learner(cfg, model, ref, tokenizer.pad_token_id, device)
-        counters = {"samples_seen": 0, "dropped": 0}
+        counters = {"samples_seen": 0, "dropped": 0, "reward_errors": 0}
         if trainer_state is not None:
             learner.load_state_dict(trainer_state["learner"])
             counters.update(trainer_state.get("counters", {}))
-        task = make_task(cfg.task)
         buffer = make_buffer(
             cfg.buffer, max_lag=cfg.max_lag, group_size=cfg.samples_per_prompt, recency_prob=cfg.recency_prob,
             inv_temp=cfg.inv_temp, per_prompt_capacity=cfg.per_prompt_capacity, capacity=cfg.buffer_capacity,
             seed=cfg.seed,
         )
         ctx, outbox = make_outbox(cfg.workers)
-        workers = [
-            WorkerHandle(cfg.workers, cfg, policy_path, base_path, w, learner.version, outbox, gen_threads, ctx)
-            for w in range(cfg.num_generators)
-        ]
+        if cfg.workers == "inline":
+            workers = [InlineWorker(cfg, policy_path, base_path, 0, learner.version, outbox)]
+        else:
+            workers = [
+                WorkerHandle(cfg.workers, cfg, policy_path, base_path, w, learner.version, outbox, gen_threads, ctx)
+                for w in range(cfg.num_generators)
+            ]
         logger = RunLogger(self.run_dir, cfg.steps, learner.version)
         config_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
         import threading
@@ -112,16 +116,16 @@ class LocalRuntime:
                 return end_wall
             return time.perf_counter() - t0 - eval_s
 
-        def run_eval(step: int) -> float:
+        def run_eval(step: int) -> float | None:
             nonlocal eval_s
             te = time.perf_counter()
-            acc, rows = evaluate(learner.model, tokenizer, task, max_new_tokens=cfg.max_new_tokens,
-                                 limit=cfg.eval_limit, chat_template=cfg.chat_template)
+            metrics, rows = evaluate(learner.model, tokenizer, task, max_new_tokens=cfg.max_new_tokens,
+                                     limit=cfg.eval_limit, chat_template=cfg.chat_template)
             dt = time.perf_counter() - te
-            logger.log_eval({"step": step, "wall_time_s": wall(), "accuracy": acc, "n": len(rows),
+            logger.log_eval({"step": step, "wall_time_s": wall(), **metrics, "n": len(rows),
                              "eval_time_s": dt}, rows[: cfg.eval_log_generations])
             eval_s += dt
-            return acc
+            return metrics.get("accuracy")
 
         def publish() -> float:
             ts = time.perf_counter()
@@ -156,6 +160,7 @@ class LocalRuntime:
                     totals["score_time_s"] += stats.score_time_s
                     totals["gen_tokens"] += stats.tokens
                     totals["weight_load_s"] += load_s
+                    counters["reward_errors"] += stats.reward_errors
 
             while step < cfg.steps and not self._stop_requested:
                 while outstanding <= cfg.max_lag - (step - published):
@@ -202,12 +207,14 @@ class LocalRuntime:
                     "wall_time_s": wall(),
                     "samples_seen": counters["samples_seen"],
                     "reward_mean": sum(rewards) / len(rewards),
-                    "fresh_reward_mean": sum(fresh) / len(fresh),
+                    # NaN (null in metrics.jsonl) when reward_errors=skip dropped every group of the request
+                    "fresh_reward_mean": sum(fresh) / len(fresh) if fresh else float("nan"),
                     "loss": m.pop("loss"),
                     "kl": m.pop("kl"),
                     "staleness_mean": batch.staleness_mean,
                     "staleness_max": batch.staleness_max,
                     "dropped_total": counters["dropped"],
+                    "reward_errors_total": counters["reward_errors"],
                     "gen_tokens_per_s": gen_tok / gen_t if gen_t > 0 else 0.0,
                     "learner_tokens_per_s": m.pop("learner_tokens_per_s"),
                     "sync_time_s": sync_s,
@@ -245,6 +252,7 @@ class LocalRuntime:
             "setup_time_s": setup_s,
             "samples_seen": counters["samples_seen"],
             "dropped": counters["dropped"],
+            "reward_errors": counters["reward_errors"],
             "checkpoint": str(ckpt),
             **totals,
         }
@@ -264,5 +272,7 @@ class LocalRuntime:
                     raise WorkerFailed(f"generator worker(s) {dead} exited unexpectedly")
                 continue
             if msg[0] == "error":
+                if len(msg) > 3 and msg[3]:  # a one-line message meant for the user (reward errors)
+                    raise WorkerFailed(msg[2])
                 raise WorkerFailed(f"generator {msg[1]} failed:\n{msg[2]}")
             return msg

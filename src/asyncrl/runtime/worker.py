@@ -5,7 +5,8 @@ Messages into a worker (its own inbox, handled strictly in order):
   ("generate", request_id, n_prompts) sample n prompts x K and reply
   ("stop",)
 Messages out (one shared outbox): ("ready", wid) | ("groups", wid, request_id, groups, GenStats,
-weight_load_s) | ("error", wid, traceback_text).
+weight_load_s) | ("error", wid, traceback_text) | ("error", wid, one_line_message, True) for errors
+the user must see as one line (reward errors).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import traceback
 import torch
 
 from asyncrl.config import Config
+from asyncrl.tasks.base import RewardError
 
 
 def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str | None = None,
@@ -37,9 +39,9 @@ def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str 
     # A resumed run continues with fresh prompt and sampling streams instead of replaying the first ones.
     offset = 100_003 * start_version
     torch.manual_seed(cfg.seed * 7919 + worker_id + offset)
-    return Generator(engine, make_task(cfg.task), tokenizer, samples_per_prompt=cfg.samples_per_prompt,
+    return Generator(engine, make_task(cfg), tokenizer, samples_per_prompt=cfg.samples_per_prompt,
                      seed=cfg.seed * 1000 + worker_id + offset, chat_template=cfg.chat_template, ref_model=ref,
-                     temperature=cfg.temperature)
+                     temperature=cfg.temperature, reward_errors=cfg.reward_errors)
 
 
 def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, start_version: int, inbox,
@@ -72,6 +74,8 @@ def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, 
                 load_s = 0.0
     except KeyboardInterrupt:
         return  # the controller handles Ctrl-C; workers just leave quietly
+    except RewardError as e:
+        outbox.put(("error", worker_id, str(e), True))
     except BaseException:
         outbox.put(("error", worker_id, traceback.format_exc()))
 
@@ -113,6 +117,39 @@ class WorkerHandle:
         if self.kind == "process" and self._runner.is_alive():
             self._runner.terminate()
             self._runner.join(2)
+
+
+class InlineWorker:
+    """Runs the generator in the controller's own thread: a request is served the moment it is
+    sent. Only meaningful for synchronous runs (nothing can overlap), where it avoids every
+    hand-off between roles; the config only allows it with ``max_lag: 0``."""
+
+    kind = "inline"
+
+    def __init__(self, cfg: Config, model_path: str, ref_path: str, worker_id: int, start_version: int, outbox):
+        self.worker_id = worker_id
+        self._outbox = outbox
+        self._gen = build_generator(cfg, model_path, worker_id, ref_path, start_version)
+        self._load_s = 0.0
+        outbox.put(("ready", worker_id))
+
+    def send(self, msg) -> None:
+        import time
+
+        if msg[0] == "weights":
+            t0 = time.perf_counter()
+            self._gen.engine.load_weights(msg[1], msg[2])
+            self._load_s += time.perf_counter() - t0
+        elif msg[0] == "generate":
+            groups, stats = self._gen.generate(msg[2])
+            self._outbox.put(("groups", self.worker_id, msg[1], groups, stats, self._load_s))
+            self._load_s = 0.0
+
+    def alive(self) -> bool:
+        return True
+
+    def stop(self, timeout: float = 0.0) -> None:
+        pass
 
 
 def make_outbox(kind: str):

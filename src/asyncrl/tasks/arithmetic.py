@@ -67,3 +67,13 @@ class ArithmeticTask:
             1.0 if parse_answer(c) == p.meta["answer"] else 0.0
             for p, c in zip(prompts, completions)
         ]
+
+    def evaluate(self, prompts: list[Prompt], completions: list[str]) -> tuple[dict[str, float], list[dict]]:
+        rows = []
+        for p, c in zip(prompts, completions, strict=True):
+            predicted = parse_answer(c)
+            correct = predicted == p.meta["answer"]
+            rows.append({"prompt_id": p.prompt_id, "prompt": p.text, "completion": c, "answer": p.meta["answer"],
+                         "predicted": predicted, "correct": correct, "reward": 1.0 if correct else 0.0})
+        accuracy = sum(r["correct"] for r in rows) / max(1, len(rows))
+        return {"accuracy": accuracy}, rows

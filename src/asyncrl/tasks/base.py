@@ -1,8 +1,14 @@
-"""The task interface: a prompt source, a reward, and an evaluation metric."""
+"""The task interface: a prompt source, a reward, and an evaluation metric.
+
+Also the one place reward results are checked (:func:`checked_rewards`): an exception, a NaN /
+infinite / non-number value or a wrong-length list from a reward function is reported with the
+offending row, and the ``reward_errors`` policy decides between stopping and skipping.
+"""
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+import math
+from typing import Iterator, Protocol, Sequence
 
 from asyncrl.types import Prompt
 
@@ -21,3 +27,127 @@ class Task(Protocol):
     def reward(self, prompts: list[Prompt], completions: list[str]) -> list[float]:
         """One float per (prompt, completion) pair; ``len(prompts) == len(completions)``."""
         ...
+
+    def evaluate(self, prompts: list[Prompt], completions: list[str]) -> tuple[dict[str, float], list[dict]]:
+        """Score greedy completions of eval prompts: (metrics, one row per example).
+
+        Metrics hold ``accuracy`` where the task has a notion of correct; rows are JSON-able dicts
+        holding at least ``prompt_id``, ``prompt``, ``completion`` and ``reward``.
+        """
+        ...
+
+
+class RewardError(ValueError):
+    """A reward function raised or returned a bad value; the message is one line naming the row."""
+
+
+def _clip(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def describe_row(prompt: Prompt, completion: str) -> str:
+    return f"prompt id {prompt.prompt_id!r} (prompt {_clip(prompt.text)!r}, completion {_clip(completion)!r})"
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {_clip(text, 200)}" if text else type(e).__name__
+
+
+def _as_float(v) -> float | None:
+    """A finite float, or None for NaN, infinities and non-numbers."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _call(task: Task, prompts: list[Prompt], completions: list[str]) -> list:
+    """The task's raw reward values as a list; raises RewardError when it is not a sequence."""
+    out = task.reward(prompts, completions)
+    if isinstance(out, (str, bytes)) or not isinstance(out, Sequence) and not hasattr(out, "__len__"):
+        raise RewardError(f"returned {type(out).__name__}, expected a list of {len(prompts)} floats")
+    return list(out)
+
+
+def checked_rewards(task: Task, prompts: list[Prompt], completions: list[str],
+                    policy: str = "stop") -> tuple[list[float | None], dict[int, str]]:
+    """Rewards for aligned (prompt, completion) rows, with bad rows reported.
+
+    Returns (rewards, errors): under ``policy="skip"`` a failed row's reward is None and
+    ``errors[row index]`` holds its one-line message; under ``"stop"`` the first failure raises
+    RewardError. The batched call is tried first; when it raises or returns the wrong number of
+    values the rows are scored one at a time, so the message can name the row that failed.
+    """
+    name = getattr(task, "reward_name", None) or f"task {task.name!r} reward"
+    n = len(prompts)
+    rewards: list[float | None] = [None] * n
+    errors: dict[int, str] = {}
+
+    def fail(msg: str, rows) -> None:
+        msg = f"reward error: {name} {msg}"
+        if policy == "stop":
+            raise RewardError(msg + "; pass --reward-errors skip to drop and count such groups instead")
+        for i in rows:
+            errors[i] = msg
+            rewards[i] = None
+
+    def row(i: int) -> str:
+        return describe_row(prompts[i], completions[i])
+
+    batch_problem = None
+    try:
+        values = _call(task, prompts, completions)
+        if len(values) != n:
+            batch_problem = f"returned {len(values)} values for {n} completions (first row: {row(0)})"
+    except Exception as e:  # noqa: BLE001 - user code may raise anything
+        values, batch_error = None, e
+        batch_problem = "raised"
+    if batch_problem is None:
+        for i, v in enumerate(values):
+            f = _as_float(v)
+            if f is None:
+                fail(f"returned {v!r} (not a finite number) for {row(i)}", [i])
+            else:
+                rewards[i] = f
+        return rewards, errors
+    # Localise the failure: score row by row.
+    for i in range(n):
+        try:
+            one = _call(task, prompts[i : i + 1], completions[i : i + 1])
+        except RewardError as e:  # not a list
+            fail(f"{e} for {row(i)}", [i])
+            continue
+        except Exception as e:  # noqa: BLE001
+            fail(f"raised {_one_line(e)} on {row(i)}", [i])
+            continue
+        if len(one) != 1:
+            fail(f"returned {len(one)} values for 1 completion on {row(i)}", [i])
+            continue
+        f = _as_float(one[0])
+        if f is None:
+            fail(f"returned {one[0]!r} (not a finite number) for {row(i)}", [i])
+            continue
+        rewards[i] = f
+    if not errors:
+        # Every row scores alone, yet the batched call failed: a batch-level bug; no row is usable.
+        if batch_problem == "raised":
+            batch_problem = (f"raised {_one_line(batch_error)} on a batch of {n} completions "
+                             f"(each row alone scores fine; first row: {row(0)})")
+        fail(batch_problem, range(n))
+    return rewards, errors
+
+
+def evaluate_by_reward(task: Task, prompts: list[Prompt], completions: list[str],
+                       policy: str = "stop") -> tuple[dict[str, float], list[dict]]:
+    """Default ``Task.evaluate``: the mean reward (no accuracy), skipped rows counted."""
+    rewards, errors = checked_rewards(task, prompts, completions, policy)
+    rows = []
+    for i, (p, c, r) in enumerate(zip(prompts, completions, rewards)):
+        rows.append({"prompt_id": p.prompt_id, "prompt": p.text, "completion": c, "reward": r,
+                     **({"error": errors[i]} if i in errors else {})})
+    scored = [r for r in rewards if r is not None]
+    metrics = {"reward_mean": sum(scored) / len(scored) if scored else float("nan"),
+               "reward_errors": float(len(errors))}
+    return metrics, rows

@@ -1,0 +1,39 @@
+"""User-style reward functions for the custom-task tests (imported as ``tests.reward_fns:NAME``).
+
+Each takes (prompts, completions, rows) as the custom task passes them; rows with ``"bad": true``
+trigger the misbehaviour under test.
+"""
+
+import math
+
+
+def exact(prompts, completions, rows):
+    return [1.0 if c.strip() == str(r["answer"]) else 0.0 for c, r in zip(completions, rows)]
+
+
+def raises_on_bad(prompts, completions, rows):
+    for r in rows:
+        if r.get("bad"):
+            raise ZeroDivisionError("bad row reached the reward")
+    return exact(prompts, completions, rows)
+
+
+def nan_on_bad(prompts, completions, rows):
+    return [math.nan if r.get("bad") else v for v, r in zip(exact(prompts, completions, rows), rows)]
+
+
+def one_short(prompts, completions, rows):
+    return [0.0] * (len(completions) - 1)
+
+
+def not_a_list(prompts, completions, rows):
+    return 1.0
+
+
+def fails_in_batches(prompts, completions, rows):
+    if len(completions) > 1:
+        raise RuntimeError("batch too big")
+    return [0.5]
+
+
+not_callable = 3
