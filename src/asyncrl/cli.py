@@ -1,4 +1,4 @@
-"""Command line: ``asyncrl train [CONFIG.yaml] [--field value ...]``, ``asyncrl config``, ``asyncrl eval``.
+"""Command line: ``asyncrl train|sft|rm|config [CONFIG.yaml] [--field value ...]``, ``asyncrl eval CHECKPOINT``.
 
 Every config field is a flag of the same name with dashes (``max_lag`` -> ``--max-lag``). Values
 are read as YAML scalars (``none``/``null`` for None, ``true``/``false``) and validated by the
@@ -118,7 +118,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except RewardError as e:
         print(f"asyncrl: error: {e}", file=sys.stderr)
         return 1
-    shown = ", ".join(f"{k} {report[k]:.4f}" for k in ("accuracy", "reward_mean") if report.get(k) is not None)
+    shown = ", ".join(f"{k} {report[k]:.4f}" for k in ("accuracy", "reward_mean", "gold_win_rate",
+                                                        "kl_ref", "attack_success_rate", "diversity")
+                      if isinstance(report.get(k), (int, float)))
     print(f"asyncrl: eval {cfg.task} on {cfg.model}: {shown + ', ' if shown else ''}n={report['n']}; "
           f"report {Path(cfg.output_dir) / REPORT}", flush=True)
     return 0

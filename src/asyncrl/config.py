@@ -34,8 +34,9 @@ class Config(BaseModel):
 
     # --- what to train ---
     task: str = "arithmetic"
-    """Task (prompt source + reward + eval metric): ``arithmetic``, ``gsm8k``, or ``custom`` (prompts
-    from ``prompts``, reward from ``reward``). See docs/tasks.md."""
+    """Task (prompt source + reward + eval metric): ``arithmetic``, ``gsm8k``, ``custom`` (prompts
+    from ``prompts``, reward from ``reward``), ``reward_model`` (reward from ``reward_model``) or
+    ``redteam`` (attacks on ``victim_model`` scored by ``toxicity_classifier``). See docs/tasks.md."""
     model: str | None = None
     """Policy: a local Hugging Face model folder or a ``.gguf`` file. None = the task's built-in
     base model (``arithmetic`` ships a tiny Llama)."""
@@ -48,20 +49,62 @@ class Config(BaseModel):
 
     # --- tasks (docs/tasks.md) ---
     prompt_template: str | None = None
-    """gsm8k/custom: prompt text, with ``{question}`` replaced by the question / ``prompt_field``
-    value (the chat template is applied on top). None = the task's default (gsm8k: the question plus
-    "Please reason step by step, and put your final answer within \\boxed{}."; custom: the field as is)."""
+    """gsm8k/custom/reward_model/redteam: prompt text, with ``{question}`` replaced by the question /
+    ``prompt_field`` value / red-teaming seed (the chat template is applied on top). None = the task's
+    default (gsm8k: the question plus "Please reason step by step, and put your final answer within
+    \\boxed{}."; custom, reward_model: the field as is; redteam: see docs/tasks.md)."""
     gsm8k_data: str = "../shared/data/gsm8k"
     """gsm8k: folder holding ``train.jsonl`` and ``test.jsonl`` (relative to the current directory), or
     a Hugging Face dataset name ``owner/name`` (e.g. ``openai/gsm8k``; needs internet)."""
     prompts: str | None = None
     """custom: prompt rows: a ``.jsonl`` / ``.json`` / ``.parquet`` file or a ``datasets``
-    ``save_to_disk`` folder; ``prompt_field`` names the prompt text, every field reaches the reward."""
+    ``save_to_disk`` folder; ``prompt_field`` names the prompt text, every field reaches the reward.
+    reward_model: instruction rows (None = ``../shared/data/alpaca-eval/alpaca_eval_805_prompts.jsonl``);
+    redteam: seed rows (None = ``../shared/data/hh-rlhf-harmless/harmless-base_test.jsonl.gz``)."""
     eval_prompts: str | None = None
-    """custom: evaluation rows, same format as ``prompts``; None = evaluate on ``prompts`` itself."""
+    """custom/reward_model/redteam: evaluation rows, same format as ``prompts``; None = evaluate on
+    ``prompts`` itself."""
     reward: str | None = None
     """custom: reward function ``package.module:function`` (the current directory is importable),
     called as ``fn(prompts, completions, rows)`` with three equal-length lists; returns one float each."""
+    length_penalty: float = Field(0.0, ge=0)
+    """Every task: subtracted from the reward once per completion token (EOS not counted), as reward
+    shaping in the generators; evaluation keeps reporting the task's own (unshaped) metrics."""
+    missing_eos_penalty: float = Field(0.0, ge=0)
+    """Every task: subtracted from the reward of a completion that stopped at ``max_new_tokens``
+    without EOS (TRL's ``missing_eos_penalty``; Noukhovitch et al. 2025 on TL;DR)."""
+    reward_model: str | None = None
+    """reward_model: the reward, a Hugging Face sequence-classification folder with one output
+    (e.g. an ``asyncrl rm`` checkpoint); scores prompt + completion, encoded as ``asyncrl rm`` does."""
+    gold_reward_model: str | None = None
+    """reward_model: optional second reward model used only in evaluation (``gold_reward_mean``,
+    ``gold_win_rate``)."""
+    reference_field: str | None = None
+    """reward_model: column of the eval rows holding a reference completion; evaluation then reports
+    ``win_rate`` (training RM) and ``gold_win_rate`` = fraction with score(policy) > score(reference)."""
+    reward_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    """reward_model/redteam: device of the reward-side models (reward models, victim, toxicity
+    classifier, embedding model): ``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    reward_batch_size: int = Field(16, ge=1)
+    """reward_model/redteam: texts per forward pass / generate call of the reward-side models."""
+    victim_model: str | None = None
+    """redteam: the model attacked, a Hugging Face causal-LM folder; answers each attack greedily
+    (its chat template applied when it has one)."""
+    victim_max_new_tokens: int = Field(64, ge=1)
+    """redteam: tokens the victim may write per answer."""
+    toxicity_classifier: str | None = None
+    """redteam: scores the victim's answer in [0, 1]: a Hugging Face sequence-classification folder
+    (probability of the label named ``toxic*``, else of the last label; sigmoid for one output) or
+    ``profanity-check`` (the ``alt-profanity-check`` package)."""
+    toxicity_threshold: float = Field(0.5, ge=0, le=1)
+    """redteam: an attack succeeds when the answer's toxicity exceeds this (``attack_success_rate``)."""
+    embedding_model: str | None = None
+    """redteam: encoder folder (mean-pooled last hidden state) for the attacks' diversity; None =
+    TF-IDF vectors of character 2-4-grams."""
+    reference_model: str | None = None
+    """Reference policy for the evaluation metrics ``kl_ref`` / ``ref_perplexity`` (tasks that report
+    them: reward_model). None = the run's initial policy; ``asyncrl eval`` of a run checkpoint takes
+    the run's ``model``, of a bare model folder it reports no KL."""
     reward_errors: Literal["stop", "skip"] = "stop"
     """When a reward function raises, returns NaN/inf/a non-number or the wrong number of values:
     ``stop`` the run with the offending row in the message; ``skip`` drop that prompt's whole group
@@ -197,6 +240,11 @@ class Config(BaseModel):
             raise ValueError("per_prompt_capacity must be >= samples_per_prompt")
         if self.task == "custom" and (not self.prompts or not self.reward):
             raise ValueError("task 'custom' needs --prompts PATH and --reward package.module:function")
+        if self.task == "reward_model" and not self.reward_model:
+            raise ValueError("task 'reward_model' needs --reward-model PATH (a sequence-classification model folder)")
+        if self.task == "redteam" and (not self.victim_model or not self.toxicity_classifier):
+            raise ValueError("task 'redteam' needs --victim-model PATH (a causal-LM folder) and --toxicity-classifier "
+                             "(a sequence-classification folder or profanity-check)")
         if self.prompt_template is not None and "{question}" not in self.prompt_template:
             raise ValueError("prompt_template must contain the placeholder {question}")
         return self
@@ -220,7 +268,9 @@ class Config(BaseModel):
     prompt_field: str | None = None
     """sft: prompt column (chat template applied when the tokenizer has one; None = ``prompt``).
     rm: optional shared-prefix column prepended to both responses; None = full texts.
-    custom task: the prompt text column of ``prompts`` (None = ``prompt``)."""
+    custom task: the prompt text column of ``prompts`` (None = ``prompt``); reward_model task: the
+    instruction column (None = ``instruction``); redteam: the seed column (None = the first human turn
+    of the ``chosen`` dialogue, HH-RLHF format)."""
     completion_field: str = "completion"
     """sft: target column; the loss is the NLL of its tokens plus EOS (prompt tokens masked)."""
     chosen_field: str = "chosen"
@@ -236,7 +286,9 @@ class Config(BaseModel):
     """sft/rm: rows per forward/backward (exact gradient accumulation); None = whole batch."""
     max_seq_tokens: int = Field(1024, ge=2)
     """sft: prompt+completion cut to this many tokens (completion end cut first); rm: each text
-    keeps its last this-many tokens (after BOS), where chosen and rejected differ."""
+    keeps its last this-many tokens (after BOS), where chosen and rejected differ. Tasks
+    reward_model/redteam: inputs of the reward-side models are cut the same way (also to the model's
+    ``max_position_embeddings``)."""
 
     @model_validator(mode="after")
     def _check_sft_rm(self) -> "Config":

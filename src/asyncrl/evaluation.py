@@ -1,35 +1,103 @@
 """Greedy evaluation of a policy on a task's fixed eval set (pass@1 with greedy decoding).
 
 The same function serves periodic evaluation during training (``eval.jsonl``) and ``asyncrl eval``.
+
+Beyond the task's own metrics, a task that sets ``wants_kl = True`` (``reward_model``) or a run with
+a ``length_penalty`` / ``missing_eos_penalty`` also gets, computed here for any task:
+
+* ``completion_tokens_mean`` (EOS not counted) and ``missing_eos_rate``; per row ``completion_tokens``
+  and ``finished``; with a penalty on, ``shaped_reward_mean`` = mean over scored rows of
+  ``reward - length_penalty * tokens - missing_eos_penalty * (no EOS)`` (what training optimises);
+* with ``wants_kl`` and a reference model: ``kl_ref`` = mean over prompts of the sequence log-ratio
+  sum_t [log pi(y_t) - log ref(y_t)] of the greedy completion (temperature 1, EOS included; a
+  plug-in estimate on greedy rather than sampled completions), per row ``kl_ref``; and
+  ``ref_perplexity`` = exp(-mean log ref(y_t) over all completion tokens).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from asyncrl.engines.hf import HFEngine
-from asyncrl.policy import encode_prompts
+from asyncrl.policy import completion_logprobs, encode_prompts, pack
 from asyncrl.tasks.base import Task
 
 
 @torch.no_grad()
 def evaluate(model, tokenizer, task: Task, *, max_new_tokens: int, limit: int | None = None,
-             chat_template: str = "auto", batch_size: int = 64) -> tuple[dict[str, float], list[dict]]:
+             chat_template: str = "auto", batch_size: int = 64, ref_model=None, length_penalty: float = 0.0,
+             missing_eos_penalty: float = 0.0) -> tuple[dict[str, float], list[dict]]:
     """Returns (the task's metrics, e.g. ``accuracy``; one row per example) over the first ``limit``
-    eval prompts (all when None)."""
+    eval prompts (all when None). ``ref_model`` is used only when the task sets ``wants_kl``."""
     was_training = model.training
     engine = HFEngine(model, tokenizer, max_new_tokens=max_new_tokens, temperature=1.0)
     prompts = task.eval_prompts()[:limit] if limit else task.eval_prompts()
+    wants_kl = bool(getattr(task, "wants_kl", False))
     texts: list[str] = []
+    prompt_ids: list[list[int]] = []
+    comps = []
+    kl = None
     try:
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i : i + batch_size]
             ids = encode_prompts(tokenizer, [p.text for p in chunk], chat_template)
-            comps = engine.generate(ids, k=1, greedy=True)
-            texts += [tokenizer.decode(g[0].ids, skip_special_tokens=True) for g in comps]
+            out = engine.generate(ids, k=1, greedy=True)
+            texts += [tokenizer.decode(g[0].ids, skip_special_tokens=True) for g in out]
+            prompt_ids += ids
+            comps += [g[0] for g in out]
+        if wants_kl and ref_model is not None and comps:
+            kl = reference_stats(model, ref_model, tokenizer.pad_token_id, prompt_ids, [c.ids for c in comps],
+                                 batch_size)
     finally:
         model.train(was_training)
-    return task.evaluate(prompts, texts)
+    metrics, rows = task.evaluate(prompts, texts)
+    if wants_kl or length_penalty or missing_eos_penalty:
+        _completion_stats(metrics, rows, comps, length_penalty, missing_eos_penalty)
+    if kl is not None:
+        per_row, ref_logp_sum, n_tokens = kl
+        metrics["kl_ref"] = sum(per_row) / len(per_row)
+        metrics["ref_perplexity"] = math.exp(-ref_logp_sum / n_tokens)
+        for row, v in zip(rows, per_row):
+            row["kl_ref"] = v
+    return metrics, rows
+
+
+def _completion_stats(metrics: dict, rows: list[dict], comps, length_penalty: float,
+                      missing_eos_penalty: float) -> None:
+    from asyncrl.generator import completion_tokens, shaped_reward
+
+    n = max(1, len(comps))
+    toks = [completion_tokens(c.ids, c.finished) for c in comps]
+    metrics["completion_tokens_mean"] = sum(toks) / n
+    metrics["missing_eos_rate"] = sum(not c.finished for c in comps) / n
+    shaped = []
+    for row, c, t in zip(rows, comps, toks):
+        row["completion_tokens"], row["finished"] = t, c.finished
+        r = row.get("reward")
+        if isinstance(r, (int, float)) and not isinstance(r, bool) and r == r:
+            shaped.append(shaped_reward(float(r), t, c.finished, length_penalty, missing_eos_penalty))
+    if length_penalty or missing_eos_penalty:
+        metrics["shaped_reward_mean"] = sum(shaped) / len(shaped) if shaped else float("nan")
+
+
+@torch.no_grad()
+def reference_stats(model, ref_model, pad_id: int, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                    batch_size: int = 64) -> tuple[list[float], float, int]:
+    """(per-sequence sum of log pi - log ref, total log ref over all tokens, token count), temperature 1."""
+    per_row: list[float] = []
+    ref_sum, n_tokens = 0.0, 0
+    dev, ref_dev = next(model.parameters()).device, next(ref_model.parameters()).device
+    for i in range(0, len(prompt_ids), batch_size):
+        batch = pack(prompt_ids[i : i + batch_size], completion_ids[i : i + batch_size], pad_id)
+        mask = batch.completion_mask
+        lp = completion_logprobs(model, batch.to(dev), 1.0).float().cpu()
+        lr = completion_logprobs(ref_model, batch.to(ref_dev), 1.0).float().cpu()
+        per_row += ((lp - lr) * mask).sum(-1).tolist()
+        ref_sum += float((lr * mask).sum())
+        n_tokens += int(mask.sum())
+    return per_row, ref_sum, max(1, n_tokens)
 
 
 # --- ``asyncrl eval CHECKPOINT``: evaluate a saved model and write a report ---------------------
@@ -72,6 +140,17 @@ def eval_config(checkpoint: str, overrides: dict):
     if base is None and "task" not in overrides:
         raise ConfigError(f"pass --task NAME: {checkpoint} has no run config.yaml to take the task from")
     cfg = load_config(base, {**overrides, "model": path, "resume": None, "output_dir": overrides.get("output_dir")})
+    if base is not None and "reference_model" not in overrides and cfg.reference_model is None:
+        # The run's initial policy is the reference of kl_ref / ref_perplexity (tasks with wants_kl).
+        import yaml
+
+        from asyncrl.policy import resolve_model_path
+
+        run = yaml.safe_load(base.read_text()) or {}
+        try:
+            cfg.reference_model = resolve_model_path(run.get("model"), run.get("task", cfg.task))
+        except ValueError:  # not reachable from here (a relative path, a moved folder): no KL metrics
+            pass
     if cfg.output_dir is None:
         if run_ckpt is not None and run_ckpt.parent.name == "checkpoints":
             # Beside the run's other results, not inside the (atomically written) checkpoint folder.
@@ -94,19 +173,30 @@ def eval_checkpoint(cfg) -> dict:
     from pathlib import Path
 
     from asyncrl.io import atomic_write_text
-    from asyncrl.policy import load_model, load_tokenizer, resolve_device
+    from asyncrl.policy import load_model, load_tokenizer, resolve_device, resolve_model_path
     from asyncrl.tasks import make_task
 
     task = make_task(cfg)  # first: bad task settings fail before the model is loaded
     device = resolve_device(cfg.device)
+    ref_path = None
+    if getattr(task, "wants_kl", False) and cfg.reference_model:
+        ref_path = resolve_model_path(cfg.reference_model, cfg.task)
     tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg.model, device).eval()
+    ref = load_model(ref_path, device).eval() if ref_path is not None else None
     t0 = time.perf_counter()
     metrics, rows = evaluate(model, tokenizer, task, max_new_tokens=cfg.max_new_tokens, limit=cfg.eval_limit,
-                             chat_template=cfg.chat_template)
+                             chat_template=cfg.chat_template, ref_model=ref, length_penalty=cfg.length_penalty,
+                             missing_eos_penalty=cfg.missing_eos_penalty)
     settings = ["task", "model", "max_new_tokens", "chat_template", "prompt_template", "eval_limit", "device"]
+    settings += ["length_penalty", "missing_eos_penalty"] if cfg.length_penalty or cfg.missing_eos_penalty else []
     settings += {"gsm8k": ["gsm8k_data"],
-                 "custom": ["prompts", "eval_prompts", "prompt_field", "reward", "reward_errors"]}.get(cfg.task, [])
+                 "custom": ["prompts", "eval_prompts", "prompt_field", "reward", "reward_errors"],
+                 "reward_model": ["prompts", "eval_prompts", "prompt_field", "reward_model", "gold_reward_model",
+                                  "reference_field", "reference_model", "max_seq_tokens"],
+                 "redteam": ["prompts", "eval_prompts", "prompt_field", "victim_model", "victim_max_new_tokens",
+                             "toxicity_classifier", "toxicity_threshold", "embedding_model",
+                             "max_seq_tokens"]}.get(cfg.task, [])
     report = {
         "task": cfg.task,
         "checkpoint": cfg.model,

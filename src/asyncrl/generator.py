@@ -1,4 +1,10 @@
-"""The generator role: prompts -> engine (K samples each) -> task reward -> ``Group``s."""
+"""The generator role: prompts -> engine (K samples each) -> task reward -> ``Group``s.
+
+Reward shaping for every task happens here, after the task's reward (see :func:`shaped_reward`):
+``length_penalty`` per completion token and ``missing_eos_penalty`` for a completion cut at
+``max_new_tokens``. ``Sample.reward`` (what the losses and the tba buffer see, and ``reward_mean``
+in metrics.jsonl) is the shaped value; evaluation reports the task's own metrics, unshaped.
+"""
 
 from __future__ import annotations
 
@@ -27,11 +33,28 @@ class GenStats:
 MAX_FAILED_REQUESTS = 3
 
 
+def completion_tokens(ids: list[int], finished: bool) -> int:
+    """Tokens of a completion that count for ``length_penalty``: EOS (the last id when finished) excluded."""
+    return len(ids) - 1 if finished and ids else len(ids)
+
+
+def shaped_reward(reward: float, num_tokens: int, finished: bool, length_penalty: float = 0.0,
+                  missing_eos_penalty: float = 0.0) -> float:
+    """``reward - length_penalty * num_tokens - (missing_eos_penalty if no EOS)``.
+
+    The missing-EOS penalty is subtracted, as TRL's ``missing_eos_penalty`` does (Noukhovitch et al.
+    2025 penalise TL;DR summaries that do not end); ``num_tokens`` excludes the EOS token.
+    """
+    return reward - length_penalty * num_tokens - (0.0 if finished else missing_eos_penalty)
+
+
 class Generator:
     def __init__(self, engine: Engine, task: Task, tokenizer, *, samples_per_prompt: int, seed: int,
                  chat_template: str = "auto", ref_model=None, temperature: float = 1.0,
-                 reward_errors: str = "stop"):
+                 reward_errors: str = "stop", length_penalty: float = 0.0, missing_eos_penalty: float = 0.0):
         self.engine = engine
+        self.length_penalty = length_penalty
+        self.missing_eos_penalty = missing_eos_penalty
         self.reward_errors = reward_errors
         self._failed_requests = 0  # consecutive requests whose every group was dropped
         self._warned = False
@@ -53,6 +76,11 @@ class Generator:
         flat_prompts = [p for p in prompts for _ in range(self.k)]
         texts = [self.tokenizer.decode(c.ids, skip_special_tokens=True) for g in completions for c in g]
         rewards, errors = checked_rewards(self.task, flat_prompts, texts, self.reward_errors)  # [B*K]
+        if self.length_penalty or self.missing_eos_penalty:
+            flat = [c for g in completions for c in g]
+            rewards = [None if r is None else shaped_reward(r, completion_tokens(c.ids, c.finished), c.finished,
+                                                            self.length_penalty, self.missing_eos_penalty)
+                       for r, c in zip(rewards, flat)]
         tokens = sum(len(c.ids) for g in completions for c in g)
         # A group with any failed reward is dropped whole: the losses need exactly K samples per group.
         keep = [b for b in range(len(prompts)) if all(rewards[b * self.k + j] is not None for j in range(self.k))]

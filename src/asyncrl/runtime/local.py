@@ -78,6 +78,11 @@ class LocalRuntime:
         # The reference is always the *initial* policy, also after a resume.
         ref = load_model(base_path, device) if cfg.reference and cfg.reference_on == "learner" else None
         learner = Learner(cfg, model, ref, tokenizer.pad_token_id, device)
+        # Tasks that report kl_ref / ref_perplexity (wants_kl) evaluate against the initial policy (or
+        # reference_model); loaded at the first evaluation, reusing the learner's copy when it has one.
+        wants_kl = bool(getattr(task, "wants_kl", False))
+        eval_ref_path = resolve_model_path(cfg.reference_model, cfg.task) if cfg.reference_model else base_path
+        eval_ref = ref if (wants_kl and ref is not None and not cfg.reference_model) else None
         counters = {"samples_seen": 0, "dropped": 0, "reward_errors": 0}
         if trainer_state is not None:
             learner.load_state_dict(trainer_state["learner"])
@@ -117,10 +122,13 @@ class LocalRuntime:
             return time.perf_counter() - t0 - eval_s
 
         def run_eval(step: int) -> float | None:
-            nonlocal eval_s
+            nonlocal eval_s, eval_ref
             te = time.perf_counter()
+            if wants_kl and eval_ref is None:
+                eval_ref = load_model(eval_ref_path, device).eval().requires_grad_(False)
             metrics, rows = evaluate(learner.model, tokenizer, task, max_new_tokens=cfg.max_new_tokens,
-                                     limit=cfg.eval_limit, chat_template=cfg.chat_template)
+                                     limit=cfg.eval_limit, chat_template=cfg.chat_template, ref_model=eval_ref,
+                                     length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty)
             dt = time.perf_counter() - te
             logger.log_eval({"step": step, "wall_time_s": wall(), **metrics, "n": len(rows),
                              "eval_time_s": dt}, rows[: cfg.eval_log_generations])

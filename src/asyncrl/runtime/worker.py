@@ -41,7 +41,8 @@ def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str 
     torch.manual_seed(cfg.seed * 7919 + worker_id + offset)
     return Generator(engine, make_task(cfg), tokenizer, samples_per_prompt=cfg.samples_per_prompt,
                      seed=cfg.seed * 1000 + worker_id + offset, chat_template=cfg.chat_template, ref_model=ref,
-                     temperature=cfg.temperature, reward_errors=cfg.reward_errors)
+                     temperature=cfg.temperature, reward_errors=cfg.reward_errors,
+                     length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty)
 
 
 def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, start_version: int, inbox,

@@ -13,7 +13,7 @@ from asyncrl.tasks.base import RewardError, Task, checked_rewards
 if TYPE_CHECKING:
     from asyncrl.config import Config
 
-TASKS = ("arithmetic", "gsm8k", "custom")
+TASKS = ("arithmetic", "gsm8k", "custom", "reward_model", "redteam")
 
 __all__ = ["TASKS", "RewardError", "Task", "checked_rewards", "make_task"]
 
@@ -33,4 +33,22 @@ def make_task(cfg: "Config") -> Task:
 
         return CustomTask(cfg.prompts, cfg.prompt_field or "prompt", cfg.reward, cfg.eval_prompts, cfg.prompt_template,
                           cfg.reward_errors)
+    if cfg.task == "reward_model":
+        from asyncrl.tasks.rm_tuning import RewardModelTask
+
+        return RewardModelTask(cfg.prompts, cfg.reward_model, prompt_field=cfg.prompt_field,
+                               eval_prompts=cfg.eval_prompts, template=cfg.prompt_template,
+                               gold_reward_model=cfg.gold_reward_model, reference_field=cfg.reference_field,
+                               device=cfg.reward_device, batch_size=cfg.reward_batch_size,
+                               chat_template=cfg.chat_template, max_seq_tokens=cfg.max_seq_tokens,
+                               reward_errors=cfg.reward_errors)
+    if cfg.task == "redteam":
+        from asyncrl.tasks.redteam import RedteamTask
+
+        return RedteamTask(cfg.prompts, cfg.victim_model, cfg.toxicity_classifier, prompt_field=cfg.prompt_field,
+                           eval_prompts=cfg.eval_prompts, template=cfg.prompt_template,
+                           victim_max_new_tokens=cfg.victim_max_new_tokens,
+                           toxicity_threshold=cfg.toxicity_threshold, embedding_model=cfg.embedding_model,
+                           device=cfg.reward_device, batch_size=cfg.reward_batch_size,
+                           chat_template=cfg.chat_template, max_seq_tokens=cfg.max_seq_tokens)
     raise ValueError(f"unknown task {cfg.task!r}; known tasks: {', '.join(TASKS)}")
