@@ -97,3 +97,8 @@ def test_config_reference_doc_is_current():
     assert subprocess.run([sys.executable, str(script), "--check"]).returncode == 0, (
         "docs/config.md is stale: run python scripts/gen_config_docs.py"
     )
+
+
+def test_flag_values_that_look_like_yaml_collections_stay_text():
+    args = build_parser().parse_args(["train", "--task", "gsm8k", "--prompt-template", "{question}"])
+    assert resolve(args).prompt_template == "{question}"

@@ -21,9 +21,11 @@ def _parse_value(text: str):
     if text.lower() in ("none", "null"):
         return None
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    # Flags carry scalars: "{question}" or "[x]" is text, not a YAML mapping or list.
+    return text if isinstance(value, (dict, list)) else value
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -96,14 +98,7 @@ def cmd_train(cfg: Config) -> int:
         print(f"asyncrl: error: {e}", file=sys.stderr)
         return 1
     acc = summary["final_accuracy"]
-    print(
-        f"asyncrl: {'interrupted' if summary['interrupted'] else 'done'} at step {summary['steps']}, "
-        f"wall {summary['wall_time_s']:.1f}s"
-        + (f", final accuracy {acc:.3f}" if acc is not None else "")
-        + f"; checkpoint {summary['checkpoint']}",
-        flush=True,
-    )
-    return 130 if summary["interrupted"] else 0
+    return _report_done("train", summary, f", final accuracy {acc:.3f}" if acc is not None else "")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -136,13 +131,16 @@ def cmd_supervised(command: str, cfg: Config) -> int:
     summary = run(cfg)
     ev = summary["final_eval"] or {}
     held = ev.get("eval_accuracy", ev.get("eval_loss"))
-    print(
-        f"asyncrl: {command} {'interrupted' if summary['interrupted'] else 'done'} at step {summary['steps']}, "
-        f"wall {summary['wall_time_s']:.1f}s, loss {summary['final_loss']}"
-        + (f", held-out {'accuracy' if 'eval_accuracy' in ev else 'loss'} {held:.4f}" if held is not None else "")
-        + f"; checkpoint {summary['checkpoint']}",
-        flush=True,
-    )
+    detail = f", loss {summary['final_loss']}" + (
+        f", held-out {'accuracy' if 'eval_accuracy' in ev else 'loss'} {held:.4f}" if held is not None else "")
+    return _report_done(command, summary, detail)
+
+
+def _report_done(command: str, summary: dict, detail: str) -> int:
+    """The closing line of a training command; exit code 130 when Ctrl-C stopped it."""
+    state = "interrupted" if summary["interrupted"] else "done"
+    print(f"asyncrl: {command} {state} at step {summary['steps']}, wall {summary['wall_time_s']:.1f}s{detail}; "
+          f"checkpoint {summary['checkpoint']}", flush=True)
     return 130 if summary["interrupted"] else 0
 
 
