@@ -17,6 +17,7 @@ a ``length_penalty`` / ``missing_eos_penalty`` also gets, computed here for any 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 

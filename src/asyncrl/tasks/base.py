@@ -8,6 +8,7 @@ offending row, and the ``reward_errors`` policy decides between stopping and ski
 from __future__ import annotations
 
 import math
+import random
 from typing import Iterator, Protocol, Sequence
 
 from asyncrl.types import Prompt
@@ -35,6 +36,16 @@ class Task(Protocol):
         holding at least ``prompt_id``, ``prompt``, ``completion`` and ``reward``.
         """
         ...
+
+
+def shuffled_forever(items: Sequence[Prompt], seed: int) -> Iterator[Prompt]:
+    """An endless training stream over a fixed prompt list: a fresh seeded shuffle every epoch."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        for i in order:
+            yield items[i]
 
 
 class RewardError(ValueError):

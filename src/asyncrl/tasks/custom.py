@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import importlib
 import os
-import random
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
 from asyncrl.data import column, load_rows
-from asyncrl.tasks.base import evaluate_by_reward
+from asyncrl.tasks.base import evaluate_by_reward, shuffled_forever
 from asyncrl.types import Prompt
 
 
@@ -77,12 +76,7 @@ class CustomTask:
         self._eval = _prompts(eval_prompts, prompt_field, self.template) if eval_prompts else self._train
 
     def train_prompts(self, seed: int) -> Iterator[Prompt]:
-        rng = random.Random(seed)
-        while True:
-            order = list(range(len(self._train)))
-            rng.shuffle(order)
-            for i in order:
-                yield self._train[i]
+        return shuffled_forever(self._train, seed)
 
     def eval_prompts(self) -> list[Prompt]:
         return self._eval

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
+from asyncrl.tasks.base import shuffled_forever
 from asyncrl.types import Prompt
 
 DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -149,13 +149,7 @@ class GSM8KTask:
         return self._splits[split]
 
     def train_prompts(self, seed: int) -> Iterator[Prompt]:
-        prompts = self._prompts("train")
-        rng = random.Random(seed)
-        while True:
-            order = list(range(len(prompts)))
-            rng.shuffle(order)
-            for i in order:
-                yield prompts[i]
+        return shuffled_forever(self._prompts("train"), seed)
 
     def eval_prompts(self) -> list[Prompt]:
         return self._prompts("test")

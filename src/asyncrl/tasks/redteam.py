@@ -39,7 +39,6 @@ comparable across checkpoints. Identical attacks give 0; two empty attacks count
 from __future__ import annotations
 
 import importlib.util
-import random
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -53,6 +52,7 @@ from asyncrl.tasks.hf_models import (
     aux_device, check_causal_lm_folder, check_classifier_folder, classifier_logits, fallback_token,
     load_classifier, max_input_tokens, read_model_config,
 )
+from asyncrl.tasks.base import shuffled_forever
 from asyncrl.types import Prompt
 
 DEFAULT_SEEDS = "../shared/data/hh-rlhf-harmless/harmless-base_test.jsonl.gz"
@@ -317,12 +317,7 @@ class RedteamTask:
         self._eval = load_seeds(eval_prompts, prompt_field, self.template) if eval_prompts else self._train
 
     def train_prompts(self, seed: int) -> Iterator[Prompt]:
-        rng = random.Random(seed)
-        while True:
-            order = list(range(len(self._train)))
-            rng.shuffle(order)
-            for i in order:
-                yield self._train[i]
+        return shuffled_forever(self._train, seed)
 
     def eval_prompts(self) -> list[Prompt]:
         return self._eval

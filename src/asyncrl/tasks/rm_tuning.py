@@ -35,14 +35,13 @@ reference policy and ``completion_tokens_mean`` / ``missing_eos_rate`` because t
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from asyncrl.data import column, load_rows
-from asyncrl.tasks.base import checked_rewards
+from asyncrl.tasks.base import checked_rewards, shuffled_forever
 from asyncrl.tasks.hf_models import (
     aux_device, check_classifier_folder, load_classifier, max_input_tokens,
 )
@@ -131,12 +130,7 @@ class RewardModelTask:
                             else self._train))
 
     def train_prompts(self, seed: int) -> Iterator[Prompt]:
-        rng = random.Random(seed)
-        while True:
-            order = list(range(len(self._train)))
-            rng.shuffle(order)
-            for i in order:
-                yield self._train[i]
+        return shuffled_forever(self._train, seed)
 
     def eval_prompts(self) -> list[Prompt]:
         return self._eval
