@@ -14,15 +14,14 @@ import torch
 from asyncrl.cli import main
 from asyncrl.policy import BUILTIN_MODELS
 
+from conftest import read_jsonl
+
 pytestmark = pytest.mark.e2e
 
 BASE = BUILTIN_MODELS["arithmetic"]
 TINY = ["--steps", "4", "--prompts-per-step", "4", "--samples-per-prompt", "4", "--eval-every", "2",
         "--eval-limit", "16", "--max-new-tokens", "6", "--warmup-steps", "0", "--lr", "1e-3"]
 
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _run(tmp_path, *flags) -> Path:
@@ -44,14 +43,14 @@ def _param_delta(ckpt: Path) -> float:
 def test_each_loss_sync_and_async(tmp_path, loss, max_lag):
     out = _run(tmp_path, "--loss", loss, "--max-lag", str(max_lag), "--workers", "thread",
                "--reference-on", "learner" if loss == "ppo" else "generator")
-    rows = _rows(out / "metrics.jsonl")
+    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
         assert r["staleness_max"] <= max_lag
         assert all(v is not None for v in r.values()), r
     if max_lag == 0:
         assert all(r["staleness_mean"] == 0 for r in rows)
-    evals = _rows(out / "eval.jsonl")
+    evals = read_jsonl(out / "eval.jsonl")
     assert [e["step"] for e in evals] == [0, 2, 4] and evals[0]["wall_time_s"] >= 0
     assert (out / "config.yaml").is_file() and list((out / "tb").iterdir())
     assert _param_delta(out / "checkpoints" / "step_4") > 0
@@ -60,13 +59,13 @@ def test_each_loss_sync_and_async(tmp_path, loss, max_lag):
 def test_process_workers_two_generators_and_resume(tmp_path):
     out = _run(tmp_path, "--workers", "process", "--num-generators", "2", "--max-lag", "1",
                "--save-every", "2")
-    rows = _rows(out / "metrics.jsonl")
+    rows = read_jsonl(out / "metrics.jsonl")
     assert max(r["staleness_max"] for r in rows) <= 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["samples_seen"] == 4 * 4 * 4
     # resume the same run folder for two more steps: versions and counters continue
     assert main(["train", *TINY, "--steps", "6", "--resume", str(out), "--workers", "thread"]) == 0
-    rows = _rows(out / "metrics.jsonl")
+    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[-1]["samples_seen"] == 6 * 4 * 4
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_6"
@@ -74,7 +73,7 @@ def test_process_workers_two_generators_and_resume(tmp_path):
 
 def test_tba_buffer_run(tmp_path):
     out = _run(tmp_path, "--buffer", "tba", "--workers", "thread", "--max-lag", "1")
-    rows = _rows(out / "metrics.jsonl")
+    rows = read_jsonl(out / "metrics.jsonl")
     assert rows[-1]["buffer/size"] > 0
     # replay: later batches may hold samples older than the newest request
     assert all(r["staleness_max"] >= 0 for r in rows)

@@ -14,17 +14,12 @@ from asyncrl.cli import main
 from asyncrl.policy import encode_prompts, load_tokenizer
 from asyncrl.rm import bradley_terry_loss, encode_texts, load_reward_model, rm_backward
 
+from conftest import write_jsonl, read_jsonl
+
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CPU = torch.device("cpu")
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_bradley_terry_hand_computed_values_and_gradient():
@@ -105,18 +100,18 @@ def _preference_rows(n: int, seed: int) -> list[dict]:
 def test_rm_learns_held_out_preferences_and_saves_a_loadable_classifier(tmp_path, tiny_model_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    train = _write_jsonl(tmp_path / "train.jsonl", _preference_rows(64, seed=1))
-    held = _write_jsonl(tmp_path / "held.jsonl", _preference_rows(32, seed=2))
+    train = write_jsonl(tmp_path / "train.jsonl", _preference_rows(64, seed=1))
+    held = write_jsonl(tmp_path / "held.jsonl", _preference_rows(32, seed=2))
     out = tmp_path / "run"
     assert main(["rm", "--model", tiny_model_dir, "--data", str(train), "--eval-data", str(held),
                  "--output-dir", str(out), "--steps", "40", "--batch-size", "16", "--micro-batch-size", "8",
                  "--lr", "3e-3", "--warmup-steps", "4", "--eval-every", "20", "--seed", "0"]) == 0
-    evals = _rows(out / "eval.jsonl")
+    evals = read_jsonl(out / "eval.jsonl")
     assert [e["step"] for e in evals] == [0, 20, 40]
     first, last = evals[0], evals[-1]
     assert last["eval_accuracy"] >= 0.9 and last["eval_accuracy"] > first["eval_accuracy"]
     assert last["eval_loss"] < 0.5 * first["eval_loss"] and last["eval_margin"] > first["eval_margin"]
-    rows = _rows(out / "metrics.jsonl")
+    rows = read_jsonl(out / "metrics.jsonl")
     assert rows[-1]["samples_seen"] == 640 and {"accuracy", "margin", "loss", "lr"} <= set(rows[-1])
 
     ckpt = out / "checkpoints" / "step_40"
@@ -132,14 +127,14 @@ def test_rm_learns_held_out_preferences_and_saves_a_loadable_classifier(tmp_path
 @pytest.mark.e2e
 def test_rm_run_with_prompt_field_and_holdout(tmp_path, tiny_model_dir):
     rows = [{"p": f"{i}=", **r} for i, r in enumerate(_preference_rows(12, seed=3))]
-    data = _write_jsonl(tmp_path / "d.jsonl", rows)
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
     out = tmp_path / "run"
     assert main(["rm", "--model", tiny_model_dir, "--data", str(data), "--prompt-field", "p",
                  "--output-dir", str(out), "--steps", "3", "--batch-size", "4", "--eval-holdout-rows", "4",
                  "--eval-every", "0"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["train_pairs"], summary["eval_pairs"], summary["steps"]) == (8, 4, 3)
-    assert [e["step"] for e in _rows(out / "eval.jsonl")] == [0, 3]
+    assert [e["step"] for e in read_jsonl(out / "eval.jsonl")] == [0, 3]
     assert (out / "checkpoints" / "step_3" / "config.json").is_file()
 
 
@@ -153,7 +148,7 @@ def test_rm_run_with_prompt_field_and_holdout(tmp_path, tiny_model_dir):
     ],
 )
 def test_rm_bad_input_exits_2_with_one_line(tmp_path, tiny_model_dir, capsys, rows, flags, fragment):
-    data = _write_jsonl(tmp_path / "d.jsonl", rows)
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
     assert main(["rm", "--model", tiny_model_dir, "--data", str(data), "--output-dir", str(tmp_path / "r"), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("asyncrl: error: ") and fragment in err and "\n" not in err
@@ -175,5 +170,5 @@ def test_rm_on_real_hh_rlhf_rows(tmp_path, tiny_model_dir):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_pairs"] == 2308 and summary["eval_pairs"] == 4
     assert summary["truncated_texts"] > 4000  # dialogues are far longer than 64 characters
-    rows = _rows(out / "metrics.jsonl")
+    rows = read_jsonl(out / "metrics.jsonl")
     assert len(rows) == 2 and all(0 <= r["accuracy"] <= 1 and r["loss"] > 0 for r in rows)

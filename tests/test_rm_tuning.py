@@ -19,16 +19,12 @@ from asyncrl.tasks import make_task
 from asyncrl.tasks.rm_tuning import DEFAULT_PROMPTS, RewardModelTask
 from asyncrl.types import Prompt
 
-from conftest import build_tiny_classifier_dir, build_tiny_model_dir
+from conftest import build_tiny_classifier_dir, build_tiny_model_dir, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_ALPACA = ROOT.parent / "shared" / "data" / "alpaca-eval" / "alpaca_eval_805_prompts.jsonl"
 CPU = torch.device("cpu")
 
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _lines(path: Path) -> list[dict]:
@@ -37,7 +33,7 @@ def _lines(path: Path) -> list[dict]:
 
 def _prompts_file(tmp_path: Path, n: int = 4, ref: bool = False) -> Path:
     rows = [{"instruction": "abcdefgh"[: i + 1], **({"ref": "xy" * (i + 1)} if ref else {})} for i in range(n)]
-    return _write_jsonl(tmp_path / "p.jsonl", rows)
+    return write_jsonl(tmp_path / "p.jsonl", rows)
 
 
 def _task(tmp_path, rm_dir, **kw) -> RewardModelTask:
@@ -176,7 +172,7 @@ class _CountScorer:
 
 def test_win_rate_on_a_constructed_case(tmp_path, tiny_rm_dir):
     rows = [{"instruction": f"q{i}", "ref": r} for i, r in enumerate(["aa", "aa", "aa", "a"])]
-    path = _write_jsonl(tmp_path / "e.jsonl", rows)
+    path = write_jsonl(tmp_path / "e.jsonl", rows)
     task = RewardModelTask(str(path), tiny_rm_dir, reference_field="ref", gold_reward_model=tiny_rm_dir, device="cpu")
     task.rm, task.gold = _CountScorer(), _CountScorer("a")  # training RM = length, gold = number of a's
     comps = ["aaa", "b", "aa", "bbbb"]
@@ -189,7 +185,7 @@ def test_win_rate_on_a_constructed_case(tmp_path, tiny_rm_dir):
 
 
 def test_reference_field_must_be_in_every_eval_row(tmp_path, tiny_rm_dir):
-    path = _write_jsonl(tmp_path / "e.jsonl", [{"instruction": "a", "ref": "b"}, {"instruction": "c"}])
+    path = write_jsonl(tmp_path / "e.jsonl", [{"instruction": "a", "ref": "b"}, {"instruction": "c"}])
     with pytest.raises(ValueError, match="row 2: missing field 'ref'"):
         RewardModelTask(str(path), tiny_rm_dir, reference_field="ref", device="cpu")
 

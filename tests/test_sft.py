@@ -15,17 +15,12 @@ from asyncrl.data import DataError, batches, column, load_rows, split_rows
 from asyncrl.policy import encode_prompts, load_model, load_tokenizer
 from asyncrl.sft import build_examples, nll_micro, sft_backward
 
+from conftest import write_jsonl, read_jsonl
+
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CPU = torch.device("cpu")
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _model_tok(tiny_model_dir):
@@ -37,7 +32,7 @@ def _model_tok(tiny_model_dir):
 
 def test_load_rows_jsonl_gz_json_and_errors(tmp_path):
     rows = [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"}]
-    _write_jsonl(tmp_path / "x.jsonl", rows)
+    write_jsonl(tmp_path / "x.jsonl", rows)
     (tmp_path / "x.jsonl.gz").write_bytes(gzip.compress((tmp_path / "x.jsonl").read_bytes()))
     (tmp_path / "x.json").write_text(json.dumps(rows))
     for name in ("x.jsonl", "x.jsonl.gz", "x.json"):
@@ -138,12 +133,12 @@ MEMO = [{"prompt": "ab=", "completion": "123"}, {"prompt": "cd=", "completion": 
 def test_sft_memorises_and_checkpoint_reloads_with_transformers(tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    data = _write_jsonl(tmp_path / "memo.jsonl", MEMO)
+    data = write_jsonl(tmp_path / "memo.jsonl", MEMO)
     out = tmp_path / "run"
     assert main(["sft", "--model", tiny_model_dir, "--data", str(data), "--output-dir", str(out),
                  "--steps", "80", "--batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-2",
                  "--warmup-steps", "5", "--save-every", "40", "--seed", "0"]) == 0
-    rows = _rows(out / "metrics.jsonl")
+    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 81))
     for k in ("step", "wall_time_s", "loss", "tokens_per_s", "lr", "samples_seen"):
         assert k in rows[-1]
@@ -168,7 +163,7 @@ def test_sft_memorises_and_checkpoint_reloads_with_transformers(tmp_path, tiny_m
 @pytest.mark.e2e
 def test_sft_epochs_heldout_eval_and_rl_from_the_checkpoint(tmp_path):
     rows = [{"q": f"{a}+{b}=", "a": str(a + b)} for a in range(5) for b in range(4)]  # 20 rows
-    data = _write_jsonl(tmp_path / "add.jsonl", rows)
+    data = write_jsonl(tmp_path / "add.jsonl", rows)
     out = tmp_path / "sft"
     # Built-in arithmetic base model (no --model), so `asyncrl train` can start from the result.
     assert main(["sft", "--data", str(data), "--prompt-field", "q", "--completion-field", "a",
@@ -176,7 +171,7 @@ def test_sft_epochs_heldout_eval_and_rl_from_the_checkpoint(tmp_path):
                  "--eval-every", "2", "--lr", "1e-4", "--device", "cpu"]) == 0
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["steps"] == 6  # ceil(1.5 * 16 / 4)
-    evals = _rows(out / "eval.jsonl")
+    evals = read_jsonl(out / "eval.jsonl")
     assert [e["step"] for e in evals] == [0, 2, 4, 6] and all(e["eval_tokens"] > 0 for e in evals)
     ckpt = out / "checkpoints" / "step_6"
     rl = tmp_path / "rl"
@@ -200,7 +195,7 @@ def test_sft_epochs_heldout_eval_and_rl_from_the_checkpoint(tmp_path):
 def test_sft_bad_input_exits_2_with_one_line(tmp_path, tiny_model_dir, capsys, rows, flags, fragment):
     data = tmp_path / "d.jsonl"
     if rows is not None:
-        _write_jsonl(data, rows)
+        write_jsonl(data, rows)
     out = tmp_path / "run"
     assert main(["sft", "--model", tiny_model_dir, "--data", str(data), "--output-dir", str(out), *flags]) == 2
     err = capsys.readouterr().err.strip()
@@ -212,7 +207,7 @@ def test_sft_needs_data_and_refuses_a_finished_run(tmp_path, tiny_model_dir, cap
     assert main(["sft", "--model", tiny_model_dir, "--output-dir", str(tmp_path / "r")]) == 2
     assert "sft needs training rows: pass --data" in capsys.readouterr().err
     (tmp_path / "r" / "checkpoints").mkdir(parents=True)
-    data = _write_jsonl(tmp_path / "d.jsonl", MEMO)
+    data = write_jsonl(tmp_path / "d.jsonl", MEMO)
     assert main(["sft", "--model", tiny_model_dir, "--data", str(data), "--output-dir", str(tmp_path / "r")]) == 2
     assert "already holds a run with checkpoints" in capsys.readouterr().err
 
@@ -236,7 +231,7 @@ def test_sft_on_real_gsm8k_train_rows(tmp_path, tiny_model_dir):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_rows"] == 7471 and summary["eval_rows"] == 2
     assert summary["truncated_rows"] > 7000  # GSM8K rows are far longer than 64 characters
-    rows = _rows(out / "metrics.jsonl")
+    rows = read_jsonl(out / "metrics.jsonl")
     assert len(rows) == 2 and all(r["loss"] > 0 and r["loss"] == r["loss"] for r in rows)
 
 

@@ -153,6 +153,19 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int) ->
     return Packed(ids, attn, pos, ids[:, P:].clone(), comp_mask, P)
 
 
+def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token lists -> (input_ids [N, W], attention_mask [N, W]), right-padded to the longest.
+
+    Sequence classifiers read the last non-pad token, so their batches pad on the right."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attn[i, : len(s)] = 1
+    return ids, attn
+
+
 def token_logprobs(logits: Tensor, targets: Tensor, temperature: float) -> Tensor:
     """logits [N, C, V], targets [N, C] -> [N, C] log-softmax(logits / temperature) at targets."""
     logits = logits.float() / temperature

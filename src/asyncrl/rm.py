@@ -23,6 +23,7 @@ from asyncrl.config import Config
 from asyncrl.data import DataError, column, load_rows, split_rows, steps_for_epochs
 from asyncrl.policy import (
     _split_gguf, default_dtype, encode_prompts, load_model, load_tokenizer, resolve_device, resolve_model_path,
+    right_pad,
 )
 from asyncrl.supervised import micro_slices, prepare_run_dir, run_loop, set_threads
 
@@ -79,12 +80,7 @@ def encode_texts(tokenizer, texts: list[str], prompts: list[str] | None, chat_te
 
 def rewards(model, seqs: list[list[int]], pad_id: int, device: torch.device) -> Tensor:
     """Scalar reward per sequence [N]: right-padded batch, the head's output at the last real token."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        attn[i, : len(s)] = 1
+    ids, attn = right_pad(seqs, pad_id)  # [N, W] each
     out = model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False)
     return out.logits[:, 0]
 

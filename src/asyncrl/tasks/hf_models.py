@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from asyncrl.policy import default_dtype, resolve_device
+from asyncrl.policy import default_dtype, resolve_device, right_pad
 
 
 def read_model_config(path: str, what: str, flag: str) -> dict:
@@ -102,11 +102,6 @@ def max_input_tokens(model, limit: int) -> int:
 @torch.no_grad()
 def classifier_logits(model, seqs: list[list[int]], pad_id: int, device: torch.device) -> torch.Tensor:
     """Head outputs [N, num_labels] (float, CPU) of token sequences, right-padded into one batch."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        attn[i, : len(s)] = 1
+    ids, attn = right_pad(seqs, pad_id)  # [N, W] each
     out = model(input_ids=ids.to(device), attention_mask=attn.to(device))
     return out.logits.float().cpu()
