@@ -56,6 +56,18 @@ def test_each_loss_sync_and_async(tmp_path, loss, max_lag):
     assert _param_delta(out / "checkpoints" / "step_4") > 0
 
 
+@pytest.mark.parametrize("max_lag", [1, 3])
+def test_inline_simulated_lag_is_exact_and_deterministic(tmp_path, max_lag):
+    """workers=inline with max_lag N: the first N+1 batches come from the initial weights (staleness
+    0..N), then every batch is exactly N updates stale; two runs with one seed are identical."""
+    flags = ["--loss", "grpo", "--max-lag", str(max_lag), "--workers", "inline", "--steps", "6", "--eval-every", "0"]
+    a = read_jsonl(_run(tmp_path / "a", *flags) / "metrics.jsonl")
+    b = read_jsonl(_run(tmp_path / "b", *flags) / "metrics.jsonl")
+    assert [r["staleness_max"] for r in a] == [min(s, max_lag) for s in range(6)]
+    assert [r["staleness_mean"] for r in a] == [min(s, max_lag) for s in range(6)]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
 def test_process_workers_two_generators_and_resume(tmp_path):
     out = _run(tmp_path, "--workers", "process", "--num-generators", "2", "--max-lag", "1",
                "--save-every", "2")

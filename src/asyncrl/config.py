@@ -166,8 +166,10 @@ class Config(BaseModel):
     """Generator workers sampling concurrently with the learner."""
     workers: Literal["auto", "process", "thread", "inline"] = "auto"
     """How generators run beside the learner: ``process`` (separate processes, no GIL sharing),
-    ``thread``, or ``inline`` (in the learner's own thread; synchronous runs only). ``auto`` =
-    inline when ``max_lag`` is 0, else process. See docs/runtime.md for the measurements."""
+    ``thread``, or ``inline`` (in the learner's own thread, one generator). ``auto`` = inline when
+    ``max_lag`` is 0, else process. ``inline`` with ``max_lag: N`` generates N steps ahead and then
+    trains on every batch exactly N steps stale, deterministically and with no overlap: a
+    simulated lag for studying off-policy robustness, not a speed-up. See docs/runtime.md."""
     learner_threads: int | None = Field(None, ge=1)
     """CPU torch threads for the learner; None = all cores when synchronous, else the cores the
     generators leave free, at least 1 (see docs/runtime.md)."""
@@ -231,9 +233,8 @@ class Config(BaseModel):
             )
         if self.workers == "auto":
             object.__setattr__(self, "workers", "inline" if self.max_lag == 0 and self.num_generators == 1 else "process")
-        if self.workers == "inline" and (self.max_lag != 0 or self.num_generators != 1):
-            raise ValueError("workers=inline runs the generator in the learner's thread: it needs max_lag=0 "
-                             "and num_generators=1")
+        if self.workers == "inline" and self.num_generators != 1:
+            raise ValueError("workers=inline runs the generator in the learner's thread: it needs num_generators=1")
         if self.micro_batch_prompts is not None and self.micro_batch_prompts > self.prompts_per_step:
             raise ValueError("micro_batch_prompts cannot exceed prompts_per_step")
         if self.buffer == "tba" and self.per_prompt_capacity < self.samples_per_prompt:

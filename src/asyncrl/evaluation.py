@@ -84,6 +84,30 @@ def _completion_stats(metrics: dict, rows: list[dict], comps, length_penalty: fl
 
 
 @torch.no_grad()
+def sampled_kl(model, ref_model, tokenizer, prompts: list[str], *, samples_per_prompt: int, max_new_tokens: int,
+               chat_template: str = "auto", batch_size: int = 64) -> float:
+    """Monte-Carlo estimate of the sequence-level KL(pi || ref) = E_{y~pi}[sum_t log pi(y_t) - log ref(y_t)]
+    from ``samples_per_prompt`` completions per prompt sampled from ``model`` at temperature 1 (EOS
+    included, as in training); the mean over all samples. Unbiased, unlike the greedy plug-in
+    ``kl_ref`` of :func:`evaluate` or the training log's ``kl``, which scores stale behaviour samples."""
+    was_training = model.training
+    engine = HFEngine(model, tokenizer, max_new_tokens=max_new_tokens, temperature=1.0)
+    prompt_ids: list[list[int]] = []
+    comp_ids: list[list[int]] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            ids = encode_prompts(tokenizer, prompts[i : i + batch_size], chat_template)
+            for p, group in zip(ids, engine.generate(ids, k=samples_per_prompt)):
+                for c in group:
+                    prompt_ids.append(p)
+                    comp_ids.append(c.ids)
+        per_row, _, _ = reference_stats(model, ref_model, tokenizer.pad_token_id, prompt_ids, comp_ids, batch_size)
+    finally:
+        model.train(was_training)
+    return sum(per_row) / len(per_row)
+
+
+@torch.no_grad()
 def reference_stats(model, ref_model, pad_id: int, prompt_ids: list[list[int]], completion_ids: list[list[int]],
                     batch_size: int = 64) -> tuple[list[float], float, int]:
     """(per-sequence sum of log pi - log ref, total log ref over all tokens, token count), temperature 1."""

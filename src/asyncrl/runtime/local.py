@@ -173,7 +173,9 @@ class LocalRuntime:
             while step < cfg.steps and not self._stop_requested:
                 while outstanding <= cfg.max_lag - (step - published):
                     wid = min(range(len(workers)), key=lambda i: assigned[i])
-                    if assigned[wid] >= WORKER_DEPTH:
+                    # An inline worker serves a request the moment it is sent, so only the lag bound
+                    # limits it: with max_lag N it runs N requests ahead (a simulated, exact lag).
+                    if assigned[wid] >= WORKER_DEPTH and cfg.workers != "inline":
                         break
                     workers[wid].send(("generate", next_req, cfg.prompts_per_step))
                     assigned[wid] += 1

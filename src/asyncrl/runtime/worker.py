@@ -122,8 +122,9 @@ class WorkerHandle:
 
 class InlineWorker:
     """Runs the generator in the controller's own thread: a request is served the moment it is
-    sent. Only meaningful for synchronous runs (nothing can overlap), where it avoids every
-    hand-off between roles; the config only allows it with ``max_lag: 0``."""
+    sent. Nothing overlaps: with ``max_lag: 0`` it is synchronous training without any hand-off
+    between roles; with ``max_lag: N`` the controller dispatches N requests ahead, so every batch
+    is trained exactly N updates after the weights that generated it (a simulated lag)."""
 
     kind = "inline"
 
@@ -166,8 +167,8 @@ def make_outbox(kind: str):
 def default_threads(cfg: Config) -> tuple[int, int]:
     """(learner threads, threads per generator process), measured choices in docs/runtime.md."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cfg.synchronous:
-        # Roles never overlap in synchronous mode, so each may use every core in its turn.
+    if cfg.synchronous or cfg.workers == "inline":
+        # Roles never overlap (synchronous or inline), so each may use every core in its turn.
         gen, learner = cores, cores
     else:
         gen = max(1, cores // (1 + cfg.num_generators))

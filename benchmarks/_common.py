@@ -1,0 +1,90 @@
+"""Helpers shared by the benchmark scripts: launching ``asyncrl train`` runs, reading their
+output, and summarising repeats as median and spread."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def train_cmd(run_dir: Path, flags: list[str]) -> list[str]:
+    return [sys.executable, "-m", "asyncrl.cli", "train", "--output-dir", str(run_dir), *flags]
+
+
+def run_train(run_dir: Path, flags: list[str], quiet: bool = True) -> dict:
+    """Runs one ``asyncrl train`` (skipped when ``run_dir`` already holds a finished run, so an
+    interrupted sweep resumes) and returns its ``summary.json``."""
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        cmd = train_cmd(run_dir, flags)
+        print("+", " ".join(cmd), flush=True)
+        if run_dir.exists():  # a half-written run from an interrupted sweep
+            import shutil
+
+            shutil.rmtree(run_dir)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if quiet else None,
+                       env={**os.environ, "CI": "1"})
+    return json.loads(summary.read_text())
+
+
+def run_many(jobs: list[tuple[Path, list[str]]], parallel: int) -> list[dict]:
+    """Runs ``(run_dir, flags)`` jobs, ``parallel`` at a time, in order; returns their summaries."""
+    if parallel <= 1:
+        return [run_train(d, f) for d, f in jobs]
+    with ThreadPoolExecutor(parallel) as pool:
+        return list(pool.map(lambda job: run_train(*job), jobs))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def time_to_target(run_dir: Path, target: float) -> float | None:
+    """Training wall-clock (evaluation excluded) of the first evaluation reaching ``target`` accuracy."""
+    for row in read_jsonl(run_dir / "eval.jsonl"):
+        if row.get("accuracy") is not None and row["accuracy"] >= target:
+            return row["wall_time_s"]
+    return None
+
+
+def spread(vals) -> dict:
+    """Median, min and max of the values that are not None (n counts them)."""
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def fmt(s: dict, digits: int = 1) -> str:
+    if s["median"] is None:
+        return "n/a"
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def machine() -> dict:
+    """What the figures were measured on, stored beside them."""
+    import platform
+
+    import torch
+
+    return {
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
