@@ -1,62 +1,99 @@
-"""Benchmark: the same job synchronous (max_lag 0) vs asynchronous, run side by side.
+"""Benchmark: the same job synchronous (max_lag 0) vs asynchronous, with 1 or 2 generators.
 
-Runs each mode ``--repeats`` times, interleaved (sync, async, sync, async, ...) so machine noise
-hits both alike, and prints per mode: wall-clock to a target greedy accuracy, final accuracy, and
-where the time went (generator busy time, learner busy time, learner waiting for data). Extra
-modes compare worker hosting (threads vs processes). Writes ``results.json`` into --out.
+Same task, model, seed and sample budget (``steps`` x ``prompts_per_step`` x ``samples_per_prompt``)
+in every mode; only the asynchrony changes. Each seed runs every mode back to back (sync, async,
+async-2gen, then the next seed) so machine noise hits all modes alike. Reports per mode, as
+median (min-max) over seeds: training wall-clock to a target greedy accuracy (evaluation time
+excluded), wall-clock for the whole budget, final accuracy, and where the time went (generator busy
+= sampling + scoring, learner busy, learner waiting for data). Writes ``results.json`` and
+``async_vs_sync.png`` into --out.
 
-    python benchmarks/async_vs_sync.py --out runs/bench-async --repeats 3
+    python benchmarks/async_vs_sync.py --out runs/bench-async --repeats 3 --target 0.5
+    python benchmarks/async_vs_sync.py --modes async,async-thread -- --steps 300   # extra train flags after --
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import fmt, machine, read_jsonl, run_train, spread, time_to_target, write_json  # noqa: E402
+
 MODES = {
     "sync": ["--max-lag", "0"],  # workers auto -> inline: ordinary synchronous training in one thread
+    "async": ["--max-lag", "2"],  # one generator process beside the learner
+    "async-2gen": ["--max-lag", "2", "--num-generators", "2"],
+    "async-lag4": ["--max-lag", "4"],
     "sync-process": ["--max-lag", "0", "--workers", "process"],
-    "async": [],  # the default job: max_lag from the config default
-    "async-thread": ["--workers", "thread"],
+    "async-thread": ["--max-lag", "2", "--workers", "thread"],
     "sync-thread": ["--max-lag", "0", "--workers", "thread"],
 }
 
 
-def time_to_target(run: Path, target: float) -> float | None:
-    for line in (run / "eval.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if row["accuracy"] >= target:
-            return row["wall_time_s"]
-    return None
+def plot(runs: dict[str, list[dict]], out: Path, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (mode, rows) in enumerate(runs.items()):
+        for j, r in enumerate(rows):
+            ev = read_jsonl(Path(r["run"]) / "eval.jsonl")
+            ax.plot([e["wall_time_s"] for e in ev], [e["accuracy"] for e in ev], color=colors[i % len(colors)],
+                    alpha=0.8, lw=1.2, label=mode if j == 0 else None)
+    ax.axhline(target, color="grey", ls=":", lw=1)
+    ax.set_xlabel("training wall-clock, s (evaluation excluded)")
+    ax.set_ylabel("greedy accuracy (200 eval prompts)")
+    ax.set_title("accuracy vs wall-clock, one line per seed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    names = list(runs)
+    med = {k: [statistics.median(r[k] for r in runs[m]) for m in names]
+           for k in ("gen_time_s", "train_time_s", "wait_time_s", "wall_time_s")}
+    x = range(len(names))
+    w = 0.27
+    bx.bar([i - w for i in x], med["wall_time_s"], w, label="wall-clock", color="black", alpha=0.7)
+    bx.bar(list(x), med["gen_time_s"], w, label="generator busy", color=colors[0])
+    bx.bar([i + w for i in x], med["train_time_s"], w, label="learner busy", color=colors[1])
+    bx.bar([i + w for i in x], med["wait_time_s"], w, bottom=med["train_time_s"], label="learner waiting",
+           color=colors[1], alpha=0.35)
+    bx.set_xticks(list(x), names, fontsize=8)
+    bx.set_ylabel("seconds (median over seeds)")
+    bx.set_title("time split")
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/bench-async-vs-sync")
-    ap.add_argument("--modes", default="sync,async", help=f"comma list of {','.join(MODES)}")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--target", type=float, default=0.40, help="greedy accuracy to time")
+    ap.add_argument("--modes", default="sync,async,async-2gen", help=f"comma list of {','.join(MODES)}")
+    ap.add_argument("--repeats", type=int, default=3, help="seeds 0..repeats-1")
+    ap.add_argument("--target", type=float, default=0.50, help="greedy accuracy to time")
     ap.add_argument("--eval-every", type=int, default=25)
-    ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more asyncrl train flags")
+    ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more asyncrl train flags for every mode")
     args = ap.parse_args()
     extra = [a for a in args.extra if a != "--"]
     out = Path(args.out)
     modes = args.modes.split(",")
-    results: dict[str, list[dict]] = {m: [] for m in modes}
-    for rep in range(args.repeats):
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        ap.error(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    for seed in range(args.repeats):
         for mode in modes:
-            run = out / f"{mode}-r{rep}"
-            cmd = [sys.executable, "-m", "asyncrl.cli", "train", "--output-dir", str(run), "--seed", str(rep),
-                   "--eval-every", str(args.eval_every), *MODES[mode], *extra]
-            print("+", " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={"CI": "1", **__import__("os").environ})
-            s = json.loads((run / "summary.json").read_text())
-            results[mode].append({
-                "seed": rep,
+            run = out / f"{mode}-r{seed}"
+            s = run_train(run, ["--seed", str(seed), "--eval-every", str(args.eval_every), *MODES[mode], *extra])
+            staleness = [r["staleness_mean"] for r in read_jsonl(run / "metrics.jsonl")]
+            runs[mode].append({
+                "seed": seed,
+                "run": str(run),
                 "wall_time_s": s["wall_time_s"],
                 "time_to_target_s": time_to_target(run, args.target),
                 "final_accuracy": s["final_accuracy"],
@@ -64,38 +101,41 @@ def main() -> None:
                 "train_time_s": s["train_time_s"],
                 "wait_time_s": s["wait_time_s"],
                 "sync_time_s": s["sync_time_s"],
+                "staleness_mean": sum(staleness) / len(staleness),
             })
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"target": args.target, "extra": extra, "runs": results}, indent=2))
+    keys = ("time_to_target_s", "wall_time_s", "final_accuracy", "gen_time_s", "train_time_s", "wait_time_s",
+            "staleness_mean")
+    table = {m: {k: spread(r[k] for r in rows) for k in keys} for m, rows in runs.items()}
+    ratios = {}
+    if "sync" in runs:
+        for m in modes:
+            if m != "sync":
+                ratios[m] = {
+                    "wall": [s["wall_time_s"] / a["wall_time_s"] for s, a in zip(runs["sync"], runs[m])],
+                    "time_to_target": [s["time_to_target_s"] / a["time_to_target_s"]
+                                       for s, a in zip(runs["sync"], runs[m])
+                                       if s["time_to_target_s"] and a["time_to_target_s"]],
+                }
+    write_json(out / "results.json", {"target": args.target, "extra": extra, "machine": machine(), "table": table,
+                                      "sync_over_mode_ratios": ratios, "runs": runs})
+    plot(runs, out / "async_vs_sync.png", args.target)
 
-    def fmt(vals):
-        vals = [v for v in vals if v is not None]
-        if not vals:
-            return "n/a"
-        return f"{statistics.median(vals):7.1f} (min {min(vals):.1f}, max {max(vals):.1f})"
-
-    print(f"\ntarget accuracy {args.target}; median (min, max) over {args.repeats} seeds")
-    print(f"{'mode':14} {'time to target s':>30} {'wall s':>30} {'final acc':>10} {'gen busy s':>11} "
-          f"{'learn busy s':>12} {'learn wait s':>12}")
-    for m, rows in results.items():
-        reached = sum(r["time_to_target_s"] is not None for r in rows)
-        print(f"{m:14} {fmt([r['time_to_target_s'] for r in rows]):>30} {fmt([r['wall_time_s'] for r in rows]):>30} "
-              f"{statistics.median(r['final_accuracy'] for r in rows):10.3f} "
-              f"{statistics.median(r['gen_time_s'] for r in rows):11.1f} "
-              f"{statistics.median(r['train_time_s'] for r in rows):12.1f} "
-              f"{statistics.median(r['wait_time_s'] for r in rows):12.1f}  reached {reached}/{len(rows)}")
-    if "sync" in results and "async" in results:
-        ratios = [s["wall_time_s"] / a["wall_time_s"] for s, a in zip(results["sync"], results["async"])]
-        print(f"\nsync/async wall-clock ratio per seed: {', '.join(f'{r:.2f}' for r in ratios)}")
-        # Overlapped, the run can be no faster than its busiest role as it runs *under overlap* (on a
-        # CPU each role gets fewer threads than it had in its synchronous turn): that bounds the ratio.
-        bound = [s["wall_time_s"] / max(a["train_time_s"], a["gen_time_s"])
-                 for s, a in zip(results["sync"], results["async"])]
-        print(f"bound: sync wall / async busiest-role time, per seed: {', '.join(f'{b:.2f}' for b in bound)}")
-        tt = [(s["time_to_target_s"], a["time_to_target_s"]) for s, a in zip(results["sync"], results["async"])]
-        tt = [s / a for s, a in tt if s and a]
-        if tt:
-            print(f"sync/async time-to-target ratio per seed: {', '.join(f'{r:.2f}' for r in tt)}")
+    print(f"\ntarget accuracy {args.target}; median (min-max) over {args.repeats} seeds")
+    print(f"{'mode':12} {'time to target s':>22} {'wall s':>22} {'final acc':>20} {'gen busy s':>11} "
+          f"{'learn busy s':>12} {'learn wait s':>12} {'stale':>6}")
+    for m, t in table.items():
+        print(f"{m:12} {fmt(t['time_to_target_s']):>22} {fmt(t['wall_time_s']):>22} "
+              f"{fmt(t['final_accuracy'], 3):>20} {t['gen_time_s']['median']:11.1f} "
+              f"{t['train_time_s']['median']:12.1f} {t['wait_time_s']['median']:12.1f} "
+              f"{t['staleness_mean']['median']:6.2f}  reached {t['time_to_target_s']['n']}/{len(runs[m])}")
+    for m, r in ratios.items():
+        print(f"sync/{m} wall-clock ratio per seed: {', '.join(f'{x:.2f}' for x in r['wall'])}; "
+              f"time-to-target: {', '.join(f'{x:.2f}' for x in r['time_to_target']) or 'n/a'}")
+        # Overlapped, a run is no faster than its busiest role as it runs *under overlap* (on a CPU
+        # each role gets fewer threads than in its synchronous turn): that bounds the ratio.
+        bound = [s["wall_time_s"] / max(a["train_time_s"], a["gen_time_s"]) for s, a in zip(runs["sync"], runs[m])]
+        print(f"  bound (sync wall / {m} busiest role): {', '.join(f'{b:.2f}' for b in bound)}")
+    print(f"\nwrote {out / 'results.json'} and {out / 'async_vs_sync.png'}")
 
 
 if __name__ == "__main__":
