@@ -52,6 +52,8 @@ def test_each_loss_sync_and_async(tmp_path, loss, max_lag):
         assert all(r["staleness_mean"] == 0 for r in rows)
     evals = read_jsonl(out / "eval.jsonl")
     assert [e["step"] for e in evals] == [0, 2, 4] and evals[0]["wall_time_s"] >= 0
+    # an evaluation is stamped with the training time of its weights, not including its own duration
+    assert evals[1]["wall_time_s"] - rows[1]["wall_time_s"] < evals[1]["eval_time_s"]
     assert (out / "config.yaml").is_file() and list((out / "tb").iterdir())
     assert _param_delta(out / "checkpoints" / "step_4") > 0
 

@@ -1,4 +1,5 @@
-"""Command line: ``asyncrl train|sft|rm|config [CONFIG.yaml] [--field value ...]``, ``asyncrl eval CHECKPOINT``.
+"""Command line: ``asyncrl train|sft|rm|config [CONFIG.yaml] [--field value ...]``, ``asyncrl eval CHECKPOINT``,
+``asyncrl plot RUN_DIR...``.
 
 Every config field is a flag of the same name with dashes (``max_lag`` -> ``--max-lag``). Values
 are read as YAML scalars (``none``/``null`` for None, ``true``/``false``) and validated by the
@@ -60,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="evaluate the first N eval prompts only (same as --eval-limit)")
     ev.set_defaults(config=None)
     _add_config_flags(ev)
+    plot = sub.add_parser("plot", help="eval accuracy or train reward of runs vs wall-clock and samples, one PNG "
+                                       "(docs/plot.md)")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (metrics.jsonl and/or eval.jsonl)")
+    plot.add_argument("--out", metavar="FILE.png",
+                      help="where to write the PNG [default: plot-<metric>.png in the runs' common parent folder]")
+    plot.add_argument("--metric", choices=("accuracy", "reward"),
+                      help="eval accuracy, or train batch reward (moving average) from metrics.jsonl "
+                           "[default: accuracy if every run has it, else reward]")
+    plot.add_argument("--labels", metavar="A,B,...",
+                      help="comma-separated legend labels, one per run [default: folder (loss, max_lag)]")
+    plot.add_argument("--x", choices=("wall", "samples", "both"), default="both",
+                      help="x axis: training wall-clock, samples seen, or both side by side [default: both]")
     return parser
 
 
@@ -136,6 +149,16 @@ def cmd_supervised(command: str, cfg: Config) -> int:
     return _report_done(command, summary, detail)
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    """``asyncrl plot RUN_DIR... [--out FILE.png] [--metric M] [--labels A,B] [--x wall|samples|both]``."""
+    from asyncrl.plotting import plot_runs
+
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels is not None else None
+    out = plot_runs(args.runs, args.out, metric=args.metric, labels=labels, x=args.x)
+    print(f"asyncrl: plot of {len(args.runs)} run(s) written to {out}", flush=True)
+    return 0
+
+
 def _report_done(command: str, summary: dict, detail: str) -> int:
     """The closing line of a training command; exit code 130 when Ctrl-C stopped it."""
     state = "interrupted" if summary["interrupted"] else "done"
@@ -157,6 +180,12 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "plot":  # reads run files only: no need to import transformers first
+        try:
+            return cmd_plot(args)
+        except (ValueError, OSError) as e:
+            print(f"asyncrl: error: {e}", file=sys.stderr)
+            return 2
     _quiet_libraries()
     try:
         if args.command == "eval":

@@ -123,6 +123,7 @@ class LocalRuntime:
 
         def run_eval(step: int) -> float | None:
             nonlocal eval_s, eval_ref
+            w = wall()  # the training time at which this evaluation's weights were reached
             te = time.perf_counter()
             if wants_kl and eval_ref is None:
                 eval_ref = load_model(eval_ref_path, device).eval().requires_grad_(False)
@@ -130,7 +131,7 @@ class LocalRuntime:
                                      limit=cfg.eval_limit, chat_template=cfg.chat_template, ref_model=eval_ref,
                                      length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty)
             dt = time.perf_counter() - te
-            logger.log_eval({"step": step, "wall_time_s": wall(), **metrics, "n": len(rows),
+            logger.log_eval({"step": step, "wall_time_s": w, **metrics, "n": len(rows),
                              "eval_time_s": dt}, rows[: cfg.eval_log_generations])
             eval_s += dt
             return metrics.get("accuracy")
