@@ -83,14 +83,30 @@ class Learner:
             params += list(self.value_head.parameters())
         self.optimizer, self.scheduler = make_optimizer(params, cfg)
         self.version = 0  # optimizer steps taken; samples carry the version that generated them
+        # Benchmarks set this to a dict: each step() then fills it with that step's seconds per phase
+        # (policy_forward, ref_forward, loss, backward, optimizer, other). None (default) = no timing.
+        self.timings: dict[str, float] | None = None
+        self._mark_t = 0.0
+
+    def _mark(self, phase: str) -> None:
+        """Adds the time since the previous mark to ``timings[phase]`` (no-op unless timing)."""
+        if self.timings is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[phase] = self.timings.get(phase, 0.0) + now - self._mark_t
+        self._mark_t = now
 
     def _micro_inputs(self, packed: Packed, beh: Tensor, rewards: Tensor, ref: Tensor | None) -> LossInputs:
         with_hidden = self.value_head is not None
         out = completion_logprobs(self.model, packed, self.cfg.temperature, with_hidden=with_hidden)
         logp, hidden = out if with_hidden else (out, None)
+        self._mark("policy_forward")
         if ref is None and self.ref_model is not None:
             with torch.no_grad():
                 ref = completion_logprobs(self.ref_model, packed, self.cfg.temperature)
+            self._mark("ref_forward")
         values = self.value_head(hidden).squeeze(-1).float() if with_hidden else None
         return LossInputs(
             logp=logp, mask=packed.completion_mask, behaviour_logp=beh, rewards=rewards,
@@ -100,6 +116,9 @@ class Learner:
     def step(self, batch: BufferBatch) -> dict[str, float]:
         """One optimizer update on ``batch``; returns metrics (floats)."""
         t0 = time.perf_counter()
+        if self.timings is not None:
+            self.timings.clear()
+            self._mark_t = t0
         K = self.cfg.samples_per_prompt
         prompts, comps, beh_rows, reward_rows, ref_rows = flatten(batch)
         n_groups = len(batch.groups)
@@ -117,9 +136,12 @@ class Learner:
             rewards = torch.tensor(reward_rows[rows], dtype=torch.float32, device=self.device)  # [n]
             refs = ref_rows[rows]
             ref = _pad_floats(refs, C).to(self.device) if all(r is not None for r in refs) else None  # [n, C]
+            self._mark("other")
             inp = self._micro_inputs(packed, beh, rewards, ref)
             loss, metrics = self.loss_fn(inp, self.version)
+            self._mark("loss")
             (loss * weight).backward()
+            self._mark("backward")
             loss_sum += loss.item() * weight
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v * weight
@@ -127,6 +149,7 @@ class Learner:
                 kl = seq_sum(inp.logp.detach() - inp.ref_logp, inp.mask).mean().item()
                 kl_sum += kl * weight
             tokens += int(packed.attention_mask.sum())
+        self._mark("other")
         params = [p for grp in self.optimizer.param_groups for p in grp["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(
             params, self.cfg.max_grad_norm if self.cfg.max_grad_norm else float("inf")
@@ -134,6 +157,7 @@ class Learner:
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
+        self._mark("optimizer")
         self.version += 1
         dt = time.perf_counter() - t0
         return {
