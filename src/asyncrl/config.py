@@ -211,7 +211,8 @@ class Config(BaseModel):
     save_every: int = Field(0, ge=0)
     """Checkpoint every this many steps; 0 = only the final checkpoint."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """``auto`` = cuda when available. Weights are fp32 on CPU, bf16 on GPU."""
+    """``auto`` = cuda when available. On GPU trained weights are fp32 with bf16 autocast and
+    generator/reference weights bf16; on CPU all fp32."""
 
     @model_validator(mode="after")
     def _check(self) -> "Config":

@@ -18,7 +18,7 @@ from asyncrl.buffer import BufferBatch
 from asyncrl.config import Config
 from asyncrl.losses.common import LossInputs, seq_sum
 from asyncrl.losses.registry import make_loss
-from asyncrl.policy import Packed, completion_logprobs, pack
+from asyncrl.policy import Packed, autocast, completion_logprobs, default_dtype, pack
 
 
 def lr_lambda(cfg: Config):
@@ -100,14 +100,15 @@ class Learner:
 
     def _micro_inputs(self, packed: Packed, beh: Tensor, rewards: Tensor, ref: Tensor | None) -> LossInputs:
         with_hidden = self.value_head is not None
-        out = completion_logprobs(self.model, packed, self.cfg.temperature, with_hidden=with_hidden)
+        with autocast(self.device):
+            out = completion_logprobs(self.model, packed, self.cfg.temperature, with_hidden=with_hidden)
         logp, hidden = out if with_hidden else (out, None)
         self._mark("policy_forward")
         if ref is None and self.ref_model is not None:
             with torch.no_grad():
                 ref = completion_logprobs(self.ref_model, packed, self.cfg.temperature)
             self._mark("ref_forward")
-        values = self.value_head(hidden).squeeze(-1).float() if with_hidden else None
+        values = self.value_head(hidden.float()).squeeze(-1) if with_hidden else None
         return LossInputs(
             logp=logp, mask=packed.completion_mask, behaviour_logp=beh, rewards=rewards,
             group_size=self.cfg.samples_per_prompt, ref_logp=ref, values=values,
@@ -174,8 +175,11 @@ class Learner:
         }
 
     def weights(self) -> dict[str, Tensor]:
-        """A CPU snapshot of the policy weights, safe to hand to other threads/processes."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        """A CPU snapshot of the policy weights, safe to hand to other threads/processes, in the
+        generators' dtype (bf16 on GPU: half the bytes to move; fp32 on CPU)."""
+        dt = default_dtype(self.device)
+        return {k: v.detach().to("cpu", dtype=dt if v.is_floating_point() else v.dtype, copy=True)
+                for k, v in self.model.state_dict().items()}
 
     # --- checkpoint state beyond the model weights ---
     def state_dict(self) -> dict:

@@ -22,7 +22,7 @@ from torch import Tensor
 from asyncrl.config import Config
 from asyncrl.data import DataError, column, load_rows, split_rows, steps_for_epochs
 from asyncrl.policy import (
-    _split_gguf, default_dtype, encode_prompts, load_model, load_tokenizer, resolve_device, resolve_model_path,
+    TRAIN_DTYPE, _split_gguf, autocast, encode_prompts, load_model, load_tokenizer, resolve_device, resolve_model_path,
     right_pad,
 )
 from asyncrl.supervised import micro_slices, prepare_run_dir, run_loop, set_threads
@@ -81,8 +81,9 @@ def encode_texts(tokenizer, texts: list[str], prompts: list[str] | None, chat_te
 def rewards(model, seqs: list[list[int]], pad_id: int, device: torch.device) -> Tensor:
     """Scalar reward per sequence [N]: right-padded batch, the head's output at the last real token."""
     ids, attn = right_pad(seqs, pad_id)  # [N, W] each
-    out = model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False)
-    return out.logits[:, 0]
+    with autocast(device):
+        out = model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False)
+    return out.logits[:, 0].float()
 
 
 def pair_rewards(model, chosen: list[list[int]], rejected: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
@@ -126,7 +127,7 @@ def load_reward_model(path: str, device: torch.device, pad_id: int, seed: int):
     from transformers import AutoModelForSequenceClassification
 
     folder, extra = _split_gguf(path)
-    dtype = default_dtype(device)
+    dtype = TRAIN_DTYPE  # trained: fp32 master weights, bf16 autocast on GPU
     torch.manual_seed(seed)  # the new score head
     if extra:
         lm = load_model(path, torch.device("cpu"), dtype)

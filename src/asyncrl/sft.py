@@ -21,7 +21,7 @@ from torch import Tensor
 from asyncrl.config import Config
 from asyncrl.data import DataError, column, load_rows, split_rows, steps_for_epochs
 from asyncrl.policy import (
-    completion_logprobs, encode_prompts, load_model, load_tokenizer, pack, resolve_device, resolve_model_path,
+    TRAIN_DTYPE, autocast, completion_logprobs, encode_prompts, load_model, load_tokenizer, pack, resolve_device, resolve_model_path,
 )
 from asyncrl.supervised import micro_slices, prepare_run_dir, run_loop, set_threads
 
@@ -63,7 +63,8 @@ def masked_nll_sum(logp: Tensor, mask: Tensor) -> Tensor:
 def nll_micro(model, examples: list[Example], pad_id: int, device: torch.device) -> tuple[Tensor, int, int]:
     """One forward: (summed completion NLL, completion tokens, tokens forwarded incl. padding)."""
     packed = pack([e.prompt_ids for e in examples], [e.completion_ids for e in examples], pad_id).to(device)
-    logp = completion_logprobs(model, packed, temperature=1.0)
+    with autocast(device):
+        logp = completion_logprobs(model, packed, temperature=1.0)
     return masked_nll_sum(logp, packed.completion_mask), int(packed.completion_mask.sum()), packed.input_ids.numel()
 
 
@@ -124,7 +125,7 @@ def run_sft(cfg: Config) -> dict:
         cfg.steps = steps_for_epochs(cfg.epochs, len(train), cfg.batch_size)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = load_model(model_path, device)
+    model = load_model(model_path, device, TRAIN_DTYPE)  # fp32 master weights; bf16 autocast on GPU
     pad_id = tokenizer.pad_token_id
     print(f"asyncrl sft: {info['train_rows']} training rows ({info['truncated_rows']} cut to {cfg.max_seq_tokens} "
           f"tokens), {info['eval_rows']} held-out rows, {cfg.steps} steps of {cfg.batch_size}", flush=True)

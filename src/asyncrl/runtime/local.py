@@ -29,7 +29,7 @@ from asyncrl.evaluation import evaluate
 from asyncrl.io import atomic_write_text
 from asyncrl.learner import Learner
 from asyncrl.metrics import RunLogger
-from asyncrl.policy import load_model, load_tokenizer, resolve_device, resolve_model_path
+from asyncrl.policy import TRAIN_DTYPE, autocast, load_model, load_tokenizer, resolve_device, resolve_model_path
 from asyncrl.runtime.worker import InlineWorker, WorkerHandle, default_threads, make_outbox
 from asyncrl.tasks import make_task
 
@@ -74,7 +74,7 @@ class LocalRuntime:
             ckpt = find_checkpoint(cfg.resume)
             policy_path, trainer_state = str(ckpt), load_trainer_state(ckpt)
         tokenizer = load_tokenizer(policy_path)
-        model = load_model(policy_path, device)
+        model = load_model(policy_path, device, TRAIN_DTYPE)  # fp32 master weights; bf16 autocast on GPU
         # The reference is always the *initial* policy, also after a resume.
         ref = load_model(base_path, device) if cfg.reference and cfg.reference_on == "learner" else None
         learner = Learner(cfg, model, ref, tokenizer.pad_token_id, device)
@@ -127,9 +127,10 @@ class LocalRuntime:
             te = time.perf_counter()
             if wants_kl and eval_ref is None:
                 eval_ref = load_model(eval_ref_path, device).eval().requires_grad_(False)
-            metrics, rows = evaluate(learner.model, tokenizer, task, max_new_tokens=cfg.max_new_tokens,
-                                     limit=cfg.eval_limit, chat_template=cfg.chat_template, ref_model=eval_ref,
-                                     length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty)
+            with autocast(device):
+                metrics, rows = evaluate(learner.model, tokenizer, task, max_new_tokens=cfg.max_new_tokens,
+                                         limit=cfg.eval_limit, chat_template=cfg.chat_template, ref_model=eval_ref,
+                                         length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty)
             dt = time.perf_counter() - te
             logger.log_eval({"step": step, "wall_time_s": w, **metrics, "n": len(rows),
                              "eval_time_s": dt}, rows[: cfg.eval_log_generations])
