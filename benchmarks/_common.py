@@ -11,6 +11,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from asyncrl.io import atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -46,12 +48,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
 
 
-def time_to_target(run_dir: Path, target: float) -> float | None:
-    """Training wall-clock (evaluation excluded) of the first evaluation reaching ``target`` accuracy."""
+def first_reach(run_dir: Path, target: float) -> tuple[int, float] | None:
+    """(step, training wall-clock with evaluation excluded) of the first evaluation reaching
+    ``target`` accuracy, or None."""
     for row in read_jsonl(run_dir / "eval.jsonl"):
         if row.get("accuracy") is not None and row["accuracy"] >= target:
-            return row["wall_time_s"]
+            return row["step"], row["wall_time_s"]
     return None
+
+
+def time_to_target(run_dir: Path, target: float) -> float | None:
+    hit = first_reach(run_dir, target)
+    return hit[1] if hit else None
 
 
 def spread(vals) -> dict:
@@ -69,10 +77,7 @@ def fmt(s: dict, digits: int = 1) -> str:
 
 
 def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def machine() -> dict:

@@ -9,15 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
-
-def first_reach(run: Path, target: float) -> tuple[int, float] | None:
-    for line in (run / "eval.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if row["accuracy"] >= target:
-            return row["step"], row["wall_time_s"]
-    return None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import first_reach, fmt, spread  # noqa: E402
 
 
 def main() -> None:
@@ -32,12 +28,10 @@ def main() -> None:
     for target in [float(t) for t in args.targets.split(",")]:
         print(f"target accuracy {target}:")
         for mode, runs in modes.items():
-            hits = [first_reach(r, target) for r in runs]
-            times = [h[1] for h in hits if h]
-            steps = [h[0] for h in hits if h]
-            if times:
-                print(f"  {mode:14} reached {len(times)}/{len(runs)}  wall s median {statistics.median(times):6.1f} "
-                      f"(min {min(times):.1f}, max {max(times):.1f})  steps median {statistics.median(steps):.0f}")
+            hits = [h for h in (first_reach(r, target) for r in runs) if h]
+            if hits:
+                print(f"  {mode:14} reached {len(hits)}/{len(runs)}  wall s {fmt(spread(h[1] for h in hits))}  "
+                      f"steps median {statistics.median(h[0] for h in hits):.0f}")
             else:
                 print(f"  {mode:14} reached 0/{len(runs)}")
     print("final accuracy / wall s / gen busy s / learner busy s / learner wait s (median over seeds):")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from asyncrl.io import atomic_write
 
 METRICS = ("accuracy", "reward")
 X_AXES = ("wall", "samples", "both")
@@ -121,7 +122,8 @@ def _eval_points(rows: list[dict], train: list[TrainPoint]) -> list[EvalPoint]:
     for step in sorted(last):
         row, tp = last[step], by_step.get(step)
         # The learner step's own clock and sample count, when metrics.jsonl has the step: it is
-        # resume-corrected, and an eval row's wall_time_s may include that evaluation's duration.
+        # resume-corrected, and in runs written before 2026-11-21 an eval row's wall_time_s also
+        # included that evaluation's own duration.
         if step == 0:
             wall, samples = 0.0, 0
         else:
@@ -278,12 +280,4 @@ def _figure(runs: list[RunCurves], metric: str, xattrs: list[str]):
 
 def _save_png(fig, out: Path) -> None:
     """Write through a temporary file in the same folder: a reader never sees half a PNG."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp.png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
