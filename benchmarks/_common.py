@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -20,20 +21,22 @@ def train_cmd(run_dir: Path, flags: list[str]) -> list[str]:
     return [sys.executable, "-m", "asyncrl.cli", "train", "--output-dir", str(run_dir), *flags]
 
 
-def run_train(run_dir: Path, flags: list[str], quiet: bool = True) -> dict:
-    """Runs one ``asyncrl train`` (skipped when ``run_dir`` already holds a finished run, so an
-    interrupted sweep resumes) and returns its ``summary.json``."""
+def run_once(run_dir: Path, cmd: list[str], quiet: bool = True) -> dict:
+    """Runs ``cmd``, which writes a run into ``run_dir`` (skipped when ``run_dir`` already holds a
+    finished run, so an interrupted benchmark resumes), and returns the run's ``summary.json``."""
     summary = run_dir / "summary.json"
     if not summary.is_file():
-        cmd = train_cmd(run_dir, flags)
         print("+", " ".join(cmd), flush=True)
-        if run_dir.exists():  # a half-written run from an interrupted sweep
-            import shutil
-
+        if run_dir.exists():  # a half-written run from an interrupted benchmark
             shutil.rmtree(run_dir)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if quiet else None,
                        env={**os.environ, "CI": "1"})
     return json.loads(summary.read_text())
+
+
+def run_train(run_dir: Path, flags: list[str], quiet: bool = True) -> dict:
+    """One ``asyncrl train`` run (see :func:`run_once`); returns its ``summary.json``."""
+    return run_once(run_dir, train_cmd(run_dir, flags), quiet)
 
 
 def run_many(jobs: list[tuple[Path, list[str]]], parallel: int) -> list[dict]:

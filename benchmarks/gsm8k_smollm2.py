@@ -80,6 +80,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, read_jsonl, write_json  # noqa: E402
 
+from asyncrl.checkpoint import find_checkpoint  # noqa: E402
+
 CONFIG = ROOT / "examples" / "gsm8k_smollm2.yaml"
 DATA = ROOT.parent / "shared" / "data" / "gsm8k"
 
@@ -168,11 +170,6 @@ def run_stage(name: str, cmd: list[str], marker_dir: Path, done: Path, log_dir: 
     marker_dir.mkdir(parents=True, exist_ok=True)
     write_json(marker, {"stage": name, "cmd": cmd, "wall_clock_s": wall})
     return {"wall_clock_s": wall, "reused": False}
-
-
-def checkpoint_of(run: Path) -> Path:
-    """``RUN/checkpoints/latest`` names the newest step folder."""
-    return run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
 
 
 def eval_stage(name: str, checkpoint: Path, out: Path, device: str, data: Path, limit: int | None,
@@ -322,8 +319,8 @@ def main() -> int:
         stages["sft"] = {"run": str(sft), "steps": s["steps"], "stage_wall_clock_s": t["wall_clock_s"],
                          "reused": t["reused"], "wall_time_s": s["wall_time_s"], "final_loss": s["final_loss"],
                          "train_rows": s["train_rows"], "truncated_rows": s["truncated_rows"],
-                         "checkpoint": str(checkpoint_of(sft))}
-        sft_ckpt = checkpoint_of(sft)
+                         "checkpoint": str(find_checkpoint(sft))}
+        sft_ckpt = find_checkpoint(sft)
 
         # 2. RL from the SFT checkpoint: synchronous and asynchronous, same seed and budget
         rl = [*budget["rl"], "--max-new-tokens", str(mnt), *template]
@@ -338,7 +335,7 @@ def main() -> int:
 
         # 3. greedy pass@1 on the test split, same settings for all four models
         for name, ckpt in (("base", base_model), ("sft", sft_ckpt),
-                           ("rl-sync", checkpoint_of(out / "rl-sync")), ("rl-async", checkpoint_of(out / "rl-async"))):
+                           ("rl-sync", find_checkpoint(out / "rl-sync")), ("rl-async", find_checkpoint(out / "rl-async"))):
             ev = eval_stage(name, ckpt, out, device, data, eval_limit, mnt, template, args.quiet)
             if name == "base":
                 stages["base"] = ev

@@ -89,15 +89,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt, machine, read_jsonl, run_train, spread, time_to_target, write_json  # noqa: E402
+from _common import fmt, machine, run_once, run_train, spread, time_to_target, write_json  # noqa: E402
+
+from asyncrl.plotting import load_run  # noqa: E402
 
 ASYNCRL_MODES = {
     "grpo-sync": ["--loss", "grpo", "--max-lag", "0"],
@@ -341,24 +340,8 @@ def trl_run(run_dir: Path, seed: int, steps: int, eval_every: int, debug: int = 
 
 def run_trl(run_dir: Path, seed: int, steps: int, eval_every: int) -> dict:
     """One TRL run in a fresh process (skipped when ``run_dir`` already holds a finished run)."""
-    summary = run_dir / "summary.json"
-    if not summary.is_file():
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--trl-run", str(run_dir), "--seed", str(seed),
-               "--steps", str(steps), "--eval-every", str(eval_every)]
-        print("+", " ".join(cmd), flush=True)
-        if run_dir.exists():  # a half-written run from an interrupted benchmark
-            shutil.rmtree(run_dir)
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "CI": "1"})
-    return json.loads(summary.read_text())
-
-
-def eval_curve(run_dir: Path) -> list[tuple[float, int | None, float]]:
-    """(training wall-clock, samples seen, accuracy) per evaluation of a run folder. asyncrl's eval
-    rows carry no samples_seen: it comes from the step's metrics.jsonl row."""
-    samples = {r["step"]: r.get("samples_seen") for r in read_jsonl(run_dir / "metrics.jsonl")}
-    samples[0] = 0
-    return [(row["wall_time_s"], row.get("samples_seen", samples.get(row["step"])), row["accuracy"])
-            for row in read_jsonl(run_dir / "eval.jsonl") if row.get("accuracy") is not None]
+    return run_once(run_dir, [sys.executable, str(Path(__file__).resolve()), "--trl-run", str(run_dir),
+                              "--seed", str(seed), "--steps", str(steps), "--eval-every", str(eval_every)])
 
 
 def plot(out: Path, modes: list[str], runs: dict[str, list[dict]], target: float) -> Path | None:
@@ -373,7 +356,9 @@ def plot(out: Path, modes: list[str], runs: dict[str, list[dict]], target: float
                                         (1, "samples (completions) trained on"))):
         for i, mode in enumerate(modes):
             for j, r in enumerate(runs[mode]):
-                pts = [p for p in eval_curve(Path(r["run_dir"])) if p[xi] is not None]
+                pts = [(p.wall, p.samples, p.values["accuracy"]) for p in load_run(r["run_dir"]).evals
+                       if "accuracy" in p.values]
+                pts = [p for p in pts if p[xi] is not None]
                 ax.plot([p[xi] for p in pts], [p[2] for p in pts], "o-", color=f"C{i}",
                         markersize=2.5, linewidth=1.1, alpha=0.75, label=mode if j == 0 else None)
         ax.axhline(target, color="grey", ls=":", linewidth=1, label=f"target {target}")
