@@ -94,7 +94,7 @@ def resolve(args: argparse.Namespace) -> Config:
 
 
 def cmd_train(cfg: Config) -> int:
-    from asyncrl.runtime.local import LocalRuntime, WorkerFailed
+    from asyncrl.runtime.controller import Controller, RunFailed
 
     run_dir = Path(cfg.output_dir)
     if not cfg.resume and (run_dir / "checkpoints").exists():
@@ -106,9 +106,17 @@ def cmd_train(cfg: Config) -> int:
     from asyncrl.tasks import RewardError
 
     try:
-        summary = LocalRuntime(cfg, run_dir).run()
-    except (WorkerFailed, RewardError) as e:  # RewardError: raised in this process (evaluation, inline worker)
+        if cfg.runtime == "ray" and cfg.ray_learner == "actor":
+            from asyncrl.runtime.ray_host import run_in_learner_actor
+
+            summary = run_in_learner_actor(cfg, run_dir)
+        else:
+            summary = Controller(cfg, run_dir).run()
+    except (RunFailed, RewardError) as e:  # RewardError: raised in this process (evaluation)
         print(f"asyncrl: error: {e}", file=sys.stderr)
+        return 1
+    if summary.get("failed"):
+        print(f"asyncrl: error: {summary['failed']} (final checkpoint {summary['checkpoint']})", file=sys.stderr)
         return 1
     acc = summary["final_accuracy"]
     return _report_done("train", summary, f", final accuracy {acc:.3f}" if acc is not None else "")

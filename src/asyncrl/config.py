@@ -170,6 +170,49 @@ class Config(BaseModel):
     ``max_lag`` is 0, else process. ``inline`` with ``max_lag: N`` generates N steps ahead and then
     trains on every batch exactly N steps stale, deterministically and with no overlap: a
     simulated lag for studying off-policy robustness, not a speed-up. See docs/runtime.md."""
+    max_generator_restarts: int = Field(3, ge=0)
+    """Generator workers that died (process killed, actor lost, exception inside, out of memory)
+    are replaced, get the latest weights, and their in-flight requests are re-dispatched; more
+    than this many replacements in one run stop it with a final checkpoint. Errors that are the
+    user's (a reward function raising under ``reward_errors: stop``) stop the run at once."""
+    weight_transport: Literal["auto", "inprocess", "queue", "object_store", "broadcast"] = "auto"
+    """How published weights reach the generators: ``inprocess`` (inline/thread workers),
+    ``queue`` (process workers: shared memory), ``object_store`` (Ray: one ``ray.put`` per
+    publish, read by every generator), ``broadcast`` (a ``torch.distributed`` group: NCCL on GPU,
+    gloo on CPU). ``auto`` = the host's natural one (the first three). See docs/runtime.md."""
+
+    # --- runtime: where the roles run (docs/distributed.md) ---
+    runtime: Literal["local", "ray"] = "local"
+    """``local``: generators as inline/thread/process workers on this machine (``workers``);
+    ``ray``: generators as Ray actors, on this machine or across a cluster (``pip install
+    'asyncrl[ray]'``)."""
+    ray_address: str | None = None
+    """ray: join an existing cluster (``auto`` or ``host:port``); None = start a local Ray for
+    this run and shut it down at the end."""
+    generator_num_cpus: float = Field(1.0, ge=0)
+    """ray: logical CPUs each generator actor reserves."""
+    generator_num_gpus: float = Field(0.0, ge=0)
+    """ray: GPUs each generator actor reserves; fractions (e.g. 0.5) let a generator share a GPU
+    with the learner or with other generators."""
+    generator_resources: str | None = Field(None, pattern=r"^[A-Za-z_][\w.-]*=[0-9.]+(,[A-Za-z_][\w.-]*=[0-9.]+)*$")
+    """ray: extra custom resources per generator actor, ``name=amount[,name=amount]`` (e.g.
+    ``gen_node=1`` to pin generators to nodes started with ``ray start --resources
+    '{"gen_node": 4}'``)."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """ray: placement-group strategy for the generator actors: ``PACK`` (as few nodes as
+    possible), ``SPREAD`` (across nodes), or the strict forms."""
+    ray_learner: Literal["driver", "actor"] = "driver"
+    """ray: run the learner (and the controller) in the driver process, or in an actor that
+    reserves ``learner_num_cpus`` / ``learner_num_gpus`` on the cluster."""
+    learner_num_cpus: float = Field(1.0, ge=0)
+    """ray, ``ray_learner: actor``: logical CPUs the learner actor reserves."""
+    learner_num_gpus: float = Field(0.0, ge=0)
+    """ray, ``ray_learner: actor``: GPUs the learner actor reserves (fractions allowed)."""
+    reward_actor: bool = False
+    """ray: load the reward-side models (reward model, victim, toxicity classifier) once, in one
+    actor that every generator calls, instead of a copy per generator."""
+    reward_num_gpus: float = Field(0.0, ge=0)
+    """ray, ``reward_actor: true``: GPUs the shared reward actor reserves."""
     learner_threads: int | None = Field(None, ge=1)
     """CPU torch threads for the learner; None = all cores when synchronous, else the cores the
     generators leave free, at least 1 (see docs/runtime.md)."""
@@ -232,6 +275,8 @@ class Config(BaseModel):
                 f"{self.sync_every} steps the freshest sample can be {self.sync_every - 1} steps stale; "
                 "raise max_lag or lower sync_every"
             )
+        if self.runtime == "ray" and self.workers == "inline":
+            raise ValueError("runtime=ray runs generators as Ray actors: workers=inline is a local-runtime mode")
         if self.workers == "auto":
             object.__setattr__(self, "workers", "inline" if self.max_lag == 0 and self.num_generators == 1 else "process")
         if self.workers == "inline" and self.num_generators != 1:
@@ -254,6 +299,13 @@ class Config(BaseModel):
     @property
     def synchronous(self) -> bool:
         return self.max_lag == 0
+
+    @property
+    def generator_custom_resources(self) -> dict[str, float]:
+        """``generator_resources`` parsed: ``"a=1,b=0.5"`` -> ``{"a": 1.0, "b": 0.5}``."""
+        if not self.generator_resources:
+            return {}
+        return {k: float(v) for k, v in (kv.split("=") for kv in self.generator_resources.split(","))}
 
     # --- sft / rm ---
     # Used by ``asyncrl sft`` / ``asyncrl rm`` (docs/sft_rm.md); ``train`` ignores them. They also

@@ -9,23 +9,12 @@ in metrics.jsonl) is the shaped value; evaluation reports the task's own metrics
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-
 from asyncrl.engines.base import Engine
 import torch
 
 from asyncrl.policy import completion_logprobs, encode_prompts, pack
 from asyncrl.tasks.base import RewardError, Task, checked_rewards
-from asyncrl.types import Group, Prompt, Sample
-
-
-@dataclass
-class GenStats:
-    gen_time_s: float  # engine (sampling) time
-    score_time_s: float  # decoding, task reward and reference log-probs
-    tokens: int  # generated tokens (EOS included)
-    version: int
-    reward_errors: int = 0  # completions whose reward failed (reward_errors=skip; their groups are dropped)
+from asyncrl.types import GenStats, Group, Prompt, Sample
 
 
 # reward_errors=skip: this many requests in a row with every group dropped means the reward function

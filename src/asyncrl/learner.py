@@ -176,10 +176,11 @@ class Learner:
 
     def weights(self) -> dict[str, Tensor]:
         """A CPU snapshot of the policy weights, safe to hand to other threads/processes, in the
-        generators' dtype (bf16 on GPU: half the bytes to move; fp32 on CPU)."""
-        dt = default_dtype(self.device)
-        return {k: v.detach().to("cpu", dtype=dt if v.is_floating_point() else v.dtype, copy=True)
-                for k, v in self.model.state_dict().items()}
+        generators' dtype (bf16 on GPU: half the bytes to move; fp32 on CPU); tied tensors are
+        copied once (``transport.snapshot``)."""
+        from asyncrl.runtime.transport import snapshot
+
+        return snapshot(self.model, default_dtype(self.device))
 
     # --- checkpoint state beyond the model weights ---
     def state_dict(self) -> dict:

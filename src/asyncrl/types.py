@@ -46,3 +46,14 @@ class Group:
     @property
     def version(self) -> int:
         return min(s.version for s in self.samples)
+
+
+@dataclass(frozen=True)
+class GenStats:
+    """What one generation request cost."""
+
+    gen_time_s: float  # engine (sampling) time
+    score_time_s: float  # decoding, task reward and reference log-probs
+    tokens: int  # generated tokens (EOS included)
+    version: int  # learner version of the weights that generated the request
+    reward_errors: int = 0  # completions whose reward failed (reward_errors=skip; their groups are dropped)

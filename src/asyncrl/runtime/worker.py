@@ -1,29 +1,33 @@
-"""Hosting a generator beside the learner: the same loop runs in a thread or a spawned process.
+"""The generator worker: one :class:`GeneratorService` behind every host.
 
-Messages into a worker (its own inbox, handled strictly in order):
-  ("weights", state_dict, version)   load new weights
-  ("generate", request_id, n_prompts) sample n prompts x K and reply
-  ("stop",)
-Messages out (one shared outbox): ("ready", wid) | ("groups", wid, request_id, groups, GenStats,
-weight_load_s) | ("error", wid, traceback_text) | ("error", wid, one_line_message, True) for errors
-the user must see as one line (reward errors).
+A host (``hosts.py``: inline, thread, process; ``ray_host.py``: Ray actors) only moves typed
+messages (``messages.py``) to and from a service; what a worker does with them is written once,
+here: ``WeightsUpdate`` -> receive through the weight transport and load into the engine;
+``GenerateRequest`` -> sample, score and reply with ``RequestDone``.
 """
 
 from __future__ import annotations
 
 import os
-import queue
+import signal
 import threading
+import time
 import traceback
 
 import torch
 
 from asyncrl.config import Config
+from asyncrl.runtime.messages import (
+    FromWorker, GenerateRequest, RequestDone, StopWorker, WeightsUpdate, WorkerError, WorkerReady,
+)
+from asyncrl.runtime.transport import WeightReceiver
 from asyncrl.tasks.base import RewardError
 
 
 def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str | None = None,
-                    start_version: int = 0):
+                    start_version: int = 0, task=None):
+    """The generator role for worker ``worker_id``. ``task`` overrides ``make_task(cfg)`` (the Ray
+    runtime passes a task whose reward-side models live in one shared actor)."""
     from asyncrl.engines import make_engine
     from asyncrl.generator import Generator
     from asyncrl.policy import load_model, load_tokenizer, resolve_device
@@ -39,129 +43,76 @@ def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str 
     # A resumed run continues with fresh prompt and sampling streams instead of replaying the first ones.
     offset = 100_003 * start_version
     torch.manual_seed(cfg.seed * 7919 + worker_id + offset)
-    return Generator(engine, make_task(cfg), tokenizer, samples_per_prompt=cfg.samples_per_prompt,
+    return Generator(engine, task if task is not None else make_task(cfg), tokenizer,
+                     samples_per_prompt=cfg.samples_per_prompt,
                      seed=cfg.seed * 1000 + worker_id + offset, chat_template=cfg.chat_template, ref_model=ref,
                      temperature=cfg.temperature, reward_errors=cfg.reward_errors,
                      length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty)
 
 
-def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, start_version: int, inbox,
-                outbox, threads: int | None) -> None:
-    import time
+class GeneratorService:
+    """A generator plus the receiving half of the weight transport; hosts feed it messages."""
 
-    import signal
+    def __init__(self, generator, receiver: WeightReceiver, worker_id: int):
+        self.generator = generator
+        self.receiver = receiver
+        self.worker_id = worker_id
+        self._load_s = 0.0  # weight loading since the last reply
+
+    def load(self, update: WeightsUpdate) -> None:
+        t0 = time.perf_counter()
+        self.generator.engine.load_weights(self.receiver.receive(update), update.version)
+        self._load_s += time.perf_counter() - t0
+
+    def generate(self, req: GenerateRequest) -> RequestDone:
+        groups, stats = self.generator.generate(req.num_prompts)
+        done = RequestDone(self.worker_id, req.request_id, groups, stats, self._load_s)
+        self._load_s = 0.0
+        return done
+
+    def handle(self, msg) -> RequestDone | None:
+        if isinstance(msg, WeightsUpdate):
+            self.load(msg)
+            return None
+        if isinstance(msg, GenerateRequest):
+            return self.generate(msg)
+        raise TypeError(f"generator worker got an unknown message {type(msg).__name__}")
+
+
+def error_message(worker_id: int, exc: BaseException) -> WorkerError:
+    """A worker's exception as a message: reward errors are the user's (one line, stop the run);
+    anything else is the worker's (traceback; the controller restarts it)."""
+    if isinstance(exc, RewardError):
+        return WorkerError(worker_id, str(exc), user_error=True)
+    return WorkerError(worker_id, "".join(traceback.format_exception(exc)))
+
+
+def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, start_version: int,
+                transport: str, transport_spec, inbox, outbox, threads: int | None) -> None:
+    """Body of a thread or process worker: build, say ready, then serve the inbox in order."""
+    from asyncrl.runtime.transport import make_receiver
 
     if threading.current_thread() is threading.main_thread():
-        # A spawned worker process: Ctrl-C is the controller's to handle; it sends "stop".
+        # A spawned worker process: Ctrl-C is the controller's to handle; it sends StopWorker.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         if threads:  # None in thread mode: the thread pool is per process, owned by the learner
             torch.set_num_threads(threads)
         cfg = Config(**cfg_dict)
-        gen = build_generator(cfg, model_path, worker_id, ref_path, start_version)
-        outbox.put(("ready", worker_id))
-        load_s = 0.0
+        service = GeneratorService(build_generator(cfg, model_path, worker_id, ref_path, start_version),
+                                   make_receiver(transport, transport_spec), worker_id)
+        outbox.put(WorkerReady(worker_id))
         while True:
             msg = inbox.get()
-            if msg[0] == "stop":
+            if isinstance(msg, StopWorker):
                 return
-            if msg[0] == "weights":
-                t0 = time.perf_counter()
-                gen.engine.load_weights(msg[1], msg[2])
-                load_s += time.perf_counter() - t0
-            elif msg[0] == "generate":
-                groups, stats = gen.generate(msg[2])
-                outbox.put(("groups", worker_id, msg[1], groups, stats, load_s))
-                load_s = 0.0
+            reply = service.handle(msg)
+            if reply is not None:
+                outbox.put(reply)
     except KeyboardInterrupt:
         return  # the controller handles Ctrl-C; workers just leave quietly
-    except RewardError as e:
-        outbox.put(("error", worker_id, str(e), True))
-    except BaseException:
-        outbox.put(("error", worker_id, traceback.format_exc()))
-
-
-class WorkerHandle:
-    """One generator worker, running as a thread or a process; the controller only sees queues."""
-
-    def __init__(self, kind: str, cfg: Config, model_path: str, ref_path: str, worker_id: int, start_version: int,
-                 outbox, threads: int, ctx=None):
-        self.kind = kind
-        self.worker_id = worker_id
-        args_cfg = cfg.model_dump()
-        if kind == "process":
-            self.inbox = ctx.Queue()
-            self._runner = ctx.Process(
-                target=worker_loop, args=(args_cfg, model_path, ref_path, worker_id, start_version, self.inbox, outbox, threads),
-                daemon=True, name=f"asyncrl-gen-{worker_id}",
-            )
-        else:
-            self.inbox = queue.Queue()
-            self._runner = threading.Thread(
-                target=worker_loop, args=(args_cfg, model_path, ref_path, worker_id, start_version, self.inbox, outbox, None),
-                daemon=True, name=f"asyncrl-gen-{worker_id}",
-            )
-        self._runner.start()
-
-    def send(self, msg) -> None:
-        self.inbox.put(msg)
-
-    def alive(self) -> bool:
-        return self._runner.is_alive()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        try:
-            self.inbox.put(("stop",))
-        except (ValueError, OSError):
-            pass
-        self._runner.join(timeout)
-        if self.kind == "process" and self._runner.is_alive():
-            self._runner.terminate()
-            self._runner.join(2)
-
-
-class InlineWorker:
-    """Runs the generator in the controller's own thread: a request is served the moment it is
-    sent. Nothing overlaps: with ``max_lag: 0`` it is synchronous training without any hand-off
-    between roles; with ``max_lag: N`` the controller dispatches N requests ahead, so every batch
-    is trained exactly N updates after the weights that generated it (a simulated lag)."""
-
-    kind = "inline"
-
-    def __init__(self, cfg: Config, model_path: str, ref_path: str, worker_id: int, start_version: int, outbox):
-        self.worker_id = worker_id
-        self._outbox = outbox
-        self._gen = build_generator(cfg, model_path, worker_id, ref_path, start_version)
-        self._load_s = 0.0
-        outbox.put(("ready", worker_id))
-
-    def send(self, msg) -> None:
-        import time
-
-        if msg[0] == "weights":
-            t0 = time.perf_counter()
-            self._gen.engine.load_weights(msg[1], msg[2])
-            self._load_s += time.perf_counter() - t0
-        elif msg[0] == "generate":
-            groups, stats = self._gen.generate(msg[2])
-            self._outbox.put(("groups", self.worker_id, msg[1], groups, stats, self._load_s))
-            self._load_s = 0.0
-
-    def alive(self) -> bool:
-        return True
-
-    def stop(self, timeout: float = 0.0) -> None:
-        pass
-
-
-def make_outbox(kind: str):
-    if kind == "process":
-        import torch.multiprocessing as mp
-
-        # spawn, not fork: forking a process that already runs torch thread pools can deadlock.
-        ctx = mp.get_context("spawn")
-        return ctx, ctx.Queue()
-    return None, queue.Queue()
+    except BaseException as e:
+        outbox.put(error_message(worker_id, e))
 
 
 def default_threads(cfg: Config) -> tuple[int, int]:
@@ -174,3 +125,6 @@ def default_threads(cfg: Config) -> tuple[int, int]:
         gen = max(1, cores // (1 + cfg.num_generators))
         learner = max(1, cores - gen * cfg.num_generators)
     return cfg.learner_threads or learner, cfg.generator_threads or gen
+
+
+__all__ = ["FromWorker", "GeneratorService", "build_generator", "default_threads", "error_message", "worker_loop"]

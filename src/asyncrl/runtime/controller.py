@@ -1,0 +1,357 @@
+"""The controller: one training loop for every runtime (local inline/thread/process, Ray).
+
+Read top to bottom, a run is:
+
+1. set up the task, learner, replay buffer and a ``Host`` for the generators (``make_host``);
+2. start ``num_generators`` workers, publish the initial weights, evaluate at step 0;
+3. loop until ``steps``: dispatch what the ``Scheduler``'s lag gate allows, take a completed
+   request (any completion order the bound allows) into the buffer, train on a batch, publish
+   weights every ``sync_every`` steps, log one metrics row, evaluate / checkpoint on cadence;
+   while no request can be taken, handle worker messages: replies, and lost workers (replaced
+   under a fresh id, sent the latest weights; their requests re-dispatched);
+4. final evaluation, final checkpoint, ``summary.json``.
+
+The scheduler owns the bound (see ``scheduler.py``); the host owns where workers run
+(``hosts.py``, ``ray_host.py``); the weight transport owns how weights travel (``transport.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from asyncrl.buffer import make_buffer
+from asyncrl.checkpoint import find_checkpoint, load_trainer_state, save_checkpoint
+from asyncrl.config import Config, save_config
+from asyncrl.evaluation import evaluate
+from asyncrl.io import atomic_write_text
+from asyncrl.learner import Learner
+from asyncrl.metrics import RunLogger
+from asyncrl.policy import TRAIN_DTYPE, autocast, load_model, load_tokenizer, resolve_device, resolve_model_path
+from asyncrl.runtime.hosts import Host, InlineHost, LocalHost, Worker
+from asyncrl.runtime.messages import RequestDone, WeightsUpdate, WorkerError, WorkerLost, WorkerReady
+from asyncrl.runtime.scheduler import Scheduler
+from asyncrl.runtime.worker import default_threads
+from asyncrl.tasks import make_task
+
+POLL_S = 0.05  # how long to wait for a worker message before re-checking stop requests
+
+
+class RunFailed(RuntimeError):
+    """The run cannot go on; the message is one line meant for the user (or a worker traceback)."""
+
+
+def make_host(cfg: Config, policy_path: str, ref_path: str, gen_threads: int) -> Host:
+    """The host for ``cfg.runtime`` / ``cfg.workers``: the one place a runtime is chosen."""
+    if cfg.runtime == "ray":
+        from asyncrl.runtime.ray_host import RayHost
+
+        return RayHost(cfg, policy_path, ref_path)
+    if cfg.workers == "inline":
+        return InlineHost(cfg, policy_path, ref_path)
+    return LocalHost(cfg.workers, cfg, policy_path, ref_path, gen_threads)
+
+
+class Controller:
+    def __init__(self, cfg: Config, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self._stop_requested = False
+        # Tests and the Ray learner actor look at these while a run is going.
+        self.host: Host | None = None
+        self.workers: dict[int, Worker] = {}
+
+    def request_stop(self) -> None:
+        """Finish the current step, write a final checkpoint and return (what Ctrl-C does)."""
+        self._stop_requested = True
+
+    # --- Ctrl-C: first press finishes the current step, saves and exits; second press aborts ---
+    def _on_sigint(self, signum, frame):
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        print("\ninterrupt: stopping after this step and writing a final checkpoint "
+              "(press Ctrl-C again to abort without saving)", flush=True)
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        t_setup = time.perf_counter()
+        # First, so a bad task setting (missing data, unimportable reward) fails before anything is written.
+        task = make_task(cfg)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        learner_threads, gen_threads = default_threads(cfg)
+        torch.set_num_threads(learner_threads)
+        torch.manual_seed(cfg.seed)
+        device = resolve_device(cfg.device)
+        base_path = resolve_model_path(cfg.model, cfg.task)
+        policy_path, trainer_state = base_path, None
+        if cfg.resume:
+            ckpt = find_checkpoint(cfg.resume)
+            policy_path, trainer_state = str(ckpt), load_trainer_state(ckpt)
+        tokenizer = load_tokenizer(policy_path)
+        model = load_model(policy_path, device, TRAIN_DTYPE)  # fp32 master weights; bf16 autocast on GPU
+        # The reference is always the *initial* policy, also after a resume.
+        ref = load_model(base_path, device) if cfg.reference and cfg.reference_on == "learner" else None
+        learner = Learner(cfg, model, ref, tokenizer.pad_token_id, device)
+        # Tasks that report kl_ref / ref_perplexity (wants_kl) evaluate against the initial policy (or
+        # reference_model); loaded at the first evaluation, reusing the learner's copy when it has one.
+        wants_kl = bool(getattr(task, "wants_kl", False))
+        eval_ref_path = resolve_model_path(cfg.reference_model, cfg.task) if cfg.reference_model else base_path
+        eval_ref = ref if (wants_kl and ref is not None and not cfg.reference_model) else None
+        # Run totals (carried over by a resume); `run` below counts this process's part only.
+        counters = {"samples_seen": 0, "dropped": 0, "reward_errors": 0, "generator_restarts": 0,
+                    "requests_redispatched": 0}
+        if trainer_state is not None:
+            learner.load_state_dict(trainer_state["learner"])
+            counters.update(trainer_state.get("counters", {}))
+        run = {"generated": 0, "discarded": 0, "seen0": counters["samples_seen"],
+               "redispatched0": counters["requests_redispatched"]}
+        buffer = make_buffer(
+            cfg.buffer, max_lag=cfg.max_lag, group_size=cfg.samples_per_prompt, recency_prob=cfg.recency_prob,
+            inv_temp=cfg.inv_temp, per_prompt_capacity=cfg.per_prompt_capacity, capacity=cfg.buffer_capacity,
+            seed=cfg.seed,
+        )
+        host = self.host = make_host(cfg, policy_path, base_path, gen_threads)
+        sched = Scheduler(cfg.max_lag, cfg.prompts_per_step, host.depth)
+        logger = RunLogger(self.run_dir, cfg.steps, learner.version)
+        config_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+
+        in_main = threading.current_thread() is threading.main_thread()
+        prev_handler = signal.signal(signal.SIGINT, self._on_sigint) if in_main else None
+        interrupted = False
+        failure: str | None = None  # set when too many generator restarts stop the run
+        totals = {"gen_time_s": 0.0, "score_time_s": 0.0, "gen_tokens": 0, "train_time_s": 0.0, "wait_time_s": 0.0,
+                  "sync_time_s": 0.0, "eval_time_s": 0.0, "weight_load_s": 0.0}
+        step = learner.version
+        t0 = time.perf_counter()
+        eval_s = 0.0
+        setup_s = 0.0
+        end_wall: float | None = None
+        latest: WeightsUpdate | None = None  # what a (re)started worker is sent before any request
+        pending_stats: list = []  # GenStats of replies accepted since the last learner step
+        ready: set[int] = set()  # workers that reported ready and take requests
+        started = False  # every initial worker was ready once; failures before that are not restarted
+        next_worker_id = 0
+
+        def wall() -> float:  # evaluation pauses the clock: it is not part of training
+            if end_wall is not None:
+                return end_wall
+            return time.perf_counter() - t0 - eval_s
+
+        def run_eval(step: int) -> float | None:
+            nonlocal eval_s, eval_ref
+            w = wall()  # the training time at which this evaluation's weights were reached
+            te = time.perf_counter()
+            if wants_kl and eval_ref is None:
+                eval_ref = load_model(eval_ref_path, device).eval().requires_grad_(False)
+            with autocast(device):
+                metrics, rows = evaluate(learner.model, tokenizer, task, max_new_tokens=cfg.max_new_tokens,
+                                         limit=cfg.eval_limit, chat_template=cfg.chat_template, ref_model=eval_ref,
+                                         length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty)
+            dt = time.perf_counter() - te
+            logger.log_eval({"step": step, "wall_time_s": w, **metrics, "n": len(rows),
+                             "eval_time_s": dt}, rows[: cfg.eval_log_generations])
+            eval_s += dt
+            return metrics.get("accuracy")
+
+        def publish() -> float:
+            nonlocal latest
+            ts = time.perf_counter()
+            latest = host.publisher.publish(learner.weights(), learner.version)
+            for wid in ready:
+                self.workers[wid].send(latest)
+            return time.perf_counter() - ts
+
+        def start_worker() -> None:
+            nonlocal next_worker_id
+            wid, next_worker_id = next_worker_id, next_worker_id + 1
+            self.workers[wid] = host.start(wid, learner.version)
+
+        def replace(wid: int, reason: str) -> None:
+            """A worker died or raised: re-dispatch its requests and start a fresh one."""
+            nonlocal failure
+            if wid not in self.workers:
+                return  # already replaced (e.g. a WorkerLost after its WorkerError)
+            lost = sched.remove_worker(wid)
+            self.workers.pop(wid).kill()
+            ready.discard(wid)
+            counters["generator_restarts"] += 1
+            logger.progress.note(f"generator {wid} lost ({reason.strip().splitlines()[-1]}); "
+                                 f"{len(lost)} request(s) to re-dispatch, starting a replacement")
+            if counters["generator_restarts"] > cfg.max_generator_restarts:
+                failure = (f"generator workers failed {counters['generator_restarts']} times, more than "
+                           f"max_generator_restarts={cfg.max_generator_restarts}; last: "
+                           f"{reason.strip().splitlines()[-1]}")
+                return
+            start_worker()
+
+        def handle(msg) -> None:
+            if isinstance(msg, RequestDone):
+                run["generated"] += msg.samples
+                if not sched.complete(msg.worker_id, msg.request_id, msg):
+                    run["discarded"] += msg.samples  # a late or second reply: never trained twice
+                    counters["dropped"] += msg.samples
+                    return
+                pending_stats.append(msg.stats)
+                totals["gen_time_s"] += msg.stats.gen_time_s
+                totals["score_time_s"] += msg.stats.score_time_s
+                totals["gen_tokens"] += msg.stats.tokens
+                totals["weight_load_s"] += msg.weight_load_s
+                counters["reward_errors"] += msg.stats.reward_errors
+            elif isinstance(msg, WorkerReady):
+                if msg.worker_id not in self.workers:
+                    return
+                ready.add(msg.worker_id)
+                if latest is not None:
+                    self.workers[msg.worker_id].send(latest)
+                sched.add_worker(msg.worker_id)
+            elif isinstance(msg, WorkerError) and msg.user_error:
+                raise RunFailed(msg.message)
+            elif isinstance(msg, (WorkerError, WorkerLost)):
+                if not started:
+                    # Failing before the run even started (bad model, missing package): no restart loop.
+                    raise RunFailed(f"generator {msg.worker_id} failed to start:\n"
+                                    f"{msg.message if isinstance(msg, WorkerError) else msg.reason}")
+                replace(msg.worker_id, msg.message if isinstance(msg, WorkerError) else msg.reason)
+
+        try:
+            for _ in range(cfg.num_generators):
+                start_worker()
+            while len(ready) < cfg.num_generators:
+                msg = host.next_message(POLL_S)
+                if msg is not None:
+                    handle(msg)
+                if self._stop_requested:
+                    raise KeyboardInterrupt
+            started = True
+            setup_s = time.perf_counter() - t_setup
+            t0 = time.perf_counter()
+            totals["sync_time_s"] += publish()
+            published = step
+            if step == 0:
+                run_eval(0)
+            while step < cfg.steps and not self._stop_requested and failure is None:
+                for wid, req in sched.dispatch(step, published):
+                    self.workers[wid].send(req)
+                tw = time.perf_counter()
+                taken = sched.take(step)
+                while taken is None and not self._stop_requested and failure is None:
+                    msg = host.next_message(POLL_S)
+                    if msg is not None:
+                        handle(msg)
+                        for wid, req in sched.dispatch(step, published):  # re-dispatch after a loss
+                            self.workers[wid].send(req)
+                    taken = sched.take(step)
+                if taken is None:
+                    break
+                wait_s = time.perf_counter() - tw
+                groups = taken[1].groups
+                buffer.add(groups)
+                batch = buffer.sample(cfg.prompts_per_step, learner_version=step)
+                counters["dropped"] += batch.dropped if batch is not None else 0
+                if batch is None:
+                    continue
+                m = learner.step(batch)
+                step = learner.version
+                sync_s = 0.0
+                if step % cfg.sync_every == 0:
+                    sync_s = publish()
+                    published = step
+                counters["samples_seen"] += sum(len(g.samples) for g in batch.groups)
+                counters["requests_redispatched"] = run["redispatched0"] + sched.stats.redispatched
+                gen_t = sum(s.gen_time_s for s in pending_stats)
+                gen_tok = sum(s.tokens for s in pending_stats)
+                fresh = [s.reward for g in groups for s in g.samples]
+                pending_stats.clear()
+                totals["train_time_s"] += m["train_time_s"]
+                totals["wait_time_s"] += wait_s
+                totals["sync_time_s"] += sync_s
+                rewards = [s.reward for g in batch.groups for s in g.samples]
+                row = {
+                    "step": step,
+                    "wall_time_s": wall(),
+                    "samples_seen": counters["samples_seen"],
+                    "reward_mean": sum(rewards) / len(rewards),
+                    # NaN (null in metrics.jsonl) when reward_errors=skip dropped every group of the request
+                    "fresh_reward_mean": sum(fresh) / len(fresh) if fresh else float("nan"),
+                    "loss": m.pop("loss"),
+                    "kl": m.pop("kl"),
+                    "staleness_mean": batch.staleness_mean,
+                    "staleness_max": batch.staleness_max,
+                    "dropped_total": counters["dropped"],
+                    "reward_errors_total": counters["reward_errors"],
+                    "generator_restarts_total": counters["generator_restarts"],
+                    "requests_redispatched_total": counters["requests_redispatched"],
+                    "gen_tokens_per_s": gen_tok / gen_t if gen_t > 0 else 0.0,
+                    "learner_tokens_per_s": m.pop("learner_tokens_per_s"),
+                    "sync_time_s": sync_s,
+                    "wait_time_s": wait_s,
+                    **m,
+                    **{f"buffer/{k}": v for k, v in buffer.stats().items()},
+                }
+                logger.log_step(row)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                    run_eval(step)
+                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                    save_checkpoint(self.run_dir, step, learner.model, tokenizer,
+                                    {"learner": learner.state_dict(), "counters": counters}, config_yaml)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            end_wall = wall()  # training ends here; stopping workers is teardown
+            if in_main:
+                signal.signal(signal.SIGINT, prev_handler)
+            host.close()
+            host.publisher.close()
+        interrupted = interrupted or self._stop_requested
+        counters["requests_redispatched"] = run["redispatched0"] + sched.stats.redispatched
+        # Replies completed but never trained on (the run ended first) count as dropped.
+        unconsumed = sum(r.samples for r in sched.unconsumed())
+        final_acc = None
+        if not interrupted and failure is None:
+            final_acc = run_eval(step)
+        ckpt = save_checkpoint(self.run_dir, step, learner.model, tokenizer,
+                               {"learner": learner.state_dict(), "counters": counters}, config_yaml)
+        logger.close()
+        totals["eval_time_s"] = eval_s
+        buffer_stats = buffer.stats()
+        summary = {
+            "steps": step,
+            "interrupted": interrupted,
+            "failed": failure,
+            "final_accuracy": final_acc,
+            "wall_time_s": end_wall,
+            "setup_time_s": setup_s,
+            "samples_seen": counters["samples_seen"],
+            "dropped": counters["dropped"],
+            "reward_errors": counters["reward_errors"],
+            "generator_restarts": counters["generator_restarts"],
+            "requests_redispatched": counters["requests_redispatched"],
+            # This process's samples (a resumed run counts from the resume). fifo: generated =
+            # trained + in_buffer + dropped. tba replays, so there generated = in_buffer + evicted +
+            # dropped, and trained counts draws. dropped = too stale + late/duplicate replies +
+            # replies the run ended before training on.
+            "accounting": {
+                "samples_generated": run["generated"],
+                "samples_trained": counters["samples_seen"] - run["seen0"],
+                "samples_in_buffer": len(buffer),
+                "samples_dropped": int(buffer_stats.get("dropped", 0)) + run["discarded"] + unconsumed,
+                "samples_evicted": int(sum(buffer_stats.get(k, 0) for k in ("evicted", "evicted_prompt_cap",
+                                                                             "duplicates"))),
+                "requests": {"dispatched": sched.stats.dispatched, "completed": sched.stats.completed,
+                             "taken": sched.stats.taken, "discarded": sched.stats.discarded,
+                             "taken_out_of_order": sched.stats.taken_out_of_order,
+                             "unconsumed": len(sched.unconsumed())},
+            },
+            "checkpoint": str(ckpt),
+            **totals,
+        }
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary

@@ -1,0 +1,204 @@
+"""Hosts: where generator workers run. The controller (``controller.py``) and its scheduler see
+only these two protocols, so inline, thread, process and Ray workers are interchangeable.
+
+A host starts workers (and restarts them under a fresh worker id after a loss), carries
+``ToWorker`` messages to them in order, and hands back every ``FromWorker`` message, including a
+``WorkerLost`` when it notices that a worker died without saying so (process exited, actor gone).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from typing import Protocol
+
+from asyncrl.config import Config
+from asyncrl.runtime.messages import FromWorker, StopWorker, ToWorker, WorkerLost, WorkerReady
+from asyncrl.runtime.transport import DirectPublisher, DirectReceiver, WeightPublisher
+from asyncrl.runtime.worker import GeneratorService, build_generator, error_message, worker_loop
+
+# Requests a thread/process worker may hold (one running, one queued) so it never idles waiting
+# for the controller while the learner is busy; the lag bound applies to every request anyway.
+WORKER_DEPTH = 2
+
+
+class Worker(Protocol):
+    worker_id: int
+
+    def send(self, msg: ToWorker) -> None:
+        """Deliver ``msg``; messages to one worker are handled in the order sent."""
+        ...
+
+    def alive(self) -> bool: ...
+
+    def kill(self) -> None:
+        """Stop at once, without a reply (fault injection in tests; dead workers)."""
+        ...
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask to exit and wait up to ``timeout_s``; kill if still running."""
+        ...
+
+
+class Host(Protocol):
+    name: str
+    depth: int | None  # requests one worker may hold; None = unbounded (inline: served on send)
+    publisher: WeightPublisher
+
+    def start(self, worker_id: int, start_version: int) -> Worker:
+        """Start a worker under ``worker_id`` (never reused); it reports ``WorkerReady``."""
+        ...
+
+    def next_message(self, timeout_s: float) -> FromWorker | None:
+        """The next message from any worker, or None after ``timeout_s`` without one."""
+        ...
+
+    def close(self) -> None:
+        """Stop every worker and release what the host started."""
+        ...
+
+
+class _LocalWorker:
+    """A worker in a thread or a spawned process, fed through its own inbox queue."""
+
+    def __init__(self, kind: str, args: tuple, ctx):
+        self.kind = kind
+        self.worker_id = args[3]
+        self.inbox = ctx.Queue() if kind == "process" else queue.Queue()
+        runner = ctx.Process if kind == "process" else threading.Thread
+        inbox_args = args + (self.inbox,)
+        self._runner = runner(target=_run_local, args=inbox_args, daemon=True, name=f"asyncrl-gen-{self.worker_id}")
+        self._runner.start()
+
+    def send(self, msg: ToWorker) -> None:
+        self.inbox.put(msg)
+
+    def alive(self) -> bool:
+        return self._runner.is_alive()
+
+    @property
+    def exitcode(self):
+        return getattr(self._runner, "exitcode", None)
+
+    def kill(self) -> None:
+        if self.kind == "process":
+            self._runner.kill()
+            self._runner.join(5)
+        # a thread cannot be killed; a thread worker only dies by raising
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        try:
+            self.inbox.put(StopWorker())
+        except (ValueError, OSError):
+            pass
+        self._runner.join(timeout_s)
+        if self.kind == "process" and self._runner.is_alive():
+            self._runner.terminate()
+            self._runner.join(2)
+
+
+def _run_local(cfg_dict, model_path, ref_path, worker_id, start_version, transport, threads, outbox, inbox):
+    worker_loop(cfg_dict, model_path, ref_path, worker_id, start_version, transport, None, inbox, outbox, threads)
+
+
+class LocalHost:
+    """``workers: thread`` or ``process``: workers on this machine, one shared outbox queue."""
+
+    depth = WORKER_DEPTH
+
+    def __init__(self, kind: str, cfg: Config, policy_path: str, ref_path: str, threads: int | None):
+        if kind not in ("thread", "process"):
+            raise ValueError(f"LocalHost hosts thread or process workers, not {kind!r}")
+        self.name = kind
+        self.cfg_dict = cfg.model_dump()
+        self.policy_path, self.ref_path = policy_path, ref_path
+        self.threads = threads if kind == "process" else None
+        if kind == "process":
+            import torch.multiprocessing as mp
+
+            # spawn, not fork: forking a process that already runs torch thread pools can deadlock.
+            self._ctx = mp.get_context("spawn")
+        else:
+            self._ctx = queue  # queue.Queue for inboxes and the outbox
+        self._outbox = self._ctx.Queue()
+        self.publisher = DirectPublisher("queue" if kind == "process" else "inprocess")
+        self.workers: dict[int, _LocalWorker] = {}
+        self._lost: set[int] = set()
+
+    def start(self, worker_id: int, start_version: int) -> Worker:
+        args = (self.cfg_dict, self.policy_path, self.ref_path, worker_id, start_version, self.publisher.name,
+                self.threads, self._outbox)
+        w = _LocalWorker(self.name, args, self._ctx)
+        self.workers[worker_id] = w
+        return w
+
+    def next_message(self, timeout_s: float) -> FromWorker | None:
+        try:
+            return self._outbox.get(timeout=timeout_s)
+        except queue.Empty:
+            pass
+        for wid, w in self.workers.items():
+            if wid not in self._lost and not w.alive():
+                self._lost.add(wid)
+                # A worker that raised has put its WorkerError first; one that was killed or ran out
+                # of memory says nothing, so this is how the controller learns of it.
+                return WorkerLost(wid, f"{self.name} worker exited (exit code {w.exitcode})")
+        return None
+
+    def close(self) -> None:
+        for w in self.workers.values():
+            w.stop()
+
+
+class _InlineWorker:
+    """The generator in the controller's own thread: a request is served the moment it is sent."""
+
+    def __init__(self, service: GeneratorService, replies: deque):
+        self.worker_id = service.worker_id
+        self._service = service
+        self._replies = replies
+
+    def send(self, msg: ToWorker) -> None:
+        if isinstance(msg, StopWorker):
+            return
+        try:
+            reply = self._service.handle(msg)
+        except Exception as e:  # the same path as a thread or process worker's error
+            reply = error_message(self.worker_id, e)
+        if reply is not None:
+            self._replies.append(reply)
+
+    def alive(self) -> bool:
+        return True
+
+    def kill(self) -> None:
+        pass
+
+    def stop(self, timeout_s: float = 0.0) -> None:
+        pass
+
+
+class InlineHost:
+    """``workers: inline``: nothing overlaps. With ``max_lag: 0`` it is synchronous training with
+    no hand-off between roles; with ``max_lag: N`` the scheduler dispatches N requests ahead, so
+    every batch is trained exactly N updates after the weights that generated it (a simulated lag)."""
+
+    name = "inline"
+    depth = None
+
+    def __init__(self, cfg: Config, policy_path: str, ref_path: str):
+        self.cfg, self.policy_path, self.ref_path = cfg, policy_path, ref_path
+        self.publisher = DirectPublisher("inprocess")
+        self._replies: deque = deque()
+
+    def start(self, worker_id: int, start_version: int) -> Worker:
+        gen = build_generator(self.cfg, self.policy_path, worker_id, self.ref_path, start_version)
+        self._replies.append(WorkerReady(worker_id))
+        return _InlineWorker(GeneratorService(gen, DirectReceiver(), worker_id), self._replies)
+
+    def next_message(self, timeout_s: float) -> FromWorker | None:
+        return self._replies.popleft() if self._replies else None
+
+    def close(self) -> None:
+        pass
