@@ -37,3 +37,11 @@ def fails_in_batches(prompts, completions, rows):
 
 
 not_callable = 3
+
+
+def slow_exact(prompts, completions, rows):
+    """``exact``, 0.2 s per call: keeps a request in flight long enough to kill its worker."""
+    import time
+
+    time.sleep(0.2)
+    return exact(prompts, completions, rows)

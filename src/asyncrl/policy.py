@@ -8,6 +8,7 @@ row sits at column ``P + j`` and is predicted by the logits at column ``P + j - 
 from __future__ import annotations
 
 import contextlib
+import threading
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +97,18 @@ def load_tokenizer(path: str):
     return tok
 
 
+# transformers builds models under process-wide init contexts (meta device, skipped inits): two
+# threads loading at once (thread workers, a generator restarted while the learner loads its eval
+# reference) corrupt each other's models ("Cannot copy out of meta tensor"). One load at a time.
+LOAD_LOCK = threading.Lock()
+
+
 def load_model(path: str, device: torch.device, dtype: torch.dtype | None = None):
+    with LOAD_LOCK:
+        return _load_model(path, device, dtype)
+
+
+def _load_model(path: str, device: torch.device, dtype: torch.dtype | None):
     from transformers import AutoModelForCausalLM
 
     folder, extra = _split_gguf(path)

@@ -65,6 +65,7 @@ class Controller:
         self._stop_requested = False
         # Tests and the Ray learner actor look at these while a run is going.
         self.host: Host | None = None
+        self.scheduler: Scheduler | None = None
         self.workers: dict[int, Worker] = {}
 
     def request_stop(self) -> None:
@@ -119,7 +120,7 @@ class Controller:
             seed=cfg.seed,
         )
         host = self.host = make_host(cfg, policy_path, base_path, gen_threads)
-        sched = Scheduler(cfg.max_lag, cfg.prompts_per_step, host.depth)
+        sched = self.scheduler = Scheduler(cfg.max_lag, cfg.prompts_per_step, host.depth)
         logger = RunLogger(self.run_dir, cfg.steps, learner.version)
         config_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
 

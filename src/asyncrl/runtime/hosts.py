@@ -78,6 +78,10 @@ class _LocalWorker:
         return self._runner.is_alive()
 
     @property
+    def pid(self) -> int | None:
+        return getattr(self._runner, "pid", None)  # None for threads
+
+    @property
     def exitcode(self):
         return getattr(self._runner, "exitcode", None)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from asyncrl.policy import default_dtype, resolve_device, right_pad
+from asyncrl.policy import LOAD_LOCK, default_dtype, resolve_device, right_pad
 
 
 def read_model_config(path: str, what: str, flag: str) -> dict:
@@ -82,7 +82,8 @@ def load_classifier(path: str, device: torch.device):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=default_dtype(device))
+    with LOAD_LOCK:  # see policy.LOAD_LOCK: thread workers load models concurrently
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=default_dtype(device))
     pad = model.config.pad_token_id
     if pad is None:
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

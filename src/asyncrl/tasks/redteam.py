@@ -160,7 +160,10 @@ class Embedder:
         if self.model is None:
             self.device = aux_device(self.device_name)
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-            self.model = AutoModel.from_pretrained(self.path, dtype=default_dtype(self.device)).to(self.device).eval()
+            from asyncrl.policy import LOAD_LOCK
+
+            with LOAD_LOCK:  # see policy.LOAD_LOCK
+                self.model = AutoModel.from_pretrained(self.path, dtype=default_dtype(self.device)).to(self.device).eval()
             self.max_tokens = max_input_tokens(self.model, self.max_seq_tokens)
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else fallback_token(tok)
