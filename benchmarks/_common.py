@@ -21,16 +21,17 @@ def train_cmd(run_dir: Path, flags: list[str]) -> list[str]:
     return [sys.executable, "-m", "asyncrl.cli", "train", "--output-dir", str(run_dir), *flags]
 
 
-def run_once(run_dir: Path, cmd: list[str], quiet: bool = True) -> dict:
+def run_once(run_dir: Path, cmd: list[str], quiet: bool = True, env: dict | None = None) -> dict:
     """Runs ``cmd``, which writes a run into ``run_dir`` (skipped when ``run_dir`` already holds a
-    finished run, so an interrupted benchmark resumes), and returns the run's ``summary.json``."""
+    finished run, so an interrupted benchmark resumes), and returns the run's ``summary.json``.
+    ``env`` adds environment variables."""
     summary = run_dir / "summary.json"
     if not summary.is_file():
         print("+", " ".join(cmd), flush=True)
         if run_dir.exists():  # a half-written run from an interrupted benchmark
             shutil.rmtree(run_dir)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if quiet else None,
-                       env={**os.environ, "CI": "1"})
+                       env={**os.environ, "CI": "1", **(env or {})})
     return json.loads(summary.read_text())
 
 

@@ -279,6 +279,15 @@ class Config(BaseModel):
             raise ValueError("runtime=ray runs generators as Ray actors: workers=inline is a local-runtime mode")
         if self.workers == "auto":
             object.__setattr__(self, "workers", "inline" if self.max_lag == 0 and self.num_generators == 1 else "process")
+        host = "ray" if self.runtime == "ray" else self.workers
+        allowed_transports = {"inline": ("inprocess",), "thread": ("inprocess",), "process": ("queue", "broadcast"),
+                              "ray": ("object_store", "broadcast")}[host]
+        if self.weight_transport == "auto":
+            object.__setattr__(self, "weight_transport", allowed_transports[0])
+        elif self.weight_transport not in allowed_transports:
+            raise ValueError(f"weight_transport={self.weight_transport} does not work with "
+                             f"{'runtime=ray' if host == 'ray' else 'workers=' + host}; choose one of "
+                             f"{', '.join(allowed_transports)}")
         if self.workers == "inline" and self.num_generators != 1:
             raise ValueError("workers=inline runs the generator in the learner's thread: it needs num_generators=1")
         if self.micro_batch_prompts is not None and self.micro_batch_prompts > self.prompts_per_step:

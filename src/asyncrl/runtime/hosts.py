@@ -15,7 +15,7 @@ from typing import Protocol
 
 from asyncrl.config import Config
 from asyncrl.runtime.messages import FromWorker, StopWorker, ToWorker, WorkerLost, WorkerReady
-from asyncrl.runtime.transport import DirectPublisher, DirectReceiver, WeightPublisher
+from asyncrl.runtime.transport import DirectPublisher, DirectReceiver, WeightPublisher, make_publisher
 from asyncrl.runtime.worker import GeneratorService, build_generator, error_message, worker_loop
 
 # Requests a thread/process worker may hold (one running, one queued) so it never idles waiting
@@ -126,7 +126,7 @@ class LocalHost:
         else:
             self._ctx = queue  # queue.Queue for inboxes and the outbox
         self._outbox = self._ctx.Queue()
-        self.publisher = DirectPublisher("queue" if kind == "process" else "inprocess")
+        self.publisher = make_publisher(cfg.weight_transport)
         self.workers: dict[int, _LocalWorker] = {}
         self._lost: set[int] = set()
 

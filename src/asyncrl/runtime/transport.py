@@ -92,6 +92,21 @@ class DirectReceiver:
         return update.payload
 
 
+def make_publisher(name: str, **kwargs) -> WeightPublisher:
+    """The learner-side half of transport ``name`` (``cfg.weight_transport``, resolved)."""
+    if name in ("inprocess", "queue"):
+        return DirectPublisher(name)
+    if name == "object_store":
+        from asyncrl.runtime.ray_host import ObjectStorePublisher
+
+        return ObjectStorePublisher(**kwargs)
+    if name == "broadcast":
+        from asyncrl.runtime.broadcast import BroadcastPublisher
+
+        return BroadcastPublisher(**kwargs)
+    raise ValueError(f"unknown weight transport {name!r}; known: {', '.join(TRANSPORTS)}")
+
+
 def make_receiver(name: str, spec: Any = None) -> WeightReceiver:
     """The worker-side half of transport ``name``; ``spec`` is what its publisher's
     ``receiver_spec()`` returned (connection details), None for transports that need none."""
