@@ -23,7 +23,7 @@ Four measurements, one panel each in ``throughput.png`` (plus ``results.json`` a
     that loads it into its own model and acknowledges, timed from ``put`` to the acknowledgement
     (snapshot excluded; moving it into shared memory, the hand-over and the child's load included).
     The first publish to the child is a warm-up. MB/s = snapshot bytes / time, MB = 1e6 bytes; the
-    snapshot holds tied embeddings twice (``state_dict`` lists ``embed_tokens`` and ``lm_head``).
+    snapshot holds tied embeddings once (``transport.snapshot``), so MB counts distinct bytes.
 (d) one learner step of the default job (tiny ``arithmetic`` model, 16 prompts x 8) split into phases
     by ``Learner.timings`` (perf_counter marks inside ``Learner.step``; off by default):
     policy forward (log-probs, with grad), reference forward (only with ``reference_on: learner``),
@@ -239,6 +239,7 @@ def sync_one(name: str, args, inbox, outbox) -> dict:
     """(c) at one model size; the child process is asked to build the same model first."""
     from asyncrl.config import Config
     from asyncrl.learner import Learner
+    from asyncrl.runtime.transport import distinct_bytes
 
     spec = SIZES[name]
     inbox.put(("build", spec))  # the child builds its model while we build ours
@@ -247,7 +248,7 @@ def sync_one(name: str, args, inbox, outbox) -> dict:
     engine = build_engine(build_llama(spec))
     params = sum(p.numel() for p in learner.model.parameters())
     state = learner.weights()
-    mb = sum(v.numel() * v.element_size() for v in state.values()) / 1e6
+    mb = distinct_bytes(state) / 1e6
     # Wait for the child's model before timing anything: its start-up must not share the cores.
     assert outbox.get(timeout=600)[0] == "ready"
 
