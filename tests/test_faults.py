@@ -41,11 +41,13 @@ def assert_accounting(summary: dict) -> None:
     assert a["samples_generated"] == a["samples_trained"] + a["samples_in_buffer"] + a["samples_dropped"], a
 
 
-def test_sigkilled_process_generator_is_replaced_and_its_requests_redispatched(tmp_path, monkeypatch):
+@pytest.mark.parametrize("transport", ["queue", "broadcast"])
+def test_sigkilled_process_generator_is_replaced_and_its_requests_redispatched(tmp_path, monkeypatch, transport):
     monkeypatch.chdir(ROOT)  # the spawned workers import tests.reward_fns from the current directory
     cfg = load_config(None, dict(SMALL, task="custom", model=BASE, prompts=str(_rows(tmp_path)),
                                  prompt_field="question", reward="tests.reward_fns:slow_exact", workers="process",
-                                 num_generators=2, max_lag=2, output_dir=str(tmp_path / "run")))
+                                 num_generators=2, max_lag=2, weight_transport=transport,
+                                 output_dir=str(tmp_path / "run")))
     ctl = Controller(cfg, tmp_path / "run")
     killed: list[int] = []
 

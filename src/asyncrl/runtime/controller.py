@@ -182,6 +182,9 @@ class Controller:
                 return  # already replaced (e.g. a WorkerLost after its WorkerError)
             lost = sched.remove_worker(wid)
             self.workers.pop(wid).kill()
+            forget = getattr(host.publisher, "remove_worker", None)  # broadcast: leave it out of the group
+            if forget is not None:
+                forget(wid)
             ready.discard(wid)
             counters["generator_restarts"] += 1
             logger.progress.note(f"generator {wid} lost ({reason.strip().splitlines()[-1]}); "

@@ -102,8 +102,8 @@ class _LocalWorker:
             self._runner.join(2)
 
 
-def _run_local(cfg_dict, model_path, ref_path, worker_id, start_version, transport, threads, outbox, inbox):
-    worker_loop(cfg_dict, model_path, ref_path, worker_id, start_version, transport, None, inbox, outbox, threads)
+def _run_local(cfg_dict, model_path, ref_path, worker_id, start_version, transport, spec, threads, outbox, inbox):
+    worker_loop(cfg_dict, model_path, ref_path, worker_id, start_version, transport, spec, inbox, outbox, threads)
 
 
 class LocalHost:
@@ -131,8 +131,11 @@ class LocalHost:
         self._lost: set[int] = set()
 
     def start(self, worker_id: int, start_version: int) -> Worker:
+        # broadcast: where the worker's receiver finds the publisher's store (transports that carry
+        # weights in the message itself need nothing)
+        spec = self.publisher.receiver_spec(worker_id) if hasattr(self.publisher, "receiver_spec") else None
         args = (self.cfg_dict, self.policy_path, self.ref_path, worker_id, start_version, self.publisher.name,
-                self.threads, self._outbox)
+                spec, self.threads, self._outbox)
         w = _LocalWorker(self.name, args, self._ctx)
         self.workers[worker_id] = w
         return w
