@@ -278,7 +278,8 @@ class Config(BaseModel):
         if self.runtime == "ray" and self.workers == "inline":
             raise ValueError("runtime=ray runs generators as Ray actors: workers=inline is a local-runtime mode")
         if self.workers == "auto":
-            object.__setattr__(self, "workers", "inline" if self.max_lag == 0 and self.num_generators == 1 else "process")
+            inline = self.max_lag == 0 and self.num_generators == 1 and self.runtime == "local"
+            object.__setattr__(self, "workers", "inline" if inline else "process")
         host = "ray" if self.runtime == "ray" else self.workers
         allowed_transports = {"inline": ("inprocess",), "thread": ("inprocess",), "process": ("queue", "broadcast"),
                               "ray": ("object_store", "broadcast")}[host]
