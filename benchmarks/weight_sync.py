@@ -72,6 +72,24 @@ def make_ray_receiver_cls():
     return Receiver
 
 
+def timed_publishes(learner, publisher, send, wait, repeats: int) -> list[dict]:
+    """``repeats`` timed publishes after one warm-up: snapshot, ``publisher.publish``, ``send(update)``
+    to every receiver, then ``wait(what send returned)`` until all have loaded."""
+    rows = []
+    for version in range(repeats + 1):
+        t0 = time.perf_counter()
+        state = learner.weights()
+        t1 = time.perf_counter()
+        sent = send(publisher.publish(state, version))
+        t2 = time.perf_counter()
+        wait(sent)
+        t3 = time.perf_counter()
+        del state, sent
+        if version:  # the first publish is a warm-up
+            rows.append({"snapshot_s": t1 - t0, "publish_s": t2 - t1, "all_loaded_s": t3 - t0})
+    return rows
+
+
 def bench_queue(spec, n: int, learner, repeats: int) -> list[dict]:
     import torch.multiprocessing as mp
 
@@ -85,29 +103,21 @@ def bench_queue(spec, n: int, learner, repeats: int) -> list[dict]:
         p.start()
     for _ in procs:
         assert outbox.get(timeout=600) == "ready"
-    pub = make_publisher("queue")
-    rows = []
+    def send(update):
+        for q in inboxes:
+            q.put(update)
+
+    def wait(_):
+        for _ in procs:
+            assert outbox.get(timeout=600) == "loaded"
+
     try:
-        for version in range(repeats + 1):
-            t0 = time.perf_counter()
-            state = learner.weights()
-            t1 = time.perf_counter()
-            update = pub.publish(state, version)
-            for q in inboxes:
-                q.put(update)
-            t2 = time.perf_counter()
-            for _ in procs:
-                assert outbox.get(timeout=600) == "loaded"
-            t3 = time.perf_counter()
-            del state, update
-            if version:  # the first publish is a warm-up
-                rows.append({"snapshot_s": t1 - t0, "publish_s": t2 - t1, "all_loaded_s": t3 - t0})
+        return timed_publishes(learner, make_publisher("queue"), send, wait, repeats)
     finally:
         for q in inboxes:
             q.put(None)
         for p in procs:
             p.join(10)
-    return rows
 
 
 def bench_object_store(spec, n: int, learner, repeats: int) -> list[dict]:
@@ -118,26 +128,17 @@ def bench_object_store(spec, n: int, learner, repeats: int) -> list[dict]:
     Receiver = make_ray_receiver_cls()
     actors = [Receiver.remote(spec) for _ in range(n)]
     ray.get([a.__ray_ready__.remote() for a in actors])
+
+    def wait(refs):
+        assert ray.get(refs, timeout=600) == ["loaded"] * n
+
     pub = make_publisher("object_store")
-    rows = []
     try:
-        for version in range(repeats + 1):
-            t0 = time.perf_counter()
-            state = learner.weights()
-            t1 = time.perf_counter()
-            update = pub.publish(state, version)
-            refs = [a.load.remote(update) for a in actors]
-            t2 = time.perf_counter()
-            assert ray.get(refs, timeout=600) == ["loaded"] * n
-            t3 = time.perf_counter()
-            del state
-            if version:
-                rows.append({"snapshot_s": t1 - t0, "publish_s": t2 - t1, "all_loaded_s": t3 - t0})
+        return timed_publishes(learner, pub, lambda update: [a.load.remote(update) for a in actors], wait, repeats)
     finally:
         pub.close()
         for a in actors:
             ray.kill(a)
-    return rows
 
 
 def main() -> None:

@@ -84,3 +84,36 @@ def tiny_toxicity_dir(tmp_path_factory):
     """A two-label classifier whose label 1 is named ``toxic``."""
     return build_tiny_classifier_dir(tmp_path_factory.mktemp("tiny-tox"), num_labels=2, seed=4,
                                      id2label={0: "neutral", 1: "toxic"}, head_scale=50.0)
+
+
+def run_killing_a_busy_worker(ctl, kill, after_rows: int = 3, timeout_s: float = 120.0):
+    """Runs controller ``ctl`` while a thread waits for ``after_rows`` metrics rows and then calls
+    ``kill(worker)`` once, from outside the controller, on a worker holding a request. Returns
+    (summary, ids of the killed workers)."""
+    import threading
+    import time
+
+    killed: list[int] = []
+    metrics = Path(ctl.run_dir) / "metrics.jsonl"
+
+    def killer():
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and not killed:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= after_rows and ctl.scheduler:
+                busy = [w for wid, w in list(ctl.workers.items()) if ctl.scheduler.held_by(wid)]
+                if busy:
+                    kill(busy[0])
+                    killed.append(busy[0].worker_id)
+            time.sleep(0.01)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    summary = ctl.run()
+    t.join(5)
+    return summary, killed
+
+
+def assert_accounting(summary: dict) -> None:
+    """fifo: every generated sample was trained, is still in the buffer, or was dropped."""
+    a = summary["accounting"]
+    assert a["samples_generated"] == a["samples_trained"] + a["samples_in_buffer"] + a["samples_dropped"], a

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from asyncrl.generator import Generator
 from asyncrl.policy import BUILTIN_MODELS
 from asyncrl.runtime.controller import Controller
 
-from conftest import read_jsonl
+from conftest import assert_accounting, read_jsonl, run_killing_a_busy_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -36,11 +35,6 @@ def _rows(tmp_path: Path) -> Path:
     return p
 
 
-def assert_accounting(summary: dict) -> None:
-    a = summary["accounting"]
-    assert a["samples_generated"] == a["samples_trained"] + a["samples_in_buffer"] + a["samples_dropped"], a
-
-
 @pytest.mark.parametrize("transport", ["queue", "broadcast"])
 def test_sigkilled_process_generator_is_replaced_and_its_requests_redispatched(tmp_path, monkeypatch, transport):
     monkeypatch.chdir(ROOT)  # the spawned workers import tests.reward_fns from the current directory
@@ -48,25 +42,8 @@ def test_sigkilled_process_generator_is_replaced_and_its_requests_redispatched(t
                                  prompt_field="question", reward="tests.reward_fns:slow_exact", workers="process",
                                  num_generators=2, max_lag=2, weight_transport=transport,
                                  output_dir=str(tmp_path / "run")))
-    ctl = Controller(cfg, tmp_path / "run")
-    killed: list[int] = []
-
-    def killer():
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            m = tmp_path / "run" / "metrics.jsonl"
-            host = ctl.host
-            if m.is_file() and len(m.read_text().splitlines()) >= 3 and host is not None:
-                busy = [w for wid, w in list(ctl.workers.items()) if ctl.scheduler.held_by(wid) and w.pid]
-                if busy:
-                    os.kill(busy[0].pid, signal.SIGKILL)
-                    killed.append(busy[0].worker_id)
-            time.sleep(0.01)
-
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    summary = ctl.run()
-    t.join(5)
+    summary, killed = run_killing_a_busy_worker(Controller(cfg, tmp_path / "run"),
+                                                lambda w: os.kill(w.pid, signal.SIGKILL))
     assert killed, "no generator was killed"
     assert summary["steps"] == 10 and not summary["interrupted"] and summary["failed"] is None
     assert summary["generator_restarts"] == 1 and summary["requests_redispatched"] >= 1

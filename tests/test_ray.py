@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from asyncrl.runtime.messages import GenerateRequest, RequestDone, WorkerError, 
 from asyncrl.runtime.ray_host import ObjectRefBox, ObjectStoreReceiver, RayHost  # noqa: E402
 from asyncrl.runtime.transport import distinct_bytes, snapshot  # noqa: E402
 
-from conftest import read_jsonl, write_jsonl  # noqa: E402
+from conftest import assert_accounting, read_jsonl, run_killing_a_busy_worker, write_jsonl  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -283,32 +282,15 @@ def test_killed_generator_actor_is_replaced_and_the_run_reaches_its_target(tmp_p
     cfg = load_config(None, dict(SMALL, steps=10, task="custom", model=BASE, prompts=str(rows),
                                  prompt_field="question", reward="tests.reward_fns:slow_exact", runtime="ray",
                                  num_generators=2, max_lag=2, output_dir=str(out)))
-    ctl = Controller(cfg, out)
-    killed: list[str] = []
-
-    def killer():  # kill, from outside the controller, an actor that holds a request
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            m = out / "metrics.jsonl"
-            if m.is_file() and len(m.read_text().splitlines()) >= 3 and ctl.scheduler is not None:
-                busy = [w for wid, w in list(ctl.workers.items()) if ctl.scheduler.held_by(wid)]
-                if busy:
-                    ray.kill(ray.get_actor(busy[0].name), no_restart=True)
-                    killed.append(busy[0].name)
-            time.sleep(0.01)
-
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    summary = ctl.run()
-    t.join(5)
+    summary, killed = run_killing_a_busy_worker(Controller(cfg, out),
+                                                lambda w: ray.kill(ray.get_actor(w.name), no_restart=True))
     assert killed, "no generator was killed"
     assert summary["steps"] == 10 and not summary["interrupted"] and summary["failed"] is None
     assert summary["generator_restarts"] == 1 and summary["requests_redispatched"] >= 1
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in metrics] == list(range(1, 11))
     assert all(r["staleness_max"] <= 2 for r in metrics)
-    a = summary["accounting"]
-    assert a["samples_generated"] == a["samples_trained"] + a["samples_in_buffer"] + a["samples_dropped"], a
+    assert_accounting(summary)
 
 
 def test_reward_error_in_an_actor_stops_the_run_with_one_line(tmp_path, monkeypatch, capsys):

@@ -112,7 +112,7 @@ class Controller:
         if trainer_state is not None:
             learner.load_state_dict(trainer_state["learner"])
             counters.update(trainer_state.get("counters", {}))
-        run = {"generated": 0, "discarded": 0, "seen0": counters["samples_seen"],
+        run = {"generated": 0, "discarded": 0, "restarts": 0, "seen0": counters["samples_seen"],
                "redispatched0": counters["requests_redispatched"]}
         buffer = make_buffer(
             cfg.buffer, max_lag=cfg.max_lag, group_size=cfg.samples_per_prompt, recency_prob=cfg.recency_prob,
@@ -187,10 +187,11 @@ class Controller:
                 forget(wid)
             ready.discard(wid)
             counters["generator_restarts"] += 1
+            run["restarts"] += 1  # the limit is per run: a resumed run starts over
             logger.progress.note(f"generator {wid} lost ({reason.strip().splitlines()[-1]}); "
                                  f"{len(lost)} request(s) to re-dispatch, starting a replacement")
-            if counters["generator_restarts"] > cfg.max_generator_restarts:
-                failure = (f"generator workers failed {counters['generator_restarts']} times, more than "
+            if run["restarts"] > cfg.max_generator_restarts:
+                failure = (f"generator workers failed {run['restarts']} times, more than "
                            f"max_generator_restarts={cfg.max_generator_restarts}; last: "
                            f"{reason.strip().splitlines()[-1]}")
                 return
@@ -250,8 +251,14 @@ class Controller:
                     msg = host.next_message(POLL_S)
                     if msg is not None:
                         handle(msg)
-                        for wid, req in sched.dispatch(step, published):  # re-dispatch after a loss
-                            self.workers[wid].send(req)
+                        if not isinstance(msg, RequestDone):
+                            # The workers changed (one lost, a replacement ready): re-dispatch now.
+                            # A reply alone waits for the next step's dispatch, as before this
+                            # scheduler existed: dispatching into the slot a reply frees would make
+                            # one generator run max_lag ahead instead of one request (the default
+                            # job's staleness 1 would become 2).
+                            for wid, req in sched.dispatch(step, published):
+                                self.workers[wid].send(req)
                     taken = sched.take(step)
                 if taken is None:
                     break
