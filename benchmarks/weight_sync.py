@@ -7,8 +7,8 @@ receiver turns it into a state dict with the transport's receiver and loads it i
 engine (``HFEngine.load_weights``), then acknowledges. Per publish it reports:
 
 - ``snapshot_s``: ``Learner.weights()`` (the part that blocks the learner in every transport);
-- ``publish_s``: the learner-side call after the snapshot (publisher + sending N messages): what
-  else the learner waits for;
+- ``publish_s``: ``publisher.publish`` after the snapshot: what else the learner waits for
+  (the object store's ``ray.put`` runs in a background thread; the sends follow);
 - ``all_loaded_s``: from the start of the publish (snapshot included) until all N receivers have
   loaded, the time until every generator samples with the new weights.
 
@@ -73,18 +73,20 @@ def make_ray_receiver_cls():
 
 
 def timed_publishes(learner, publisher, send, wait, repeats: int) -> list[dict]:
-    """``repeats`` timed publishes after one warm-up: snapshot, ``publisher.publish``, ``send(update)``
-    to every receiver, then ``wait(what send returned)`` until all have loaded."""
+    """``repeats`` timed publishes after one warm-up: snapshot, ``publisher.publish`` (timed alone:
+    the learner's part), ``send(update)`` to every receiver, then ``wait(what send returned)`` until
+    all have loaded."""
     rows = []
     for version in range(repeats + 1):
         t0 = time.perf_counter()
         state = learner.weights()
         t1 = time.perf_counter()
-        sent = send(publisher.publish(state, version))
+        update = publisher.publish(state, version)
         t2 = time.perf_counter()
+        sent = send(update)
         wait(sent)
         t3 = time.perf_counter()
-        del state, sent
+        del state, update, sent
         if version:  # the first publish is a warm-up
             rows.append({"snapshot_s": t1 - t0, "publish_s": t2 - t1, "all_loaded_s": t3 - t0})
     return rows
@@ -125,6 +127,8 @@ def bench_object_store(spec, n: int, learner, repeats: int) -> list[dict]:
 
     from asyncrl.runtime.transport import make_publisher
 
+    from asyncrl.runtime.ray_host import resolved
+
     Receiver = make_ray_receiver_cls()
     actors = [Receiver.remote(spec) for _ in range(n)]
     ray.get([a.__ray_ready__.remote() for a in actors])
@@ -134,7 +138,9 @@ def bench_object_store(spec, n: int, learner, repeats: int) -> list[dict]:
 
     pub = make_publisher("object_store")
     try:
-        return timed_publishes(learner, pub, lambda update: [a.load.remote(update) for a in actors], wait, repeats)
+        # the host's part: once the put is done, one actor call per generator
+        return timed_publishes(learner, pub, lambda update: [a.load.remote(resolved(update)) for a in actors], wait,
+                               repeats)
     finally:
         pub.close()
         for a in actors:

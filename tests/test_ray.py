@@ -131,7 +131,7 @@ def test_host_serves_two_actors_from_one_put_and_reports_a_killed_actor(capsys):
 def test_object_store_weights_equal_the_published_ones_and_tied_tensors_travel_once():
     ray.init(address="local", num_cpus=1, include_dashboard=False)
     try:
-        from asyncrl.runtime.ray_host import ObjectStorePublisher
+        from asyncrl.runtime.ray_host import ObjectStorePublisher, resolved
 
         state = _weights()
         assert state["lm_head.weight"] is state["model.embed_tokens.weight"]  # tied in the tiny model
@@ -145,7 +145,9 @@ def test_object_store_weights_equal_the_published_ones_and_tied_tensors_travel_o
             got = ObjectStoreReceiver().receive(update)
             return {k: v.clone() for k, v in got.items()}, got["lm_head.weight"] is got["model.embed_tokens.weight"]
 
-        got, tied = ray.get(read.remote(update))
+        # publish returned before the put finished (it runs off the learner's thread); the host
+        # sends the update once it has the ref
+        got, tied = ray.get(read.remote(resolved(update)))
         assert tied
         assert got.keys() == state.keys()
         assert all(torch.equal(got[k], state[k]) for k in state)

@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,35 +70,59 @@ class ObjectRefBox:
     """A weights ``ObjectRef`` inside a ``WeightsUpdate``. Ray resolves an ``ObjectRef`` passed
     directly as an actor-call argument in the caller's scheduling path; wrapped, it reaches the
     generator as a ref, and the generator's receiver reads it when it handles the message, in
-    order with its other calls."""
+    order with its other calls. On the learner side, until the ``ray.put`` is done, ``ref`` is the
+    ``Future`` of that put (the host holds such an update back, see ``RayHost._flush``)."""
 
     ref: Any
     nbytes: int  # distinct bytes of the state dict (tied tensors once)
 
+    @property
+    def ready(self) -> bool:
+        return not isinstance(self.ref, Future) or self.ref.done()
+
+    def resolved(self) -> "ObjectRefBox":
+        """The box with the put's ``ObjectRef`` (waits for the put; raises what it raised)."""
+        return ObjectRefBox(self.ref.result(), self.nbytes) if isinstance(self.ref, Future) else self
+
 
 class ObjectStorePublisher:
     """``object_store``: one ``ray.put`` per publish; every generator ``ray.get``s that object
-    (Ray moves it to each node once and generators on a node read their node's copy)."""
+    (Ray moves it to each node once and generators on a node read their node's copy).
+
+    The put copies the snapshot into the object store (0.7-0.8 s at 135M parameters on a 2-core
+    CPU, docs/benchmarks.md), so it runs in a background thread: ``publish`` returns at once and
+    the host sends the update to each generator when the put is done, holding back later messages
+    to that generator so they stay in order."""
 
     name = "object_store"
 
     def __init__(self):
         self.puts = 0  # ray.put calls made, for tests and metrics
         self._latest = None  # keeps the latest weights alive for generators started later
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="asyncrl-ray-put")
 
     def publish(self, state, version: int) -> WeightsUpdate:
         from asyncrl.runtime.transport import distinct_bytes
 
         ray = _ray()
-        ref = ray.put(state)  # the snapshot's shared tensors are pickled once, aliases kept
+        # the snapshot's shared tensors are pickled once, aliases kept
+        fut = self._pool.submit(ray.put, state)
         self.puts += 1
         # Dropping the previous ref lets Ray free it once every generator that was sent it has
         # loaded it (refs inside in-flight call arguments are counted by Ray itself).
-        self._latest = ref
-        return WeightsUpdate(version, ObjectRefBox(ref, distinct_bytes(state)))
+        self._latest = fut
+        return WeightsUpdate(version, ObjectRefBox(fut, distinct_bytes(state)))
 
     def close(self) -> None:
         self._latest = None
+        self._pool.shutdown(wait=True)
+
+
+def resolved(update: WeightsUpdate) -> WeightsUpdate:
+    """``update`` as it can be sent to an actor: its put finished, the box holding the ref."""
+    box = update.payload
+    return update if not isinstance(box, ObjectRefBox) or not isinstance(box.ref, Future) else \
+        WeightsUpdate(update.version, box.resolved())
 
 
 class ObjectStoreReceiver:
@@ -105,7 +130,7 @@ class ObjectStoreReceiver:
         box = update.payload
         if not isinstance(box, ObjectRefBox):
             raise TypeError(f"object_store receiver got a {type(box).__name__} payload, expected ObjectRefBox")
-        return _ray().get(box.ref)
+        return _ray().get(box.resolved().ref)
 
 
 # --- actors --------------------------------------------------------------------------------------
@@ -347,6 +372,7 @@ class RayWorker:
         self.finished = False  # lost, failed or stopped: nothing more is reported for it
         self.node_id: str | None = None
         self.node_ip: str | None = None
+        self.held: deque = deque()  # messages waiting behind a weights update whose put is not done
 
     def send(self, msg: ToWorker) -> None:
         self.host._send(self, msg)
@@ -492,6 +518,7 @@ class RayHost:
         while True:
             if self._events:
                 return self._events.popleft()
+            held = self._flush()
             remaining = deadline - time.monotonic()
             if not self._pending:
                 if remaining <= 0:
@@ -499,7 +526,8 @@ class RayHost:
                 time.sleep(min(POLL_S, remaining))  # an event may still arrive from worker.kill()
                 continue
             # Oldest first among those ready: a worker's replies come back in the order it was sent them.
-            ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=max(0.0, min(remaining, 1.0)))
+            ready, _ = ray.wait(list(self._pending), num_returns=1,
+                                timeout=max(0.0, min(remaining, POLL_S if held else 1.0)))
             if not ready:
                 if time.monotonic() >= deadline:
                     return None
@@ -559,7 +587,27 @@ class RayHost:
     def _send(self, w: RayWorker, msg: ToWorker) -> None:
         if w.finished:
             return  # the controller learns of its end through next_message
+        if w.held or (isinstance(msg, WeightsUpdate) and isinstance(msg.payload, ObjectRefBox)
+                      and not msg.payload.ready):
+            w.held.append(msg)  # keeps this worker's order: sent by _flush once the put is done
+            return
+        self._call(w, msg)
+
+    def _flush(self) -> bool:
+        """Sends held messages whose weights are in the object store; True if any stay held."""
+        waiting = False
+        for w in self.workers.values():
+            while w.held and not w.finished:
+                head = w.held[0]
+                if isinstance(head, WeightsUpdate) and isinstance(head.payload, ObjectRefBox) and not head.payload.ready:
+                    waiting = True
+                    break
+                self._call(w, w.held.popleft())
+        return waiting
+
+    def _call(self, w: RayWorker, msg: ToWorker) -> None:
         if isinstance(msg, WeightsUpdate):
+            msg = resolved(msg)
             self._pending[w.actor.load.remote(msg)] = (w.worker_id, "load")
         elif isinstance(msg, GenerateRequest):
             self._pending[w.actor.generate.remote(msg)] = (w.worker_id, "generate")
