@@ -117,3 +117,15 @@ def assert_accounting(summary: dict) -> None:
     """fifo: every generated sample was trained, is still in the buffer, or was dropped."""
     a = summary["accounting"]
     assert a["samples_generated"] == a["samples_trained"] + a["samples_in_buffer"] + a["samples_dropped"], a
+
+
+def wait_for_rows(metrics: Path, n: int, timeout_s: float = 120.0) -> bool:
+    """True once ``metrics`` (a metrics.jsonl) holds ``n`` rows, False after ``timeout_s``."""
+    import time
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= n:
+            return True
+        time.sleep(0.2)
+    return False

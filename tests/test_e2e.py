@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 from asyncrl.cli import main
 from asyncrl.policy import BUILTIN_MODELS
 
-from conftest import read_jsonl
+from conftest import read_jsonl, wait_for_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -107,13 +106,7 @@ def test_ctrl_c_writes_final_checkpoint(tmp_path):
          "--output-dir", str(out), "--workers", "process"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        m = out / "metrics.jsonl"
-        if m.is_file() and len(m.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.2)
-    else:
+    if not wait_for_rows(out / "metrics.jsonl", 3):
         proc.kill()
         pytest.fail("run did not start")
     proc.send_signal(signal.SIGINT)

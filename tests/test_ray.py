@@ -29,7 +29,7 @@ from asyncrl.runtime.messages import GenerateRequest, RequestDone, WorkerError, 
 from asyncrl.runtime.ray_host import ObjectRefBox, ObjectStoreReceiver, RayHost  # noqa: E402
 from asyncrl.runtime.transport import distinct_bytes, snapshot  # noqa: E402
 
-from conftest import assert_accounting, read_jsonl, run_killing_a_busy_worker, write_jsonl  # noqa: E402
+from conftest import assert_accounting, read_jsonl, run_killing_a_busy_worker, wait_for_rows, write_jsonl  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -318,13 +318,7 @@ def test_learner_actor_run_and_ctrl_c(tmp_path):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            m = out / "metrics.jsonl"
-            if m.is_file() and len(m.read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.2)
-        else:
+        if not wait_for_rows(out / "metrics.jsonl", 3):
             pytest.fail("run did not start")
         # Ctrl-C in a terminal signals the whole process group: the local Ray's processes too.
         os.killpg(proc.pid, signal.SIGINT)
