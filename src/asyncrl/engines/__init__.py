@@ -1,16 +1,47 @@
-"""Generation engines, chosen at one dispatch point: :func:`make_engine`."""
+"""Generation engines, built from the config at one place: :func:`make_engine`.
+
+Generators (``runtime/worker.py``) and evaluation (``evaluation.py``, the controller's periodic
+evaluation, ``asyncrl eval``) get their engines here and only ever see the :class:`Engine`
+protocol: ``generate`` (K samples per prompt), ``load_weights`` (a versioned in-place update) and
+``close``.
+"""
 
 from __future__ import annotations
 
-from asyncrl.engines.base import Completion, Engine
+from asyncrl.engines.base import Completion, Engine, eos_token_ids
+
+ENGINES = ("hf", "vllm")
 
 
-def make_engine(name: str, model, tokenizer, *, max_new_tokens: int, temperature: float) -> Engine:
+def make_engine(cfg, model_path: str, tokenizer, *, name: str | None = None, model=None,
+                temperature: float | None = None, seed: int = 0, version: int = 0) -> Engine:
+    """The engine ``name`` (default ``cfg.engine``) for the policy at ``model_path``.
+
+    ``hf`` samples with the given live ``model`` (loaded from ``model_path`` when None), so the
+    learner's own model can be evaluated without a copy; ``vllm`` loads ``model_path`` into vLLM
+    with the ``vllm_*`` settings. ``temperature`` defaults to ``cfg.temperature`` (evaluation
+    passes 1.0); ``seed`` seeds the engine's sampler.
+    """
+    name = name or cfg.engine
+    temperature = cfg.temperature if temperature is None else temperature
+    from asyncrl.policy import load_model, resolve_device
+
+    device = resolve_device(cfg.device)
     if name == "hf":
         from asyncrl.engines.hf import HFEngine
 
-        return HFEngine(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature)
-    raise ValueError(f"unknown engine {name!r}; known engines: hf")
+        if model is None:
+            model = load_model(model_path, device)
+        return HFEngine(model, tokenizer, max_new_tokens=cfg.max_new_tokens, temperature=temperature,
+                        version=version)
+    if name == "vllm":
+        from asyncrl.engines.vllm import VLLMEngine
+
+        return VLLMEngine(model_path, tokenizer, max_new_tokens=cfg.max_new_tokens, temperature=temperature,
+                          device=device, dtype=cfg.vllm_dtype, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                          kv_cache_gb=cfg.vllm_kv_cache_gb, max_model_len=cfg.vllm_max_model_len,
+                          enforce_eager=cfg.vllm_enforce_eager, seed=seed, version=version)
+    raise ValueError(f"unknown engine {name!r}; known engines: {', '.join(ENGINES)}")
 
 
-__all__ = ["Completion", "Engine", "make_engine"]
+__all__ = ["Completion", "ENGINES", "Engine", "eos_token_ids", "make_engine"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from asyncrl.engines.base import Completion
+from asyncrl.engines.base import Completion, eos_token_ids
 from asyncrl.policy import token_logprobs
 
 
@@ -17,7 +17,7 @@ class HFEngine:
         self.temperature = temperature
         self.version = version
         self.pad_id = tokenizer.pad_token_id
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(model.generation_config, tokenizer)
 
     @property
     def device(self) -> torch.device:
@@ -28,6 +28,9 @@ class HFEngine:
         # In-place copy keeps the module (and any compiled/cached state) alive.
         self.model.load_state_dict(state, strict=True)
         self.version = version
+
+    def close(self) -> None:
+        pass  # the model belongs to the caller (the learner's, in evaluation)
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], k: int, greedy: bool = False) -> list[list[Completion]]:
@@ -75,11 +78,3 @@ class HFEngine:
             results.append(group)
         return results
 
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
-    if ids is None:
-        ids = tokenizer.eos_token_id
-    if ids is None:
-        raise ValueError("the model/tokenizer defines no EOS token; generation could not stop")
-    return list(ids) if isinstance(ids, (list, tuple)) else [ids]

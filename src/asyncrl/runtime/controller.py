@@ -33,6 +33,8 @@ from asyncrl.evaluation import evaluate
 from asyncrl.io import atomic_write_text
 from asyncrl.learner import Learner
 from asyncrl.metrics import RunLogger
+from asyncrl.engines import make_engine
+from asyncrl.engines.vllm import require_vllm
 from asyncrl.policy import TRAIN_DTYPE, autocast, load_model, load_tokenizer, resolve_device, resolve_model_path
 from asyncrl.runtime.hosts import Host, InlineHost, LocalHost, Worker
 from asyncrl.runtime.messages import RequestDone, WeightsUpdate, WorkerError, WorkerLost, WorkerReady
@@ -83,8 +85,11 @@ class Controller:
     def run(self) -> dict:
         cfg = self.cfg
         t_setup = time.perf_counter()
-        # First, so a bad task setting (missing data, unimportable reward) fails before anything is written.
+        # First, so a bad task setting (missing data, unimportable reward) or a missing engine
+        # package fails before anything is written.
         task = make_task(cfg)
+        if "vllm" in (cfg.engine, cfg.eval_engine):
+            require_vllm()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
         learner_threads, gen_threads = default_threads(cfg)
@@ -106,6 +111,8 @@ class Controller:
         wants_kl = bool(getattr(task, "wants_kl", False))
         eval_ref_path = resolve_model_path(cfg.reference_model, cfg.task) if cfg.reference_model else base_path
         eval_ref = ref if (wants_kl and ref is not None and not cfg.reference_model) else None
+        eval_engine_name = cfg.eval_engine or cfg.engine
+        eval_engine = None  # built at the first evaluation when it is not the learner's own model
         # Run totals (carried over by a resume); `run` below counts this process's part only.
         counters = {"samples_seen": 0, "dropped": 0, "reward_errors": 0, "generator_restarts": 0,
                     "requests_redispatched": 0}
@@ -147,15 +154,24 @@ class Controller:
             return time.perf_counter() - t0 - eval_s
 
         def run_eval(step: int) -> float | None:
-            nonlocal eval_s, eval_ref
+            nonlocal eval_s, eval_ref, eval_engine
             w = wall()  # the training time at which this evaluation's weights were reached
             te = time.perf_counter()
             if wants_kl and eval_ref is None:
                 eval_ref = load_model(eval_ref_path, device).eval().requires_grad_(False)
+            engine = None  # hf: evaluate the learner's own model, no copy
+            if eval_engine_name != "hf":
+                if eval_engine is None:
+                    eval_engine = make_engine(cfg, policy_path, tokenizer, name=eval_engine_name, temperature=1.0,
+                                              seed=cfg.seed, version=learner.version)
+                if eval_engine.version != learner.version:  # built from policy_path: version 0 or the resumed step
+                    eval_engine.load_weights(learner.weights(), learner.version)
+                engine = eval_engine
             with autocast(device):
                 metrics, rows = evaluate(learner.model, tokenizer, task, max_new_tokens=cfg.max_new_tokens,
                                          limit=cfg.eval_limit, chat_template=cfg.chat_template, ref_model=eval_ref,
-                                         length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty)
+                                         length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty,
+                                         engine=engine)
             dt = time.perf_counter() - te
             logger.log_eval({"step": step, "wall_time_s": w, **metrics, "n": len(rows),
                              "eval_time_s": dt}, rows[: cfg.eval_log_generations])
@@ -326,8 +342,12 @@ class Controller:
         # Replies completed but never trained on (the run ended first) count as dropped.
         unconsumed = sum(r.samples for r in sched.unconsumed())
         final_acc = None
-        if not interrupted and failure is None:
-            final_acc = run_eval(step)
+        try:
+            if not interrupted and failure is None:
+                final_acc = run_eval(step)
+        finally:
+            if eval_engine is not None:
+                eval_engine.close()
         ckpt = save_checkpoint(self.run_dir, step, learner.model, tokenizer,
                                {"learner": learner.state_dict(), "counters": counters}, config_yaml)
         logger.close()

@@ -180,10 +180,10 @@ class _InlineWorker:
         return True
 
     def kill(self) -> None:
-        pass
+        self._service.close()
 
     def stop(self, timeout_s: float = 0.0) -> None:
-        pass
+        self._service.close()
 
 
 class InlineHost:
@@ -198,14 +198,18 @@ class InlineHost:
         self.cfg, self.policy_path, self.ref_path = cfg, policy_path, ref_path
         self.publisher = DirectPublisher("inprocess")
         self._replies: deque = deque()
+        self._workers: dict[int, _InlineWorker] = {}
 
     def start(self, worker_id: int, start_version: int) -> Worker:
         gen = build_generator(self.cfg, self.policy_path, worker_id, self.ref_path, start_version)
         self._replies.append(WorkerReady(worker_id))
-        return _InlineWorker(GeneratorService(gen, DirectReceiver(), worker_id), self._replies)
+        worker = self._workers[worker_id] = _InlineWorker(GeneratorService(gen, DirectReceiver(), worker_id),
+                                                          self._replies)
+        return worker
 
     def next_message(self, timeout_s: float) -> FromWorker | None:
         return self._replies.popleft() if self._replies else None
 
     def close(self) -> None:
-        pass
+        for w in self._workers.values():
+            w.stop()

