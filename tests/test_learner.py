@@ -55,6 +55,23 @@ def test_micro_batching_does_not_change_the_update(loss):
     for (name, p), q in zip(full.model.named_parameters(), micro.model.parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
     assert mf["grad_norm"] > 0  # a zero gradient would make the comparison vacuous
+    for k in ("engine_logp_abs_diff", "engine_kl", "engine_logp_abs_diff_fresh", "engine_kl_fresh"):
+        assert mf[k] == pytest.approx(mm[k], rel=1e-5, abs=1e-9), k
+
+
+def test_engine_mismatch_metrics_on_fresh_and_stale_samples():
+    cfg = Config(samples_per_prompt=4, prompts_per_step=2)
+    batch = _batch(cfg, 2, "generator")
+    # Sampled by the very weights the learner holds: the hf engine's log-probs equal the learner's.
+    m = _learner(cfg, with_ref=False).step(batch)
+    assert m["engine_logp_abs_diff"] == m["engine_logp_abs_diff_fresh"] < 1e-5
+    assert 0 <= m["engine_kl"] < 1e-9
+    # The same samples tagged as one version old: no fresh tokens, so no "_fresh" metrics.
+    for g in batch.groups:
+        for s in g.samples:
+            s.version = -1
+    m = _learner(cfg, with_ref=False).step(batch)
+    assert "engine_logp_abs_diff_fresh" not in m and m["engine_logp_abs_diff"] < 1e-5
 
 
 def test_version_counts_optimizer_steps():

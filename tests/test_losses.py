@@ -484,3 +484,22 @@ def test_ppo_requires_values_and_accepts_groups_of_one():
 def test_group_loss_registry():
     assert GROUP_LOSSES == {"tb", "online_dpo", "rloo", "grpo", "dr_grpo"}
     assert MIN_GROUP_SIZE["ppo"] == 1
+
+
+def test_engine_mismatch_sums_by_hand_and_micro_batch_invariant():
+    from asyncrl.losses.common import mismatch_metrics, mismatch_sums
+
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]])  # [N=2, T=2]
+    beh = torch.tensor([[-1.5, -2.0], [-0.25, 7.0]])  # the padded position's value must not count
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    fresh = torch.tensor([True, False])
+    m = mismatch_metrics(mismatch_sums(logp, beh, mask, fresh))
+    # log r = 0.5, 0, -0.25; k3 = e^x - 1 - x: 0.1487212707, 0, 0.0288007831
+    assert m["engine_logp_abs_diff"] == pytest.approx(0.75 / 3, abs=1e-7)
+    assert m["engine_kl"] == pytest.approx((0.1487212707 + 0.0288007831) / 3, abs=1e-7)
+    assert m["engine_logp_abs_diff_fresh"] == pytest.approx(0.25, abs=1e-7)
+    assert m["engine_kl_fresh"] == pytest.approx(0.1487212707 / 2, abs=1e-7)
+    parts = [mismatch_sums(logp[i : i + 1], beh[i : i + 1], mask[i : i + 1], fresh[i : i + 1]) for i in range(2)]
+    summed = {k: parts[0][k] + parts[1][k] for k in parts[0]}
+    assert mismatch_metrics(summed) == pytest.approx(m, abs=1e-7)
+    assert "engine_kl_fresh" not in mismatch_metrics(mismatch_sums(logp, beh, mask, torch.tensor([False, False])))

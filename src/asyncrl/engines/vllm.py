@@ -31,10 +31,12 @@ once the engine is built.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import torch
@@ -47,6 +49,8 @@ from asyncrl.engines.base import Completion, eos_token_ids
 _VLLM_ENV_DEFAULTS = {"VLLM_LOGGING_LEVEL": "WARNING", "VLLM_CONFIGURE_LOGGING": "1"}
 
 CPU_DEFAULT_KV_CACHE_GB = 1.0
+
+_LIVE: "weakref.WeakSet[VLLMEngine]" = weakref.WeakSet()  # engines built in this process and not closed
 
 
 def vllm_available() -> bool:
@@ -152,6 +156,7 @@ class VLLMEngine:
         except BaseException:
             self._cleanup()
             raise
+        _LIVE.add(self)
 
     def _params(self, n: int, greedy: bool):
         from vllm import SamplingParams
@@ -186,9 +191,24 @@ class VLLMEngine:
     def close(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is not None:
+            _LIVE.discard(self)
+            client = llm.llm_engine.engine_core  # the in-process client
             with contextlib.suppress(Exception):
-                llm.llm_engine.engine_core.shutdown()
+                if not _LIVE:
+                    client.shutdown()
+                else:
+                    # A full shutdown (also what the client's finalizer runs on collection) ends
+                    # with tearing down vLLM's process-global parallel state, which the other
+                    # engines in this process (a generator's and the evaluation's, inline) still
+                    # use: release this engine's executor and scheduler only.
+                    client._finalizer.detach()
+                    core = client.engine_core
+                    core.model_executor.shutdown()
+                    core.scheduler.shutdown()
+                    gc.unfreeze()  # EngineCore froze its start-up objects; let them be collected
             self.llm = None
+            del llm, client
+            gc.collect()  # frees the weights and KV cache now rather than at some later collection
         self._cleanup()
 
     def _cleanup(self) -> None:

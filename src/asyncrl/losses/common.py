@@ -77,10 +77,12 @@ def mismatch_sums(logp: Tensor, behaviour_logp: Tensor, mask: Tensor, fresh: Ten
 
     Returns the sums of both over all tokens and over fresh tokens, and both token counts.
     """
-    m = mask.float()
-    log_r = (logp.detach().float() - behaviour_logp.float()) * m
+    # float64 and expm1: the per-token values are ~1e-6 when engine and learner agree, where
+    # exp(x) - 1 - x in float32 rounds to noise of either sign.
+    m = mask.double()
+    log_r = (logp.detach().double() - behaviour_logp.double()) * m
     abs_diff = log_r.abs() * m
-    kl = (torch.exp(log_r) - 1 - log_r) * m
+    kl = (torch.expm1(log_r) - log_r) * m
     f = m * fresh.float()[:, None]
     return {"abs_diff": float(abs_diff.sum()), "kl": float(kl.sum()), "tokens": float(m.sum()),
             "abs_diff_fresh": float((abs_diff * f).sum()), "kl_fresh": float((kl * f).sum()),
@@ -88,10 +90,13 @@ def mismatch_sums(logp: Tensor, behaviour_logp: Tensor, mask: Tensor, fresh: Ten
 
 
 def mismatch_metrics(sums: dict[str, float]) -> dict[str, float]:
-    """:func:`mismatch_sums` totals -> per-token means (NaN where there are no tokens)."""
-    def mean(key: str, tokens: str) -> float:
-        return sums[key] / sums[tokens] if sums.get(tokens) else float("nan")
-
-    return {"engine_logp_abs_diff": mean("abs_diff", "tokens"), "engine_kl": mean("kl", "tokens"),
-            "engine_logp_abs_diff_fresh": mean("abs_diff_fresh", "tokens_fresh"),
-            "engine_kl_fresh": mean("kl_fresh", "tokens_fresh")}
+    """:func:`mismatch_sums` totals -> per-token means; the ``_fresh`` pair only when the batch
+    held staleness-0 tokens (in asynchronous runs most batches hold none)."""
+    out = {}
+    if sums.get("tokens"):
+        out["engine_logp_abs_diff"] = sums["abs_diff"] / sums["tokens"]
+        out["engine_kl"] = sums["kl"] / sums["tokens"]
+    if sums.get("tokens_fresh"):
+        out["engine_logp_abs_diff_fresh"] = sums["abs_diff_fresh"] / sums["tokens_fresh"]
+        out["engine_kl_fresh"] = sums["kl_fresh"] / sums["tokens_fresh"]
+    return out

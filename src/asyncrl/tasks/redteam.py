@@ -203,13 +203,13 @@ class Victim:
     def _load(self) -> None:
         if self.model is not None:
             return
-        from asyncrl.engines.hf import _eos_ids
+        from asyncrl.engines.base import eos_token_ids
         from asyncrl.policy import load_model, load_tokenizer
 
         self.device = aux_device(self.device_name)
         self.tokenizer = load_tokenizer(self.path)  # left padding, pad falls back to EOS
         self.model = load_model(self.path, self.device).eval().requires_grad_(False)
-        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self.eos_ids = eos_token_ids(self.model.generation_config, self.tokenizer)
         # Prompt + answer must fit the model's positions; long attacks keep their last tokens.
         self.max_prompt = max(1, max_input_tokens(self.model, self.max_seq_tokens + self.max_new_tokens)
                               - self.max_new_tokens)
