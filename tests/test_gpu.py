@@ -65,3 +65,34 @@ def test_gsm8k_smollm2_pipeline_gpu_smoke(tmp_path):
     cfg = json.loads((Path(st["sft"]["checkpoint"]) / "config.json").read_text())
     assert cfg.get("dtype", cfg.get("torch_dtype")) == "float32"  # trained copies keep fp32 master weights
     assert "NOT results" in proc.stdout
+
+
+def test_vllm_engine_on_cuda_takes_gpu_tensors_and_matches_hf():
+    """The GPU weight path: a broadcast receiver (NCCL) hands the engine CUDA tensors, which go
+    to vLLM's worker through collective_rpc without a copy to the host; greedy output after the
+    update equals the hf engine's on the same weights (fp32 on both, so no bf16 ties)."""
+    pytest.importorskip("vllm")
+    from asyncrl.engines.vllm import VLLMEngine
+    from asyncrl.engines.hf import HFEngine
+    from asyncrl.policy import BUILTIN_MODELS, encode_prompts, load_model, load_tokenizer
+    from asyncrl.runtime.transport import snapshot
+
+    path = str(BUILTIN_MODELS["arithmetic"])
+    tok = load_tokenizer(path)
+    cuda = torch.device("cuda")
+    eng = VLLMEngine(path, tok, max_new_tokens=6, temperature=1.0, device=cuda, dtype="float32",
+                     gpu_memory_utilization=0.2)
+    try:
+        model = load_model(path, cuda, torch.float32)
+        g = torch.Generator(device="cuda").manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g, device="cuda"))
+        state = {k: v.to(cuda) for k, v in snapshot(model, torch.float32).items()}
+        eng.load_weights(state, version=3)
+        prompts = encode_prompts(tok, ["12+3=", "7-45=", "99+99="])
+        ours = [c[0].ids for c in eng.generate(prompts, k=1, greedy=True)]
+        ref = [c[0].ids for c in HFEngine(model, tok, max_new_tokens=6, temperature=1.0).generate(prompts, 1, True)]
+        assert eng.version == 3 and ours == ref
+    finally:
+        eng.close()
