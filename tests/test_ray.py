@@ -332,5 +332,5 @@ def test_learner_actor_run_and_ctrl_c(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] and summary["steps"] >= 3
     ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
-    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
     assert state["learner"]["version"] == summary["steps"]

@@ -45,4 +45,17 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def load_trainer_state(ckpt: Path) -> dict:
-    return torch.load(Path(ckpt) / TRAINER_STATE, map_location="cpu", weights_only=False)
+    """The optimizer, scheduler, value head, counters and RNG state saved beside the weights.
+
+    Read with ``weights_only=True``: torch's restricted unpickler accepts tensors, numbers,
+    strings and containers only, so a tampered file cannot run code when a run folder someone
+    sent you is resumed. A file it refuses, or a truncated one, is a one-line ValueError."""
+    path = Path(ckpt) / TRAINER_STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError (refused object), EOFError/RuntimeError (truncated), ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"cannot read {path}: not a trainer state asyncrl wrote, or damaged ({first})") from None
+    if not isinstance(state, dict) or "learner" not in state:
+        raise ValueError(f"cannot read {path}: not a trainer state asyncrl wrote (no 'learner' entry)")
+    return state
