@@ -77,3 +77,20 @@ def test_eval_with_vllm_equals_eval_with_hf(tmp_path):
     assert reports["vllm"]["config"]["engine"] == "vllm"
     assert reports["vllm"]["accuracy"] == reports["hf"]["accuracy"]
     assert reports["vllm"]["rows"] == reports["hf"]["rows"]  # greedy: the very same completions
+
+
+def test_a_resumed_runs_first_vllm_evaluation_uses_the_current_weights(tmp_path):
+    # Trained 2 steps with hf, resumed to 4 with a vLLM evaluation engine: its first evaluation
+    # (step 4) is built from the step-2 checkpoint and must load the step-4 weights before it runs.
+    out = tmp_path / "run"
+    flags = [*TINY, "--output-dir", str(out), "--max-lag", "0", "--eval-every", "0", "--eval-log-generations", "16"]
+    assert main(["train", *flags, "--steps", "2", "--eval-engine", "hf"]) == 0
+    assert main(["train", *flags, "--steps", "4", "--resume", str(out), "--eval-engine", "vllm"]) == 0
+    final = read_jsonl(out / "eval.jsonl")[-1]
+    assert final["step"] == 4
+    ev = tmp_path / "eval"
+    assert main(["eval", str(out / "checkpoints" / "step_4"), "--eval-engine", "hf", "--eval-limit", "16",
+                 "--output-dir", str(ev)]) == 0
+    expected = [r["completion"] for r in read_jsonl(ev / "eval_examples.jsonl")]
+    logged = [r["completion"] for r in read_jsonl(out / "generations.jsonl") if r["step"] == 4]
+    assert logged and logged == expected[: len(logged)]

@@ -119,6 +119,7 @@ class Controller:
         if trainer_state is not None:
             learner.load_state_dict(trainer_state["learner"])
             counters.update(trainer_state.get("counters", {}))
+        start_version = learner.version  # the version of policy_path's weights
         run = {"generated": 0, "discarded": 0, "restarts": 0, "seen0": counters["samples_seen"],
                "redispatched0": counters["requests_redispatched"]}
         buffer = make_buffer(
@@ -162,9 +163,11 @@ class Controller:
             engine = None  # hf: evaluate the learner's own model, no copy
             if eval_engine_name != "hf":
                 if eval_engine is None:
+                    # It holds policy_path's weights: those of the version this process started at,
+                    # not necessarily the current one (a resumed run's first evaluation comes later).
                     eval_engine = make_engine(cfg, policy_path, tokenizer, name=eval_engine_name, temperature=1.0,
-                                              seed=cfg.seed, version=learner.version)
-                if eval_engine.version != learner.version:  # built from policy_path: version 0 or the resumed step
+                                              seed=cfg.seed, version=start_version)
+                if eval_engine.version != learner.version:
                     eval_engine.load_weights(learner.weights(), learner.version)
                 engine = eval_engine
             with autocast(device):
