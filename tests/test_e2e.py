@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
+from asyncrl.checkpoint import load_trainer_state
 from asyncrl.cli import main
 from asyncrl.policy import BUILTIN_MODELS
 
@@ -113,6 +113,6 @@ def test_ctrl_c_writes_final_checkpoint(tmp_path):
     stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, stdout
     ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
-    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    state = load_trainer_state(ckpt)
     assert state["learner"]["version"] == int(ckpt.name.split("_")[1]) >= 3
     assert "interrupted at step" in stdout

@@ -100,7 +100,7 @@ def test_too_many_restarts_stop_with_one_line_and_a_final_checkpoint(tmp_path, m
     assert len(err) == 1 and "more than max_generator_restarts=2" in err[0] and "injected generator fault" in err[0]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["generator_restarts"] == 3 and summary["steps"] >= 1
-    assert (out / "checkpoints" / f"step_{summary['steps']}" / "trainer_state.pt").is_file()
+    assert (out / "checkpoints" / f"step_{summary['steps']}" / "trainer_state.json").is_file()
 
 
 def test_user_reward_error_stops_at_once_without_restarts(tmp_path, monkeypatch, capsys):

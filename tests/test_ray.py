@@ -21,6 +21,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
+from asyncrl.checkpoint import load_trainer_state
 from asyncrl.cli import main  # noqa: E402
 from asyncrl.config import Config, load_config  # noqa: E402
 from asyncrl.policy import BUILTIN_MODELS, load_model  # noqa: E402
@@ -332,5 +333,5 @@ def test_learner_actor_run_and_ctrl_c(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] and summary["steps"] >= 3
     ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
-    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    state = load_trainer_state(ckpt)
     assert state["learner"]["version"] == summary["steps"]

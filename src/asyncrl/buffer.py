@@ -25,7 +25,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from asyncrl.types import Group, Prompt, Sample
+import torch
+
+from asyncrl.types import Group, Prompt, Sample, prompt_from_state, prompt_state, samples_from_state, samples_state
 
 __all__ = ["BufferBatch", "ReplayBuffer", "FifoBuffer", "TbaBuffer", "make_buffer"]
 
@@ -68,6 +70,12 @@ class ReplayBuffer(Protocol):
     def __len__(self) -> int: ...
 
     def stats(self) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict:
+        """Contents, counters and random state, for an exact resume (tensors + JSON-able values)."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def _check_num_groups(num_groups: int) -> None:
@@ -130,6 +138,30 @@ class FifoBuffer:
     def __len__(self) -> int:
         with self._lock:
             return self._size
+
+    def state_dict(self) -> dict:
+        with self._lock:
+            groups = list(self._queue)
+            return {
+                "kind": "fifo",
+                "prompts": [prompt_state(g.prompt) for g in groups],  # [G]
+                "group_sizes": [len(g.samples) for g in groups],  # [G]
+                "samples": samples_state([s for g in groups for s in g.samples]),
+                "counters": {"dropped": self._dropped, "dropped_groups": self._dropped_groups,
+                             "pending_dropped": self._pending_dropped},
+            }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != "fifo":
+            raise ValueError(f"cannot load a {state.get('kind')!r} buffer state into a fifo buffer")
+        samples = iter(samples_from_state(state["samples"]))
+        with self._lock:
+            self._queue = deque(Group(prompt_from_state(p), [next(samples) for _ in range(n)])
+                                for p, n in zip(state["prompts"], state["group_sizes"]))
+            self._size = sum(len(g.samples) for g in self._queue)
+            c = state["counters"]
+            self._dropped, self._dropped_groups, self._pending_dropped = (
+                c["dropped"], c["dropped_groups"], c["pending_dropped"])
 
     def stats(self) -> dict[str, float]:
         with self._lock:
@@ -339,6 +371,59 @@ class TbaBuffer:
     def __len__(self) -> int:
         with self._lock:
             return len(self._order)
+
+    _COUNTERS = ("_seq", "_duplicates", "_evicted", "_evicted_prompt_cap", "_recency_picks", "_reward_picks",
+                 "_recency_fallbacks")
+
+    def state_dict(self) -> dict:
+        """Every stored sample with its insertion number, in the exact dict orders sampling
+        iterates (prompts, then each prompt's entries), the global eviction order, the counters and
+        the random state: a loaded buffer draws the same batches as the saved one would have."""
+        with self._lock:
+            pids = list(self._entries)  # [P]
+            index = {}  # (pid, completion) -> position in the flat entry list
+            samples, seqs, bucket_sizes = [], [], []
+            for pid in pids:
+                bucket = self._entries[pid]
+                bucket_sizes.append(len(bucket))
+                for key, e in bucket.items():
+                    index[(pid, key)] = len(samples)
+                    samples.append(e.sample)
+                    seqs.append(e.seq)
+            version, internal, gauss = self._rng.getstate()
+            return {
+                "kind": "tba",
+                "prompts": [prompt_state(self._prompts[p]) for p in pids],  # [P]
+                "bucket_sizes": bucket_sizes,  # [P]
+                "samples": samples_state(samples),  # [S], prompt-major
+                "seq": torch.tensor(seqs, dtype=torch.int64),  # [S]
+                "order": torch.tensor([index[k] for k in self._order], dtype=torch.int64),  # [S]
+                "counters": {k: getattr(self, k) for k in self._COUNTERS},
+                "rng": [version, list(internal), gauss],
+            }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != "tba":
+            raise ValueError(f"cannot load a {state.get('kind')!r} buffer state into a tba buffer")
+        samples = samples_from_state(state["samples"])
+        seqs = state["seq"].tolist()
+        with self._lock:
+            self._prompts, self._entries, keys = {}, {}, []
+            i = 0
+            for p, n in zip(state["prompts"], state["bucket_sizes"]):
+                prompt = prompt_from_state(p)
+                self._prompts[prompt.prompt_id] = prompt
+                bucket = self._entries[prompt.prompt_id] = {}
+                for _ in range(n):
+                    key = tuple(samples[i].completion_ids)
+                    bucket[key] = _Entry(seqs[i], samples[i])
+                    keys.append((prompt.prompt_id, key))
+                    i += 1
+            self._order = OrderedDict((keys[j], None) for j in state["order"].tolist())
+            for k, v in state["counters"].items():
+                setattr(self, k, v)
+            version, internal, gauss = state["rng"]
+            self._rng.setstate((version, tuple(internal), gauss))
 
     def stats(self) -> dict[str, float]:
         with self._lock:

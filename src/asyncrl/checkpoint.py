@@ -1,34 +1,149 @@
 """Checkpoints: ``save_pretrained`` folders (plain transformers can load them) plus resume state.
 
-Layout: ``<run>/checkpoints/step_<N>/`` holds the model and tokenizer files, ``trainer_state.pt``
-(optimizer, scheduler, learner version, value head, counters, RNG) and ``config.yaml``;
+Layout: ``<run>/checkpoints/step_<N>/`` holds
+
+- the model and tokenizer files (``model.safetensors``, ...), loadable by ``from_pretrained``;
+- ``trainer_state.json`` + ``trainer_state.safetensors``: everything else a resume needs
+  (optimizer, LR scheduler, learner version, value head, counters, every random state, the
+  replay buffer's contents, each generator's prompt-stream position), as a JSON tree whose
+  tensors live in the safetensors file (see :func:`encode_state`);
+- ``config.yaml``, the run's resolved config.
+
 ``<run>/checkpoints/latest`` names the newest. Every folder is written to a temporary name and
-renamed, so an interrupted save never leaves a half-written checkpoint behind.
+renamed, so an interrupted save never leaves a half-written checkpoint behind; the newest
+``keep`` folders are kept.
+
+Nothing here is unpickled: JSON and safetensors cannot carry code, so resuming a run folder
+someone sent you cannot execute anything. A damaged or tampered state is a one-line ValueError.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from asyncrl.io import atomic_dir, atomic_write_text
 
-TRAINER_STATE = "trainer_state.pt"
+STATE_JSON = "trainer_state.json"
+STATE_TENSORS = "trainer_state.safetensors"
+TRAINER_STATE = STATE_JSON  # the file that marks a folder as an asyncrl checkpoint
+_STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, config_yaml: str) -> Path:
-    final = Path(run_dir) / "checkpoints" / f"step_{step}"
+# --- a JSON tree with tensors beside it --------------------------------------------------------
+
+def encode_state(tree) -> tuple[object, dict[str, torch.Tensor]]:
+    """Nested dicts / lists / tuples of tensors, numbers, strings, bools and None -> (a JSON-able
+    tree, {name: tensor}). Tensors become ``{"__tensor__": name}``; tuples ``{"__tuple__": [...]}``;
+    dicts with non-string keys (an optimizer's parameter indices) ``{"__items__": [[k, v], ...]}``.
+    Anything else raises TypeError: the state must round-trip exactly, or not be saved."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def enc(x):
+        if isinstance(x, torch.Tensor):
+            name = f"t{len(tensors)}"
+            # safetensors wants contiguous CPU tensors that share no storage.
+            tensors[name] = x.detach().to("cpu").contiguous().clone()
+            return {"__tensor__": name}
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        if isinstance(x, tuple):
+            return {"__tuple__": [enc(v) for v in x]}
+        if isinstance(x, list):
+            return [enc(v) for v in x]
+        if isinstance(x, dict):
+            if all(isinstance(k, str) and not k.startswith("__") for k in x):
+                return {k: enc(v) for k, v in x.items()}
+            return {"__items__": [[enc(k), enc(v)] for k, v in x.items()]}
+        raise TypeError(f"cannot save a {type(x).__name__} in a trainer state")
+
+    return enc(tree), tensors
+
+
+def decode_state(tree, tensors: dict[str, torch.Tensor]):
+    """The inverse of :func:`encode_state`."""
+
+    def dec(x):
+        if isinstance(x, list):
+            return [dec(v) for v in x]
+        if isinstance(x, dict):
+            if "__tensor__" in x:
+                return tensors[x["__tensor__"]]
+            if "__tuple__" in x:
+                return tuple(dec(v) for v in x["__tuple__"])
+            if "__items__" in x:
+                return {_key(dec(k)): dec(v) for k, v in x["__items__"]}
+            return {k: dec(v) for k, v in x.items()}
+        return x
+
+    return dec(tree)
+
+
+def _key(k):
+    return tuple(k) if isinstance(k, list) else k  # JSON has no tuples: keys that were tuples
+
+
+def save_state(folder: Path, state: dict) -> None:
+    tree, tensors = encode_state(state)
+    save_file(tensors, str(Path(folder) / STATE_TENSORS))
+    (Path(folder) / STATE_JSON).write_text(json.dumps(tree, allow_nan=True))
+
+
+def load_trainer_state(ckpt: Path) -> dict:
+    """The resume state saved beside the weights (see the module docstring). A missing, truncated
+    or tampered file is a one-line ValueError."""
+    folder = Path(ckpt)
+    try:
+        tree = json.loads((folder / STATE_JSON).read_text())
+        tensors = load_file(str(folder / STATE_TENSORS))
+        state = decode_state(tree, tensors)
+    except Exception as e:  # missing file, bad JSON, truncated safetensors, a name not in the file, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"cannot read the trainer state in {folder}: not a checkpoint asyncrl wrote, "
+                         f"or damaged ({type(e).__name__}: {first[:200]})") from None
+    if not isinstance(state, dict) or "learner" not in state:
+        raise ValueError(f"cannot read the trainer state in {folder}: not a checkpoint asyncrl wrote "
+                         "(no 'learner' entry)")
+    return state
+
+
+# --- checkpoint folders ------------------------------------------------------------------------
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, config_yaml: str,
+                    keep: int = 0) -> Path:
+    """Write ``checkpoints/step_<step>`` atomically, point ``latest`` at it, and delete all but the
+    newest ``keep`` step folders (0 = keep all)."""
+    ckpts = Path(run_dir) / "checkpoints"
+    final = ckpts / f"step_{step}"
 
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        torch.save({**trainer_state, "torch_rng": torch.get_rng_state()}, tmp / TRAINER_STATE)
+        save_state(tmp, trainer_state)
         (tmp / "config.yaml").write_text(config_yaml)
 
     atomic_dir(final, fill)
-    atomic_write_text(Path(run_dir) / "checkpoints" / "latest", final.name + "\n")
+    atomic_write_text(ckpts / "latest", final.name + "\n")
+    if keep:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's complete ``step_N`` folders, oldest first."""
+    ckpts = Path(run_dir) / "checkpoints"
+    if not ckpts.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpts.iterdir() if (m := _STEP_DIR.match(p.name)) and
+             (p / TRAINER_STATE).is_file()]
+    return [p for _, p in sorted(found)]
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -36,26 +151,44 @@ def find_checkpoint(path: str | Path) -> Path:
     p = Path(path)
     if (p / TRAINER_STATE).is_file():
         return p
+    if (p / "trainer_state.pt").is_file():
+        raise ValueError(f"{p} is a checkpoint of an older asyncrl (trainer_state.pt, a pickle); it cannot be "
+                         "resumed safely. Start a new run from its weights with --model instead")
     latest = p / "checkpoints" / "latest"
     if latest.is_file():
         ckpt = p / "checkpoints" / latest.read_text().strip()
         if (ckpt / TRAINER_STATE).is_file():
             return ckpt
-    raise ValueError(f"no checkpoint to resume from at {p} (expected {TRAINER_STATE} or checkpoints/latest)")
+    found = list_checkpoints(p)
+    if found:  # `latest` lost or pointing at a deleted folder: the newest complete one
+        return found[-1]
+    raise ValueError(f"no checkpoint to resume from at {p} (expected {TRAINER_STATE} or checkpoints/step_N)")
 
 
-def load_trainer_state(ckpt: Path) -> dict:
-    """The optimizer, scheduler, value head, counters and RNG state saved beside the weights.
+# --- random states -----------------------------------------------------------------------------
 
-    Read with ``weights_only=True``: torch's restricted unpickler accepts tensors, numbers,
-    strings and containers only, so a tampered file cannot run code when a run folder someone
-    sent you is resumed. A file it refuses, or a truncated one, is a one-line ValueError."""
-    path = Path(ckpt) / TRAINER_STATE
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError (refused object), EOFError/RuntimeError (truncated), ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"cannot read {path}: not a trainer state asyncrl wrote, or damaged ({first})") from None
-    if not isinstance(state, dict) or "learner" not in state:
-        raise ValueError(f"cannot read {path}: not a trainer state asyncrl wrote (no 'learner' entry)")
-    return state
+def rng_state() -> dict:
+    """This process's global random states: torch (CPU, CUDA), Python ``random``, numpy."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": [version, list(internal), py_gauss],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, py_gauss = state["python"]
+    random.setstate((version, tuple(internal), py_gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))

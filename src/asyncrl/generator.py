@@ -53,10 +53,25 @@ class Generator:
         self.tokenizer = tokenizer
         self.k = samples_per_prompt
         self.chat_template = chat_template
+        self._prompt_seed = seed
+        self._prompts_drawn = 0
         self._prompts = task.train_prompts(seed)
+
+    def stream_state(self) -> tuple[int, int]:
+        """(prompt-stream seed, prompts drawn): where the training-prompt stream stands."""
+        return self._prompt_seed, self._prompts_drawn
+
+    def restore_stream(self, seed: int, drawn: int) -> None:
+        """Continue the stream of ``seed`` after its first ``drawn`` prompts (a resumed run), by
+        replaying it: the task's streams are cheap, seeded iterators."""
+        self._prompt_seed, self._prompts_drawn = seed, drawn
+        self._prompts = self.task.train_prompts(seed)
+        for _ in range(drawn):
+            next(self._prompts)
 
     def generate(self, num_prompts: int) -> tuple[list[Group], GenStats]:
         prompts: list[Prompt] = [next(self._prompts) for _ in range(num_prompts)]
+        self._prompts_drawn += num_prompts
         prompt_ids = encode_prompts(self.tokenizer, [p.text for p in prompts], self.chat_template)
         version = self.engine.version
         t0 = time.perf_counter()

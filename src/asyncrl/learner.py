@@ -160,7 +160,15 @@ class Learner:
             params, self.cfg.max_grad_norm if self.cfg.max_grad_norm else float("inf")
         ).item()
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        # Numerical guard: a NaN/inf loss or gradient would poison the weights and Adam's moments
+        # for good. Such an update is skipped (weights and optimizer state untouched); the step
+        # still counts, as in the Hugging Face Trainer's overflow skip, so the LR schedule and the
+        # versions stay on the step clock. The controller stops the run after too many in a row.
+        skipped = not (math.isfinite(loss_sum) and math.isfinite(grad_norm))
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self._mark("optimizer")
         self.version += 1
@@ -171,6 +179,7 @@ class Learner:
             # the summed per-token log-ratio (0 when no reference model is kept).
             "kl": kl_sum,
             "grad_norm": grad_norm,
+            "skipped_update": skipped,
             "lr": lr,
             "train_time_s": dt,
             "learner_tokens": tokens,

@@ -21,10 +21,35 @@ def _jsonable(v):
     return v
 
 
+def truncate_log(path: Path, after_step: int) -> None:
+    """Keep only the rows of ``path`` (a .jsonl log) with ``step <= after_step``, atomically.
+
+    A run resumed from its step-k checkpoint may have logged steps past k before it was killed;
+    they are replaced by the resumed run's own rows, so each step appears once. A torn last line
+    (killed mid-write) is dropped too."""
+    from asyncrl.io import atomic_write_text
+
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= after_step:
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
+
+
 class RunLogger:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, tensorboard: bool = True,
+                 resume: bool = False):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            for name in ("metrics.jsonl", "eval.jsonl", "generations.jsonl"):
+                truncate_log(self.run_dir / name, start_step)
         # Appending keeps earlier lines when a run is resumed into the same folder.
         self._metrics = open(self.run_dir / "metrics.jsonl", "a")
         self._eval = open(self.run_dir / "eval.jsonl", "a")
@@ -33,7 +58,8 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            # purge_step: TensorBoard hides the events a resumed run's checkpoint came before.
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1 if resume else None)
         self.progress = Progress(total_steps, start_step)
 
     def log_step(self, row: dict) -> None:

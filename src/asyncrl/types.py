@@ -6,7 +6,10 @@ Data path: prompts -> Generator (engine samples K completions, task scores them)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+
+import torch
 
 
 @dataclass
@@ -57,3 +60,58 @@ class GenStats:
     tokens: int  # generated tokens (EOS included)
     version: int  # learner version of the weights that generated the request
     reward_errors: int = 0  # completions whose reward failed (reward_errors=skip; their groups are dropped)
+
+
+# --- checkpoint form (``checkpoint.py`` writes the tensors to safetensors, the rest to JSON) ---
+
+def _plain(x):
+    """numpy scalars/arrays in prompt metadata (parquet rows) -> Python values, for JSON."""
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"prompt metadata holds a {type(x).__name__}, which a checkpoint cannot store")
+
+
+def prompt_state(p: Prompt) -> dict:
+    return {"prompt_id": p.prompt_id, "text": p.text, "meta": json.loads(json.dumps(p.meta, default=_plain))}
+
+
+def prompt_from_state(d: dict) -> Prompt:
+    return Prompt(d["prompt_id"], d["text"], d["meta"])
+
+
+def _cat(rows: list[list], dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged rows -> (flat values, lengths); float64 keeps Python floats exact."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+    flat = [v for r in rows for v in r]
+    return torch.tensor(flat, dtype=dtype), lengths
+
+
+def samples_state(samples: list[Sample]) -> dict:
+    """Samples -> ragged tensors (token ids, log-probs) + JSON-able lists (ids, texts)."""
+    prompt_ids, prompt_len = _cat([s.prompt_ids for s in samples], torch.int64)
+    comp_ids, comp_len = _cat([s.completion_ids for s in samples], torch.int64)
+    beh, beh_len = _cat([s.behaviour_logprobs for s in samples], torch.float64)
+    ref, ref_len = _cat([s.ref_logprobs or [] for s in samples], torch.float64)
+    return {
+        "prompt_id": [s.prompt_id for s in samples], "text": [s.text for s in samples],
+        "prompt_ids": prompt_ids, "prompt_len": prompt_len, "completion_ids": comp_ids, "completion_len": comp_len,
+        "behaviour_logprobs": beh, "behaviour_len": beh_len, "ref_logprobs": ref, "ref_len": ref_len,
+        "has_ref": torch.tensor([s.ref_logprobs is not None for s in samples], dtype=torch.bool),
+        "reward": torch.tensor([s.reward for s in samples], dtype=torch.float64),
+        "version": torch.tensor([s.version for s in samples], dtype=torch.int64),
+        "finished": torch.tensor([s.finished for s in samples], dtype=torch.bool),
+    }
+
+
+def samples_from_state(d: dict) -> list[Sample]:
+    def split(flat: torch.Tensor, lengths: torch.Tensor) -> list[list]:
+        return [t.tolist() for t in torch.split(flat, lengths.tolist())] if len(lengths) else []
+
+    prompts = split(d["prompt_ids"], d["prompt_len"])
+    comps = split(d["completion_ids"], d["completion_len"])
+    beh = split(d["behaviour_logprobs"], d["behaviour_len"])
+    ref = split(d["ref_logprobs"], d["ref_len"])
+    has_ref, reward = d["has_ref"].tolist(), d["reward"].tolist()
+    version, finished = d["version"].tolist(), d["finished"].tolist()
+    return [Sample(d["prompt_id"][i], prompts[i], comps[i], beh[i], reward[i], version[i], finished[i], d["text"][i],
+                   ref[i] if has_ref[i] else None) for i in range(len(d["prompt_id"]))]

@@ -11,6 +11,12 @@ Read top to bottom, a run is:
    under a fresh id, sent the latest weights; their requests re-dispatched);
 4. final evaluation, final checkpoint, ``summary.json``.
 
+Checkpoints (``checkpoint.py``) hold everything a resume needs to continue exactly: weights,
+optimizer, LR schedule, counters, the replay buffer, every random state and each generator's
+prompt-stream position; they are written every ``save_every`` steps / ``save_every_minutes``, on
+Ctrl-C and SIGTERM, and when the run stops on an error between steps. A run that fails before its
+first step leaves no run folder behind. See docs/reliability.md.
+
 The scheduler owns the bound (see ``scheduler.py``); the host owns where workers run
 (``hosts.py``, ``ray_host.py``); the weight transport owns how weights travel (``transport.py``).
 """
@@ -18,6 +24,7 @@ The scheduler owns the bound (see ``scheduler.py``); the host owns where workers
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import threading
 import time
@@ -27,7 +34,7 @@ import torch
 import yaml
 
 from asyncrl.buffer import make_buffer
-from asyncrl.checkpoint import find_checkpoint, load_trainer_state, save_checkpoint
+from asyncrl.checkpoint import find_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from asyncrl.config import Config, save_config
 from asyncrl.evaluation import evaluate
 from asyncrl.io import atomic_write_text
@@ -37,16 +44,32 @@ from asyncrl.engines import make_engine
 from asyncrl.engines.vllm import require_vllm
 from asyncrl.policy import TRAIN_DTYPE, autocast, load_model, load_tokenizer, resolve_device, resolve_model_path
 from asyncrl.runtime.hosts import Host, InlineHost, LocalHost, Worker
-from asyncrl.runtime.messages import RequestDone, WeightsUpdate, WorkerError, WorkerLost, WorkerReady
+from asyncrl.runtime.messages import (
+    GeneratorState, RequestDone, RestoreGenerator, WeightsUpdate, WorkerError, WorkerLost, WorkerReady,
+)
 from asyncrl.runtime.scheduler import Scheduler
 from asyncrl.runtime.worker import default_threads
 from asyncrl.tasks import make_task
+from asyncrl.tasks.base import RewardError
 
 POLL_S = 0.05  # how long to wait for a worker message before re-checking stop requests
 
 
 class RunFailed(RuntimeError):
     """The run cannot go on; the message is one line meant for the user (or a worker traceback)."""
+
+
+class RunAborted(BaseException):
+    """A second Ctrl-C / SIGTERM: stop now, without the final checkpoint. A ``BaseException`` so
+    that no ``except Exception`` on the way turns the abort into something else."""
+
+    def __init__(self, signame: str):
+        super().__init__(f"aborted by a second {signame}")
+        self.signame = signame
+
+
+# Files a run writes into its folder; a run that fails before training removes them again.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "generations.jsonl", "summary.json", "tb", "checkpoints")
 
 
 def make_host(cfg: Config, policy_path: str, ref_path: str, gen_threads: int) -> Host:
@@ -65,6 +88,7 @@ class Controller:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self._stop_requested = False
+        self.stop_signal: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run
         # Tests and the Ray learner actor look at these while a run is going.
         self.host: Host | None = None
         self.scheduler: Scheduler | None = None
@@ -74,15 +98,48 @@ class Controller:
         """Finish the current step, write a final checkpoint and return (what Ctrl-C does)."""
         self._stop_requested = True
 
-    # --- Ctrl-C: first press finishes the current step, saves and exits; second press aborts ---
-    def _on_sigint(self, signum, frame):
+    # --- Ctrl-C / SIGTERM: the first finishes the current step, saves and exits; a second aborts ---
+    def _on_signal(self, signum, frame):
+        name = signal.Signals(signum).name
         if self._stop_requested:
-            raise KeyboardInterrupt
+            raise RunAborted(name)
         self._stop_requested = True
-        print("\ninterrupt: stopping after this step and writing a final checkpoint "
-              "(press Ctrl-C again to abort without saving)", flush=True)
+        self.stop_signal = name
+        print(f"\n{name}: stopping after this step and writing a final checkpoint "
+              f"(send it again to abort without saving)", flush=True)
 
     def run(self) -> dict:
+        """Train; returns the summary (also written to ``summary.json``).
+
+        A failure before the first training step (bad model, missing package, a worker that
+        cannot start) removes what this call wrote to the run folder, and the folder itself when
+        this call created it, then re-raises."""
+        run_dir = self.run_dir
+        fresh = not run_dir.exists()
+        before = set(run_dir.iterdir()) if run_dir.is_dir() else set()
+        in_main = threading.current_thread() is threading.main_thread()
+        handlers = {}
+        if in_main:  # the handlers stay until run() returns: a signal during the final save is a 2nd press
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        self._trained = False
+        try:
+            return self._run()
+        except BaseException:
+            if not self._trained and not self.cfg.resume:
+                if fresh:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                elif run_dir.is_dir():
+                    for name in RUN_FILES:
+                        path = run_dir / name
+                        if path.exists() and path not in before:
+                            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+            raise
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+
+    def _run(self) -> dict:
         cfg = self.cfg
         t_setup = time.perf_counter()
         # First, so a bad task setting (missing data, unimportable reward) or a missing engine
@@ -115,27 +172,32 @@ class Controller:
         eval_engine = None  # built at the first evaluation when it is not the learner's own model
         # Run totals (carried over by a resume); `run` below counts this process's part only.
         counters = {"samples_seen": 0, "dropped": 0, "reward_errors": 0, "generator_restarts": 0,
-                    "requests_redispatched": 0}
-        if trainer_state is not None:
-            learner.load_state_dict(trainer_state["learner"])
-            counters.update(trainer_state.get("counters", {}))
-        start_version = learner.version  # the version of policy_path's weights
-        run = {"generated": 0, "discarded": 0, "restarts": 0, "seen0": counters["samples_seen"],
-               "redispatched0": counters["requests_redispatched"]}
+                    "requests_redispatched": 0, "skipped_updates": 0}
         buffer = make_buffer(
             cfg.buffer, max_lag=cfg.max_lag, group_size=cfg.samples_per_prompt, recency_prob=cfg.recency_prob,
             inv_temp=cfg.inv_temp, per_prompt_capacity=cfg.per_prompt_capacity, capacity=cfg.buffer_capacity,
             seed=cfg.seed,
         )
+        resumed_gen_states: list[GeneratorState | None] = []  # per generator slot, from the checkpoint
+        wall0 = 0.0  # training wall-clock before this process (a resume continues the clock)
+        if trainer_state is not None:
+            learner.load_state_dict(trainer_state["learner"])
+            counters.update(trainer_state.get("counters", {}))
+            if trainer_state.get("buffer", {}).get("kind") == cfg.buffer:
+                buffer.load_state_dict(trainer_state["buffer"])
+            resumed_gen_states = [GeneratorState(**g) if g is not None else None
+                                  for g in trainer_state.get("generators", [])]
+            wall0 = float(trainer_state.get("wall_time_s", 0.0))
+        start_version = learner.version  # the version of policy_path's weights
+        run = {"generated": 0, "discarded": 0, "restarts": 0, "seen0": counters["samples_seen"],
+               "redispatched0": counters["requests_redispatched"], "restored": len(buffer)}
         host = self.host = make_host(cfg, policy_path, base_path, gen_threads)
         sched = self.scheduler = Scheduler(cfg.max_lag, cfg.prompts_per_step, host.depth)
-        logger = RunLogger(self.run_dir, cfg.steps, learner.version)
+        logger = RunLogger(self.run_dir, cfg.steps, learner.version, resume=trainer_state is not None)
         config_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
 
-        in_main = threading.current_thread() is threading.main_thread()
-        prev_handler = signal.signal(signal.SIGINT, self._on_sigint) if in_main else None
         interrupted = False
-        failure: str | None = None  # set when too many generator restarts stop the run
+        failure: str | None = None  # why the run stopped early (restarts, non-finite updates, a user error)
         totals = {"gen_time_s": 0.0, "score_time_s": 0.0, "gen_tokens": 0, "train_time_s": 0.0, "wait_time_s": 0.0,
                   "sync_time_s": 0.0, "eval_time_s": 0.0, "weight_load_s": 0.0}
         step = learner.version
@@ -143,6 +205,10 @@ class Controller:
         eval_s = 0.0
         setup_s = 0.0
         end_wall: float | None = None
+        slot_of: dict[int, int] = {}  # worker id -> generator slot (a replacement takes the lost one's)
+        gen_states: dict[int, GeneratorState] = {}  # slot -> generator state after its last trained request
+        skipped_in_a_row = 0
+        last_save_t = time.perf_counter()
         latest: WeightsUpdate | None = None  # what a (re)started worker is sent before any request
         pending_stats: list = []  # GenStats of replies accepted since the last learner step
         ready: set[int] = set()  # workers that reported ready and take requests
@@ -152,7 +218,18 @@ class Controller:
         def wall() -> float:  # evaluation pauses the clock: it is not part of training
             if end_wall is not None:
                 return end_wall
-            return time.perf_counter() - t0 - eval_s
+            return wall0 + time.perf_counter() - t0 - eval_s
+
+        def checkpoint(step: int):
+            nonlocal last_save_t
+            state = {"learner": learner.state_dict(), "counters": counters, "buffer": buffer.state_dict(),
+                     "generators": [gen_states[i].to_dict() if i in gen_states else None
+                                    for i in range(cfg.num_generators)],
+                     "rng": rng_state(), "wall_time_s": wall()}
+            path = save_checkpoint(self.run_dir, step, learner.model, tokenizer, state, config_yaml,
+                                   keep=cfg.keep_checkpoints)
+            last_save_t = time.perf_counter()
+            return path
 
         def run_eval(step: int) -> float | None:
             nonlocal eval_s, eval_ref, eval_engine
@@ -189,9 +266,10 @@ class Controller:
                 self.workers[wid].send(latest)
             return time.perf_counter() - ts
 
-        def start_worker() -> None:
+        def start_worker(slot: int) -> None:
             nonlocal next_worker_id
             wid, next_worker_id = next_worker_id, next_worker_id + 1
+            slot_of[wid] = slot
             self.workers[wid] = host.start(wid, learner.version)
 
         def replace(wid: int, reason: str) -> None:
@@ -214,7 +292,7 @@ class Controller:
                            f"max_generator_restarts={cfg.max_generator_restarts}; last: "
                            f"{reason.strip().splitlines()[-1]}")
                 return
-            start_worker()
+            start_worker(slot_of[wid])
 
         def handle(msg) -> None:
             if isinstance(msg, RequestDone):
@@ -233,6 +311,10 @@ class Controller:
                 if msg.worker_id not in self.workers:
                     return
                 ready.add(msg.worker_id)
+                slot = slot_of[msg.worker_id]
+                if not started and slot < len(resumed_gen_states) and resumed_gen_states[slot] is not None:
+                    # A resumed run's first workers continue their slot's prompt stream and RNG.
+                    self.workers[msg.worker_id].send(RestoreGenerator(resumed_gen_states[slot]))
                 if latest is not None:
                     self.workers[msg.worker_id].send(latest)
                 sched.add_worker(msg.worker_id)
@@ -246,14 +328,17 @@ class Controller:
                 replace(msg.worker_id, msg.message if isinstance(msg, WorkerError) else msg.reason)
 
         try:
-            for _ in range(cfg.num_generators):
-                start_worker()
+            for slot in range(cfg.num_generators):
+                start_worker(slot)
             while len(ready) < cfg.num_generators:
                 msg = host.next_message(POLL_S)
                 if msg is not None:
                     handle(msg)
                 if self._stop_requested:
                     raise KeyboardInterrupt
+            if trainer_state is not None and "rng" in trainer_state:
+                # After the workers are built: building an inline generator seeds this process.
+                set_rng_state(trainer_state["rng"])
             started = True
             setup_s = time.perf_counter() - t_setup
             t0 = time.perf_counter()
@@ -261,6 +346,7 @@ class Controller:
             published = step
             if step == 0:
                 run_eval(0)
+            self._trained = True  # from here on a failure keeps the run folder and checkpoints
             while step < cfg.steps and not self._stop_requested and failure is None:
                 for wid, req in sched.dispatch(step, published):
                     self.workers[wid].send(req)
@@ -282,7 +368,10 @@ class Controller:
                 if taken is None:
                     break
                 wait_s = time.perf_counter() - tw
-                groups = taken[1].groups
+                done = taken[1]
+                groups = done.groups
+                if done.generator_state is not None:
+                    gen_states[slot_of[done.worker_id]] = done.generator_state
                 buffer.add(groups)
                 batch = buffer.sample(cfg.prompts_per_step, learner_version=step)
                 counters["dropped"] += batch.dropped if batch is not None else 0
@@ -290,6 +379,17 @@ class Controller:
                     continue
                 m = learner.step(batch)
                 step = learner.version
+                skipped = m.pop("skipped_update")
+                counters["skipped_updates"] += int(skipped)
+                skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
+                if skipped:
+                    logger.progress.note(f"step {step}: non-finite loss or gradient norm (loss {m['loss']}, "
+                                         f"grad_norm {m['grad_norm']}); update skipped "
+                                         f"({skipped_in_a_row} in a row)")
+                if skipped_in_a_row >= cfg.max_skipped_updates:
+                    failure = (f"{skipped_in_a_row} updates in a row had a non-finite loss or gradient norm "
+                               f"(max_skipped_updates={cfg.max_skipped_updates}); the weights are those of the "
+                               f"last finite update")
                 sync_s = 0.0
                 if step % cfg.sync_every == 0:
                     sync_s = publish()
@@ -319,6 +419,8 @@ class Controller:
                     "reward_errors_total": counters["reward_errors"],
                     "generator_restarts_total": counters["generator_restarts"],
                     "requests_redispatched_total": counters["requests_redispatched"],
+                    "skipped_update": int(skipped),
+                    "skipped_updates_total": counters["skipped_updates"],
                     "gen_tokens_per_s": gen_tok / gen_t if gen_t > 0 else 0.0,
                     "learner_tokens_per_s": m.pop("learner_tokens_per_s"),
                     "sync_time_s": sync_s,
@@ -329,15 +431,18 @@ class Controller:
                 logger.log_step(row)
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
                     run_eval(step)
-                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-                    save_checkpoint(self.run_dir, step, learner.model, tokenizer,
-                                    {"learner": learner.state_dict(), "counters": counters}, config_yaml)
-        except KeyboardInterrupt:
+                due = (cfg.save_every and step % cfg.save_every == 0) or (
+                    cfg.save_every_minutes and time.perf_counter() - last_save_t >= 60 * cfg.save_every_minutes)
+                if due and step < cfg.steps and failure is None:
+                    checkpoint(step)
+        except KeyboardInterrupt:  # Ctrl-C before the handler was installed, or off the main thread
             interrupted = True
+        except (RunFailed, RewardError) as e:
+            if not self._trained:
+                raise  # nothing trained yet: no checkpoint, the run folder goes (see run())
+            failure = str(e)  # between steps: the state is consistent, so the final checkpoint is written
         finally:
             end_wall = wall()  # training ends here; stopping workers is teardown
-            if in_main:
-                signal.signal(signal.SIGINT, prev_handler)
             host.close()
             host.publisher.close()
         interrupted = interrupted or self._stop_requested
@@ -351,14 +456,14 @@ class Controller:
         finally:
             if eval_engine is not None:
                 eval_engine.close()
-        ckpt = save_checkpoint(self.run_dir, step, learner.model, tokenizer,
-                               {"learner": learner.state_dict(), "counters": counters}, config_yaml)
+        ckpt = checkpoint(step)
         logger.close()
         totals["eval_time_s"] = eval_s
         buffer_stats = buffer.stats()
         summary = {
             "steps": step,
             "interrupted": interrupted,
+            "signal": self.stop_signal,
             "failed": failure,
             "final_accuracy": final_acc,
             "wall_time_s": end_wall,
@@ -368,12 +473,15 @@ class Controller:
             "reward_errors": counters["reward_errors"],
             "generator_restarts": counters["generator_restarts"],
             "requests_redispatched": counters["requests_redispatched"],
-            # This process's samples (a resumed run counts from the resume). fifo: generated =
-            # trained + in_buffer + dropped. tba replays, so there generated = in_buffer + evicted +
-            # dropped, and trained counts draws. dropped = too stale + late/duplicate replies +
-            # replies the run ended before training on.
+            "skipped_updates": counters["skipped_updates"],
+            # This process's samples (a resumed run counts from the resume, and its buffer's
+            # restored samples as generated). fifo: generated = trained + in_buffer + dropped. tba
+            # replays, so there generated = in_buffer + evicted + dropped, and trained counts
+            # draws. dropped = too stale + late/duplicate replies + replies the run ended before
+            # training on.
             "accounting": {
-                "samples_generated": run["generated"],
+                "samples_generated": run["generated"] + run["restored"],
+                "samples_restored": run["restored"],
                 "samples_trained": counters["samples_seen"] - run["seen0"],
                 "samples_in_buffer": len(buffer),
                 "samples_dropped": int(buffer_stats.get("dropped", 0)) + run["discarded"] + unconsumed,

@@ -2,11 +2,12 @@
 
 Into a worker (its own inbox or actor calls, handled strictly in order):
   ``WeightsUpdate``   load the weights a publisher announced (see ``transport.py``)
+  ``RestoreGenerator`` continue a checkpointed generator's prompt stream (and random state)
   ``GenerateRequest`` sample ``num_prompts`` prompts x K and reply with ``RequestDone``
   ``StopWorker``      exit
 Out of a worker (the host hands them to the controller through ``Host.next_message``):
   ``WorkerReady``     built and waiting for weights and requests
-  ``RequestDone``     the groups of one request
+  ``RequestDone``     the groups of one request, and the generator's state right after it
   ``WorkerError``     an exception inside the worker; ``user_error`` marks errors that are the
                       user's to fix (a reward function raising under ``reward_errors: stop``),
                       which stop the run with their one-line message instead of a restart
@@ -34,6 +35,28 @@ class WeightsUpdate:
     payload: Any  # what the transport's receiver turns back into a state dict (transport.py)
 
 
+@dataclass
+class GeneratorState:
+    """Where a generator's streams stand: enough to continue them exactly after a resume."""
+
+    prompt_seed: int  # seed of the task's training-prompt stream
+    prompts_drawn: int  # prompts taken from that stream so far
+    torch_rng: Any = None  # the worker process's torch CPU RNG (uint8 tensor); None where the
+    # generator shares its process with the learner (inline, thread: the controller saves that one)
+    cuda_rng: Any = None  # list of per-device CUDA RNG states, or None
+
+    def to_dict(self) -> dict:
+        return {"prompt_seed": self.prompt_seed, "prompts_drawn": self.prompts_drawn,
+                "torch_rng": self.torch_rng, "cuda_rng": self.cuda_rng}
+
+
+@dataclass(frozen=True)
+class RestoreGenerator:
+    """Continue from ``state`` (sent once, before any weights or request, to a resumed worker)."""
+
+    state: GeneratorState
+
+
 @dataclass(frozen=True)
 class StopWorker:
     """Finish the current request's reply (if any) and exit."""
@@ -51,6 +74,7 @@ class RequestDone:
     groups: list[Group]
     stats: GenStats
     weight_load_s: float = 0.0  # time spent loading weights since the previous reply
+    generator_state: GeneratorState | None = None  # the generator's state after this request
     samples: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,5 +94,5 @@ class WorkerLost:
     reason: str
 
 
-ToWorker = Union[GenerateRequest, WeightsUpdate, StopWorker]
+ToWorker = Union[GenerateRequest, WeightsUpdate, RestoreGenerator, StopWorker]
 FromWorker = Union[WorkerReady, RequestDone, WorkerError, WorkerLost]

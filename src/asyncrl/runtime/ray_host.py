@@ -37,7 +37,8 @@ from typing import Any
 from asyncrl.config import Config
 from asyncrl.runtime.hosts import WORKER_DEPTH
 from asyncrl.runtime.messages import (
-    FromWorker, GenerateRequest, RequestDone, StopWorker, ToWorker, WeightsUpdate, WorkerError, WorkerLost,
+    FromWorker, GenerateRequest, RequestDone, RestoreGenerator, StopWorker, ToWorker, WeightsUpdate, WorkerError,
+    WorkerLost,
     WorkerReady,
 )
 
@@ -162,7 +163,8 @@ class _GeneratorActor:
             cfg = Config(**cfg_dict)
             task = RemoteRewardTask(cfg, reward_actor) if reward_actor is not None else None
             gen = build_generator(cfg, policy_path, self.worker_id, ref_path, start_version, task=task)
-            self.service = GeneratorService(gen, make_receiver(transport, transport_spec), self.worker_id)
+            self.service = GeneratorService(gen, make_receiver(transport, transport_spec), self.worker_id,
+                                            owns_rng=True)
             return (WorkerReady(self.worker_id), *_node())
         except BaseException as e:  # noqa: BLE001 - reported to the controller, which decides
             return _error(self.worker_id, e)
@@ -170,6 +172,13 @@ class _GeneratorActor:
     def load(self, update: WeightsUpdate) -> WorkerError | None:
         try:
             self.service.load(update)
+            return None
+        except BaseException as e:  # noqa: BLE001
+            return _error(self.worker_id, e)
+
+    def restore(self, msg: RestoreGenerator) -> WorkerError | None:
+        try:
+            self.service.restore(msg.state)
             return None
         except BaseException as e:  # noqa: BLE001
             return _error(self.worker_id, e)
@@ -611,6 +620,8 @@ class RayHost:
             self._pending[w.actor.load.remote(msg)] = (w.worker_id, "load")
         elif isinstance(msg, GenerateRequest):
             self._pending[w.actor.generate.remote(msg)] = (w.worker_id, "generate")
+        elif isinstance(msg, RestoreGenerator):
+            self._pending[w.actor.restore.remote(msg)] = (w.worker_id, "restore")
         elif isinstance(msg, StopWorker):
             self._stop([w], STOP_TIMEOUT_S)
         else:

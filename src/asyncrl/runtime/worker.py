@@ -9,6 +9,7 @@ here: ``WeightsUpdate`` -> receive through the weight transport and load into th
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import threading
 import time
@@ -18,10 +19,13 @@ import torch
 
 from asyncrl.config import Config
 from asyncrl.runtime.messages import (
-    FromWorker, GenerateRequest, RequestDone, StopWorker, WeightsUpdate, WorkerError, WorkerReady,
+    FromWorker, GenerateRequest, GeneratorState, RequestDone, RestoreGenerator, StopWorker, WeightsUpdate,
+    WorkerError, WorkerReady,
 )
 from asyncrl.runtime.transport import WeightReceiver
 from asyncrl.tasks.base import RewardError
+
+PARENT_CHECK_S = 1.0  # how often an idle worker process checks that its controller still lives
 
 
 def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str | None = None,
@@ -51,13 +55,33 @@ def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str 
 
 
 class GeneratorService:
-    """A generator plus the receiving half of the weight transport; hosts feed it messages."""
+    """A generator plus the receiving half of the weight transport; hosts feed it messages.
 
-    def __init__(self, generator, receiver: WeightReceiver, worker_id: int):
+    ``owns_rng``: the worker has a process of its own (process workers, Ray actors), so the
+    process's torch RNG, which ``hf`` sampling draws from, is this generator's alone and travels in
+    its state. Inline and thread workers share the learner's process; the controller saves that RNG.
+    """
+
+    def __init__(self, generator, receiver: WeightReceiver, worker_id: int, owns_rng: bool = False):
         self.generator = generator
         self.receiver = receiver
         self.worker_id = worker_id
+        self.owns_rng = owns_rng
         self._load_s = 0.0  # weight loading since the last reply
+
+    def state(self) -> GeneratorState:
+        seed, drawn = self.generator.stream_state()
+        if not self.owns_rng:
+            return GeneratorState(seed, drawn)
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        return GeneratorState(seed, drawn, torch.get_rng_state(), cuda)
+
+    def restore(self, state: GeneratorState) -> None:
+        self.generator.restore_stream(state.prompt_seed, state.prompts_drawn)
+        if self.owns_rng and state.torch_rng is not None:
+            torch.set_rng_state(state.torch_rng)
+            if state.cuda_rng is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state.cuda_rng)
 
     def load(self, update: WeightsUpdate) -> None:
         t0 = time.perf_counter()
@@ -66,7 +90,7 @@ class GeneratorService:
 
     def generate(self, req: GenerateRequest) -> RequestDone:
         groups, stats = self.generator.generate(req.num_prompts)
-        done = RequestDone(self.worker_id, req.request_id, groups, stats, self._load_s)
+        done = RequestDone(self.worker_id, req.request_id, groups, stats, self._load_s, self.state())
         self._load_s = 0.0
         return done
 
@@ -80,6 +104,9 @@ class GeneratorService:
             return None
         if isinstance(msg, GenerateRequest):
             return self.generate(msg)
+        if isinstance(msg, RestoreGenerator):
+            self.restore(msg.state)
+            return None
         raise TypeError(f"generator worker got an unknown message {type(msg).__name__}")
 
 
@@ -96,19 +123,28 @@ def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, 
     """Body of a thread or process worker: build, say ready, then serve the inbox in order."""
     from asyncrl.runtime.transport import make_receiver
 
-    if threading.current_thread() is threading.main_thread():
-        # A spawned worker process: Ctrl-C is the controller's to handle; it sends StopWorker.
+    own_process = threading.current_thread() is threading.main_thread()
+    parent = os.getppid()
+    if own_process:
+        # A spawned worker process: Ctrl-C and SIGTERM (sent to the whole process group by
+        # terminals, schedulers and clusters) are the controller's to handle; it sends StopWorker.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     service = None
     try:
         if threads:  # None in thread mode: the thread pool is per process, owned by the learner
             torch.set_num_threads(threads)
         cfg = Config(**cfg_dict)
         service = GeneratorService(build_generator(cfg, model_path, worker_id, ref_path, start_version),
-                                   make_receiver(transport, transport_spec), worker_id)
+                                   make_receiver(transport, transport_spec), worker_id, owns_rng=own_process)
         outbox.put(WorkerReady(worker_id))
         while True:
-            msg = inbox.get()
+            try:
+                msg = inbox.get(timeout=PARENT_CHECK_S)
+            except queue.Empty:
+                if own_process and os.getppid() != parent:
+                    return  # the controller was killed (SIGKILL): no one will stop this worker
+                continue
             if isinstance(msg, StopWorker):
                 return
             reply = service.handle(msg)
