@@ -45,3 +45,34 @@ def slow_exact(prompts, completions, rows):
 
     time.sleep(0.2)
     return exact(prompts, completions, rows)
+
+
+def inf_always(prompts, completions, rows):
+    return [math.inf] * len(completions)
+
+
+# --- the soak test's injected generator faults -------------------------------------------------------
+# With ASYNCRL_TEST_FAULT_RATE set, a spawned generator process (the custom task imports this module
+# there) raises from Generator.generate with that probability per request, a fault the run must
+# survive by replacing the worker. Never in the main process, and never without the variable.
+def _inject_generator_faults() -> None:
+    import multiprocessing
+    import os
+    import random
+
+    rate = float(os.environ.get("ASYNCRL_TEST_FAULT_RATE", "0"))
+    if rate <= 0 or multiprocessing.parent_process() is None:
+        return
+    from asyncrl.generator import Generator
+
+    real, rng = Generator.generate, random.Random(os.getpid())
+
+    def generate(self, num_prompts):
+        if rng.random() < rate:
+            raise RuntimeError("injected generator fault (soak test)")
+        return real(self, num_prompts)
+
+    Generator.generate = generate
+
+
+_inject_generator_faults()

@@ -41,6 +41,7 @@ def _ckpt(tmp_path, state: dict):
     ckpt.mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "latest").write_text("step_1\n")
     save_state(ckpt, state)
+    (ckpt / "config.yaml").write_text("steps: 1\n")  # resume reads the run's config from here
     return ckpt
 
 
@@ -174,5 +175,8 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
     assert find_checkpoint(tmp_path).name == "step_10"
     (tmp_path / "checkpoints" / "latest").unlink()  # a lost pointer: the newest complete folder
     assert find_checkpoint(tmp_path).name == "step_10"
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no checkpoint to resume from"):
+        find_checkpoint(tmp_path / "empty")
+    with pytest.raises(ValueError, match="no such folder"):
         find_checkpoint(tmp_path / "nothing")

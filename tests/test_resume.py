@@ -65,7 +65,7 @@ def test_a_killed_synchronous_run_resumes_bitwise(tmp_path, extra):
     k = int(ckpt.name.split("_")[1])
     logged = [r["step"] for r in read_jsonl(out / "metrics.jsonl")]
     assert 10 <= k <= max(logged) < STEPS, (k, logged[-1])
-    assert main(["train", *flags, "--resume", str(out)]) == 0
+    assert main(["train", "--resume", str(out)]) == 0  # the checkpoint's config.yaml supplies the rest
     got, want = read_jsonl(out / "metrics.jsonl"), read_jsonl(ref / "metrics.jsonl")
     assert [r["step"] for r in got] == list(range(1, STEPS + 1))  # steps after k logged once, by the resumed run
     assert comparable(got) == comparable(want)
@@ -90,3 +90,23 @@ def test_a_killed_asynchronous_run_resumes_to_the_same_step_count(tmp_path):
     assert all(r["staleness_max"] <= 2 for r in rows)
     seen = [r["samples_seen"] for r in rows]
     assert seen == sorted(seen) and seen[-1] == STEPS * 4 * 4
+
+
+def test_resume_refuses_a_changed_algorithm_unless_forced(tmp_path, capsys):
+    out = tmp_path / "run"
+    small = ["--steps", "2", "--prompts-per-step", "2", "--samples-per-prompt", "2", "--eval-every", "0",
+             "--eval-limit", "4", "--max-new-tokens", "4", "--max-lag", "0"]
+    assert main(["train", *small, "--output-dir", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--steps", "3", "--lr", "1e-3", "--loss", "grpo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different algorithm" in err[0], err
+    assert "loss ('tb' -> 'grpo')" in err[0] and "lr (5e-05 -> 0.001)" in err[0] and "steps" not in err[0]
+    # Changing how it runs is fine (steps, evaluation, where the generators run) ...
+    assert main(["train", "--resume", str(out), "--steps", "3", "--workers", "thread", "--eval-every", "1"]) == 0
+    # ... and --resume-force takes the new algorithm.
+    assert main(["train", "--resume", str(out), "--steps", "4", "--lr", "1e-3", "--resume-force"]) == 0
+    import yaml
+
+    assert yaml.safe_load((out / "checkpoints" / "step_4" / "config.yaml").read_text())["lr"] == 1e-3
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]

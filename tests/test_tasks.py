@@ -33,7 +33,7 @@ def test_make_task_dispatches_on_config(tmp_path):
     ({"task": "custom"}, "task 'custom' needs --prompts PATH and --reward package.module:function"),
     ({"task": "custom", "prompts": "x.jsonl"}, "task 'custom' needs --prompts"),
     ({"prompt_template": "no placeholder"}, "prompt_template must contain the placeholder {question}"),
-    ({"reward_errors": "ignore"}, "reward_errors: Input should be 'stop' or 'skip'"),
+    ({"reward_errors": "ignore"}, "reward_errors: unknown value 'ignore' (choose one of stop, skip)"),
 ])
 def test_task_config_errors_are_one_line(overrides, fragment):
     with pytest.raises(ConfigError) as e:

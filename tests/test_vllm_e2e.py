@@ -17,9 +17,9 @@ from test_engines import vllm_or_skip
 
 pytestmark = pytest.mark.e2e
 
+KV = ["--vllm-kv-cache-gb", "0.0625"]  # only where a vLLM engine runs: a flag no engine reads is refused
 TINY = ["--steps", "4", "--prompts-per-step", "4", "--samples-per-prompt", "4", "--eval-every", "2",
-        "--eval-limit", "16", "--max-new-tokens", "6", "--warmup-steps", "0", "--lr", "1e-3",
-        "--vllm-kv-cache-gb", "0.0625"]
+        "--eval-limit", "16", "--max-new-tokens", "6", "--warmup-steps", "0", "--lr", "1e-3"]
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +29,7 @@ def _needs_vllm():
 
 def _train(tmp_path, *flags):
     out = tmp_path / "run"
-    assert main(["train", *TINY, "--output-dir", str(out), "--engine", "vllm", *flags]) == 0
+    assert main(["train", *TINY, *KV, "--output-dir", str(out), "--engine", "vllm", *flags]) == 0
     return out, read_jsonl(out / "metrics.jsonl"), json.loads((out / "summary.json").read_text())
 
 
@@ -71,7 +71,7 @@ def test_eval_with_vllm_equals_eval_with_hf(tmp_path):
     for engine in ("hf", "vllm"):
         out = tmp_path / engine
         assert main(["eval", str(BUILTIN_MODELS["arithmetic"]), "--task", "arithmetic", "--eval-limit", "32", "--max-new-tokens", "6",
-                     "--engine", engine, "--vllm-kv-cache-gb", "0.0625", "--output-dir", str(out)]) == 0
+                     "--engine", engine, *(KV if engine == "vllm" else []), "--output-dir", str(out)]) == 0
         reports[engine] = json.loads((out / "eval_report.json").read_text())
         reports[engine]["rows"] = read_jsonl(out / "eval_examples.jsonl")
     assert reports["vllm"]["config"]["engine"] == "vllm"
@@ -85,7 +85,7 @@ def test_a_resumed_runs_first_vllm_evaluation_uses_the_current_weights(tmp_path)
     out = tmp_path / "run"
     flags = [*TINY, "--output-dir", str(out), "--max-lag", "0", "--eval-every", "0", "--eval-log-generations", "16"]
     assert main(["train", *flags, "--steps", "2", "--eval-engine", "hf"]) == 0
-    assert main(["train", *flags, "--steps", "4", "--resume", str(out), "--eval-engine", "vllm"]) == 0
+    assert main(["train", *flags, *KV, "--steps", "4", "--resume", str(out), "--eval-engine", "vllm"]) == 0
     final = read_jsonl(out / "eval.jsonl")[-1]
     assert final["step"] == 4
     ev = tmp_path / "eval"

@@ -149,6 +149,8 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, or a run folder (its latest checkpoint) -> the checkpoint folder."""
     p = Path(path)
+    if not p.exists():
+        raise ValueError(f"nothing to resume at {p}: no such folder")
     if (p / TRAINER_STATE).is_file():
         return p
     if (p / "trainer_state.pt").is_file():
@@ -192,3 +194,69 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), py_gauss))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+# --- the config of a resumed run -------------------------------------------------------------------
+
+# Fields a resumed run may change: where and how fast the roles run, how often it evaluates and
+# saves, and how long it goes on. Every other field changes what is learned (loss, data, model,
+# optimizer, sampling, the staleness bound, the buffer), so changing it on resume is refused unless
+# ``resume_force``. ``steps`` may grow: the LR schedule is then recomputed for the new length.
+RESUME_MAY_CHANGE = frozenset({
+    "steps", "output_dir", "resume", "resume_force", "overwrite", "debug",
+    "eval_every", "eval_limit", "eval_log_generations", "eval_prompts", "eval_engine", "reference_model",
+    "gold_reward_model", "reference_field", "embedding_model",
+    "save_every", "save_every_minutes", "keep_checkpoints", "max_generator_restarts", "max_skipped_updates",
+    "device", "learner_threads", "generator_threads", "num_generators", "workers", "weight_transport",
+    "runtime", "ray_address", "generator_num_cpus", "generator_num_gpus", "generator_resources",
+    "placement_strategy", "ray_learner", "learner_num_cpus", "learner_num_gpus", "reward_actor", "reward_num_gpus",
+    "reward_device", "reward_batch_size", "engine", "vllm_dtype", "vllm_gpu_memory_utilization",
+    "vllm_kv_cache_gb", "vllm_max_model_len", "vllm_enforce_eager",
+})
+
+
+def resume_config(given: dict):
+    """The config of ``--resume``: the checkpoint's own ``config.yaml``, with the fields given
+    here (config file and flags, ``given``, which holds ``resume``) on top. The run folder defaults
+    to the one that holds the checkpoint. A change to a field outside :data:`RESUME_MAY_CHANGE` is
+    a one-line ConfigError naming each field, unless ``resume_force``."""
+    import yaml
+    from pydantic import ValidationError
+
+    from asyncrl.config import Config, ConfigError, validated
+
+    if given.get("overwrite") is True:
+        raise ConfigError("--resume continues the run in its folder and --overwrite replaces it: pass one of them")
+    ckpt = find_checkpoint(str(given["resume"]))
+    try:
+        saved = yaml.safe_load((ckpt / "config.yaml").read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a mapping")
+        saved = {k: v for k, v in saved.items() if k not in ("output_dir", "resume", "resume_force", "overwrite")}
+        original = Config(**saved)
+    except (OSError, ValueError, yaml.YAMLError) as e:  # ValidationError is a ValueError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"cannot read the config of checkpoint {ckpt}: {first[:200]}") from None
+    data = {**saved, **given}
+    if "loss" in given and "variant" not in given:
+        data["variant"] = None  # config.yaml holds the old loss's default variant: take the new loss's
+    # config.yaml holds `workers` / `weight_transport` as resolved from `auto` for the original
+    # host; when what was given here (another runtime, more generators) rules them out, and they
+    # were not given here too, they are resolved again.
+    for reset in ((), ("weight_transport",), ("weight_transport", "workers")):
+        try:
+            merged = Config(**{**data, **{k: "auto" for k in reset if k not in given}})
+            break
+        except ValidationError:
+            pass
+    else:
+        merged = validated(data)  # raises the one-line error of the config as given
+    changed = [k for k in Config.model_fields if k not in RESUME_MAY_CHANGE
+               and getattr(merged, k) != getattr(original, k)]
+    if changed and not merged.resume_force:
+        diff = ", ".join(f"{k} ({getattr(original, k)!r} -> {getattr(merged, k)!r})" for k in changed)
+        raise ConfigError(f"resuming {ckpt} with a different algorithm: {diff}; drop these flags to continue the run "
+                          "as it was, or pass --resume-force to change them anyway")
+    if merged.output_dir is None:
+        merged.output_dir = str(ckpt.parent.parent)
+    return merged

@@ -4,18 +4,42 @@
 Every config field is a flag of the same name with dashes (``max_lag`` -> ``--max-lag``). Values
 are read as YAML scalars (``none``/``null`` for None, ``true``/``false``) and validated by the
 config model, so a bad value gets the same one-line error from a flag as from a file.
+
+Bad input (docs/bad_input.md) ends in one line ``asyncrl: error: ...`` on stderr and exit code 2
+(config and input errors) or 1 (the run failed, or an unexpected error); ``--debug`` prints the
+traceback too.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from asyncrl.config import Config, ConfigError, field_docs, load_config
+from asyncrl.config import (
+    Config, ConfigError, check_fields_used, did_you_mean, field_docs, load_config, read_config_file,
+)
+
+
+class UsageError(Exception):
+    """A command line argparse cannot parse; main() prints it as one line (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block) and closest-name suggestions."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            choices = [c.strip().strip("'") for c in m.group(2).split(",")]
+            message = message[: m.start()] + (f"invalid choice: {m.group(1)!r}{did_you_mean(m.group(1), choices)} "
+                                              f"(choose from {', '.join(choices)})")
+        raise UsageError(message)
 
 
 def _parse_value(text: str):
@@ -34,14 +58,16 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("config fields (override the YAML file)")
     for name, field in Config.model_fields.items():
         default = field.default
+        # A true/false field also works as a bare switch: `--overwrite` is `--overwrite true`.
+        switch = {"nargs": "?", "const": "true"} if field.annotation in (bool, "bool") else {}
         group.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, metavar="VALUE",
+            "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, metavar="VALUE", **switch,
             help=f"{docs.get(name, '')} [default: {default}]".replace("%", "%%"),
         )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asyncrl", description="Asynchronous off-policy RL post-training of LMs.")
+    parser = _Parser(prog="asyncrl", description="Asynchronous off-policy RL post-training of LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a policy (no arguments: the built-in arithmetic job)")
     train.add_argument("config", nargs="?", help="YAML config file")
@@ -73,12 +99,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated legend labels, one per run [default: folder (loss, max_lag)]")
     plot.add_argument("--x", choices=("wall", "samples", "both"), default="both",
                       help="x axis: training wall-clock, samples seen, or both side by side [default: both]")
+    plot.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 
 def resolve(args: argparse.Namespace) -> Config:
     overrides = {k: _parse_value(v) for k, v in vars(args).items() if k in Config.model_fields}
-    cfg = load_config(args.config, overrides)
+    command = getattr(args, "command", None) or "train"
+    data = read_config_file(args.config) if args.config else {}
+    from_file = set(data) - set(overrides)
+    data.update(overrides)
+    if data.get("resume") and command in ("train", "config"):
+        from asyncrl.checkpoint import resume_config
+
+        # The checkpoint's config with what was given here on top; the fields given are checked
+        # against the merged config (`--clip-eps` resuming a grpo run is read, whatever the defaults).
+        cfg = resume_config(data)
+        check_fields_used(cfg, data, command, from_file=from_file)
+    else:
+        cfg = load_config(args.config, overrides, command=command)
     if cfg.output_dir is None:
         if cfg.resume:
             from asyncrl.checkpoint import find_checkpoint
@@ -93,15 +132,96 @@ def resolve(args: argparse.Namespace) -> Config:
     return cfg
 
 
+# What asyncrl writes in a run folder; `--overwrite` removes these (after checking that the folders
+# hold only asyncrl's files) and nothing else.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "generations.jsonl", "summary.json", "eval_report.json",
+             "eval_examples.jsonl")
+_TMP = r"\..+\.(tmp|old)"  # io.atomic_write / atomic_dir leftovers: .NAME.xxxx.tmp, .NAME.old
+RUN_DIRS = {
+    "checkpoints": re.compile(rf"^(latest|step_\d+|{_TMP})$"),
+    "tb": re.compile(r"^events\.out\.tfevents\..+$"),
+    "eval": re.compile(rf"^([\w.-]+-[\w]+|{_TMP})$"),  # <step_N>-<task>/ from asyncrl eval of a run checkpoint
+}
+_EVAL_FILES = re.compile(rf"^(eval_report\.json|eval_examples\.jsonl|{_TMP})$")
+
+
+def _foreign(folder: Path) -> str | None:
+    """The first entry of a run sub-folder (checkpoints/, tb/, eval/) that asyncrl did not write."""
+    pattern = RUN_DIRS[folder.name]
+    for e in sorted(folder.iterdir()):
+        if not pattern.match(e.name):
+            return e.name
+        if folder.name == "eval" and e.is_dir():
+            bad = next((x.name for x in sorted(e.iterdir()) if not _EVAL_FILES.match(x.name)), None)
+            if bad is not None:
+                return f"{e.name}/{bad}"
+    return None
+
+
+def check_run_folder(cfg: Config, command: str = "train") -> list[Path]:
+    """Refuse an existing, non-empty ``output_dir`` unless ``--resume`` (train) or ``--overwrite``;
+    returns asyncrl's own files in it, which ``--overwrite`` removes (:func:`clear_run_folder`)."""
+    run_dir = Path(cfg.output_dir)
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("--resume continues the run in its folder and --overwrite replaces it: pass one of them")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output_dir {run_dir} is a file, not a folder")
+    if cfg.resume or not run_dir.is_dir():
+        return []
+    entries = sorted(run_dir.iterdir())
+    if not entries:
+        return []
+    if not cfg.overwrite:
+        resume = f"--resume {run_dir} to continue it, " if command == "train" else ""
+        if (run_dir / "checkpoints").exists():
+            raise ConfigError(f"{run_dir} already holds a run with checkpoints; pass {resume}--overwrite to replace "
+                              "it, or choose another --output-dir")
+        shown = ", ".join(e.name for e in entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ConfigError(f"output_dir {run_dir} is not empty (it holds {shown}); pass --overwrite to replace "
+                          "asyncrl's files in it (other files are kept), or choose another --output-dir")
+    own = []
+    for e in entries:
+        tmp = e.name.startswith(".") and any(e.name.startswith(f".{n}.") for n in RUN_FILES)
+        if (e.name in RUN_FILES or tmp) and e.is_file():
+            own.append(e)
+        elif e.name in RUN_DIRS and e.is_dir():
+            bad = _foreign(e)
+            if bad is not None:
+                raise ConfigError(f"--overwrite: {e / bad} was not written by asyncrl, so {e} is not removed; "
+                                  "move it away or choose another --output-dir")
+            own.append(e)
+    return own
+
+
+def clear_run_folder(run_dir: Path, own: list[Path]) -> None:
+    """``--overwrite``: remove an old run's files (found by :func:`check_run_folder`), nothing else."""
+    for e in own:
+        shutil.rmtree(e) if e.is_dir() else e.unlink()
+    if own:
+        print(f"asyncrl: --overwrite: removed {', '.join(e.name for e in own)} from {run_dir}", flush=True)
+
+
+def precheck_train(cfg: Config) -> None:
+    """Start-up checks that need no model weights, before the run folder exists: the task (data,
+    reward import), model paths, the device, and that every prompt fits the model's context."""
+    from asyncrl.policy import resolve_device, resolve_model_path
+    from asyncrl.tasks import check_prompt_lengths, make_task
+
+    task = make_task(cfg)
+    model_path = resolve_model_path(cfg.model, cfg.task)
+    if cfg.reference_model:
+        resolve_model_path(cfg.reference_model, cfg.task)
+    resolve_device(cfg.device)
+    check_prompt_lengths(task, cfg, model_path, train=True)
+
+
 def cmd_train(cfg: Config) -> int:
-    from asyncrl.runtime.controller import Controller, RunFailed
+    from asyncrl.runtime.controller import Controller, RunAborted, RunFailed
 
     run_dir = Path(cfg.output_dir)
-    if not cfg.resume and (run_dir / "checkpoints").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run with checkpoints; pass --resume {run_dir} to continue it "
-            "or choose another --output-dir"
-        )
+    own = check_run_folder(cfg, "train")
+    precheck_train(cfg)
+    clear_run_folder(run_dir, own)  # only once every check passed
     print(f"asyncrl: run folder {run_dir}", flush=True)
     from asyncrl.tasks import RewardError
 
@@ -113,10 +233,14 @@ def cmd_train(cfg: Config) -> int:
         else:
             summary = Controller(cfg, run_dir).run()
     except (RunFailed, RewardError) as e:  # RewardError: raised in this process (evaluation)
-        print(f"asyncrl: error: {e}", file=sys.stderr)
+        _print_error(e, cfg.debug)
         return 1
+    except RunAborted as e:
+        print(f"asyncrl: {e}: no final checkpoint written (the last periodic one is kept)", file=sys.stderr)
+        return SIGNAL_EXIT.get(e.signame, 130)
     if summary.get("failed"):
-        print(f"asyncrl: error: {summary['failed']} (final checkpoint {summary['checkpoint']})", file=sys.stderr)
+        print(f"asyncrl: error: {one_line(summary['failed'])} (final checkpoint {summary['checkpoint']})",
+              file=sys.stderr)
         return 1
     acc = summary["final_accuracy"]
     return _report_done("train", summary, f", final accuracy {acc:.3f}" if acc is not None else "")
@@ -127,12 +251,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from asyncrl.evaluation import REPORT, eval_checkpoint, eval_config
     from asyncrl.tasks import RewardError
 
+    from asyncrl.tasks import check_prompt_lengths, make_task
+
     overrides = {k: _parse_value(v) for k, v in vars(args).items() if k in Config.model_fields}
     cfg = eval_config(args.checkpoint, overrides)
+    check_fields_used(cfg, overrides, "eval")  # the flags only: a run's config.yaml may come from sft
+    check_prompt_lengths(make_task(cfg), cfg, cfg.model, train=False)
     try:
         report = eval_checkpoint(cfg)
     except RewardError as e:
-        print(f"asyncrl: error: {e}", file=sys.stderr)
+        _print_error(e, cfg.debug)
         return 1
     shown = ", ".join(f"{k} {report[k]:.4f}" for k in ("accuracy", "reward_mean", "gold_win_rate",
                                                         "kl_ref", "attack_success_rate", "diversity")
@@ -148,6 +276,7 @@ def cmd_supervised(command: str, cfg: Config) -> int:
         from asyncrl.sft import run_sft as run
     else:
         from asyncrl.rm import run_rm as run
+    clear_run_folder(Path(cfg.output_dir), check_run_folder(cfg, command))
     print(f"asyncrl: run folder {cfg.output_dir}", flush=True)
     summary = run(cfg)
     ev = summary["final_eval"] or {}
@@ -167,12 +296,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# Exit codes of a run stopped by a signal, as a shell reports a process killed by it (128 + number).
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+
+
 def _report_done(command: str, summary: dict, detail: str) -> int:
-    """The closing line of a training command; exit code 130 when Ctrl-C stopped it."""
+    """The closing line of a training command; exit code 130 when Ctrl-C stopped it, 143 for SIGTERM."""
     state = "interrupted" if summary["interrupted"] else "done"
-    print(f"asyncrl: {command} {state} at step {summary['steps']}, wall {summary['wall_time_s']:.1f}s{detail}; "
+    by = f" ({summary['signal']})" if summary.get("signal") else ""
+    print(f"asyncrl: {command} {state} at step {summary['steps']}{by}, wall {summary['wall_time_s']:.1f}s{detail}; "
           f"checkpoint {summary['checkpoint']}", flush=True)
-    return 130 if summary["interrupted"] else 0
+    return SIGNAL_EXIT.get(summary.get("signal") or "SIGINT", 130) if summary["interrupted"] else 0
 
 
 def _quiet_libraries() -> None:
@@ -186,28 +320,102 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "plot":  # reads run files only: no need to import transformers first
-        try:
-            return cmd_plot(args)
-        except (ValueError, OSError) as e:
-            print(f"asyncrl: error: {e}", file=sys.stderr)
-            return 2
-    _quiet_libraries()
-    try:
-        if args.command == "eval":
-            return cmd_eval(args)
-        cfg = resolve(args)
-        if args.command == "config":
-            print(yaml.safe_dump(cfg.model_dump(), sort_keys=False), end="")
-            return 0
-        if args.command in ("sft", "rm"):
-            return cmd_supervised(args.command, cfg)
-        return cmd_train(cfg)
-    except (ConfigError, ValueError) as e:
-        print(f"asyncrl: error: {e}", file=sys.stderr)
+def one_line(text) -> str:
+    """An error message on one line: a worker's traceback shrinks to its first and last lines."""
+    lines = [x.strip() for x in str(text).splitlines() if x.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    if any(x.startswith("Traceback (most recent call last)") for x in lines):
+        head = "" if lines[0].startswith("Traceback") else lines[0]
+        return " ".join(x for x in (head, lines[-1]) if x) + " (rerun with --debug for the traceback)"
+    return " ".join(lines)
+
+
+def _print_error(e: BaseException, debug: bool = False, unexpected: bool = False) -> None:
+    """``asyncrl: error: <one line>`` on stderr; with ``debug`` the full traceback first."""
+    if debug:
+        import traceback
+
+        traceback.print_exception(e, file=sys.stderr)
+        if "Traceback (most recent call last)" in str(e):  # a worker's traceback, carried in the message
+            print(str(e), file=sys.stderr)
+    text = one_line(e) or type(e).__name__
+    if unexpected:
+        text = f"{type(e).__name__}: {text} (unexpected error" + ("" if debug else "; rerun with --debug for the "
+                                                                  "traceback") + ")"
+    print(f"asyncrl: error: {text}", file=sys.stderr, flush=True)
+
+
+def _exit_code(e: BaseException) -> int:
+    """2 for bad input (config, files, paths, missing packages), 1 for a run that failed or an
+    unexpected error."""
+    from asyncrl.tasks import RewardError
+
+    if isinstance(e, RewardError):  # a ValueError, but raised once the run is going
+        return 1
+    if type(e).__name__ in ("RunFailed", "RunAborted"):
+        return 1
+    if isinstance(e, (UsageError, ValueError, ImportError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                      PermissionError)):
         return 2
+    return 1
+
+
+def _unknown_arguments(parser: argparse.ArgumentParser, command: str | None, extra: list[str]) -> str:
+    """``unrecognized argument --max-lagg; did you mean --max-lag?`` for what argparse left over."""
+    from difflib import get_close_matches
+
+    sub = parser._subparsers._group_actions[0].choices.get(command) if command else None  # type: ignore[union-attr]
+    flags = [f for f in (sub or parser)._option_string_actions if f.startswith("--")]
+    unknown = [a.split("=", 1)[0] for a in extra if a.startswith("-")]
+    if not unknown:
+        return f"unexpected argument{'s' if len(extra) > 1 else ''} {' '.join(extra)}"
+    parts = []
+    for a in unknown:
+        close = get_close_matches(a, flags, n=1, cutoff=0.6)
+        parts.append(f"unknown flag {a}" + (f"; did you mean {close[0]}?" if close else ""))
+    return "; ".join(parts) + f" (asyncrl {command} --help lists the flags)"
+
+
+def _debug_flag(args: argparse.Namespace) -> bool:
+    value = getattr(args, "debug", False)
+    return value is True or str(value).lower() in ("true", "yes", "on", "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    debug = False
+    try:
+        args, extra = parser.parse_known_args(argv)
+        debug = _debug_flag(args)
+        if extra:
+            raise UsageError(_unknown_arguments(parser, args.command, extra))
+        return _main(args)
+    except KeyboardInterrupt as e:
+        if debug:
+            _print_error(e, True)
+        print("asyncrl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every error leaves main() as one line (the traceback with --debug)
+        code = _exit_code(e)
+        expected = code == 2 or type(e).__name__ in ("RunFailed", "RunAborted", "RewardError")
+        _print_error(e, debug, unexpected=not expected)
+        return code
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.command == "plot":  # reads run files only: no need to import transformers first
+        return cmd_plot(args)
+    _quiet_libraries()
+    if args.command == "eval":
+        return cmd_eval(args)
+    cfg = resolve(args)
+    if args.command == "config":
+        print(yaml.safe_dump(cfg.model_dump(), sort_keys=False), end="")
+        return 0
+    if args.command in ("sft", "rm"):
+        return cmd_supervised(args.command, cfg)
+    return cmd_train(cfg)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ config is saved as ``config.yaml`` in the run folder.
 
 from __future__ import annotations
 
+from difflib import get_close_matches
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 LossName = Literal["tb", "online_dpo", "rloo", "grpo", "ppo"]
 
@@ -27,6 +28,18 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 
 class ConfigError(ValueError):
     """A bad configuration value; the message is one line meant for the user."""
+
+
+def did_you_mean(value, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib), or ``""``."""
+    close = get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def unknown_value(value, choices: Iterable[str]) -> str:
+    """``unknown value 'grpoo'; did you mean 'grpo'? (choose one of tb, ..., ppo)``."""
+    choices = list(choices)
+    return f"unknown value {value!r}{did_you_mean(value, choices)} (choose one of {', '.join(choices)})"
 
 
 class Config(BaseModel):
@@ -45,7 +58,16 @@ class Config(BaseModel):
     seed: int = 0
     """Seed for prompts, sampling, buffer and initialisation of new heads."""
     resume: str | None = None
-    """Resume from a checkpoint folder (``<run>/checkpoints/step_N``) or a run folder (latest)."""
+    """Resume from a checkpoint folder (``<run>/checkpoints/step_N``) or a run folder (latest).
+    The checkpoint's ``config.yaml`` is the base; a config file and flags given with ``--resume``
+    override it, and a change to a field that changes the algorithm is refused (docs/reliability.md)."""
+    resume_force: bool = False
+    """Resume even when the config changes fields that change the algorithm (``loss``, ``lr``, ...)."""
+    overwrite: bool = False
+    """Allow ``output_dir`` to be an existing, non-empty folder: asyncrl's own files in it (an old
+    run's checkpoints, logs, ``summary.json``) are removed first; other files are left alone."""
+    debug: bool = False
+    """Show the full traceback of an error instead of the one-line message."""
 
     # --- tasks (docs/tasks.md) ---
     prompt_template: str | None = None
@@ -277,11 +299,31 @@ class Config(BaseModel):
     """Evaluate on the first N eval prompts only."""
     eval_log_generations: int = Field(4, ge=0)
     """Generations written to ``generations.jsonl`` at each evaluation."""
-    save_every: int = Field(0, ge=0)
-    """Checkpoint every this many steps; 0 = only the final checkpoint."""
+    save_every: int = Field(100, ge=0)
+    """Checkpoint every this many steps (and at the end, on Ctrl-C/SIGTERM and when a run stops on
+    an error); 0 = no step cadence."""
+    save_every_minutes: float | None = Field(30.0, gt=0)
+    """Also checkpoint when this many minutes of wall-clock passed since the last checkpoint, so a
+    killed long run loses at most that much; None = no time cadence."""
+    keep_checkpoints: int = Field(2, ge=0)
+    """Keep the newest this many ``checkpoints/step_N`` folders, deleting older ones after each
+    save; 0 = keep all."""
+    max_skipped_updates: int = Field(10, ge=1)
+    """A non-finite loss or gradient norm skips the optimizer update (``skipped_updates_total`` in
+    metrics.jsonl); this many skips in a row stop the run with the last good weights saved."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto`` = cuda when available. On GPU trained weights are fp32 with bf16 autocast and
     generator/reference weights bf16; on CPU all fp32."""
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from asyncrl.tasks import TASKS
+
+        if v not in TASKS:
+            close = did_you_mean(v, TASKS)
+            raise ValueError(f"unknown task {v!r}{close + ' ' if close else '; '}known tasks: {', '.join(TASKS)}")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "Config":
@@ -289,9 +331,11 @@ class Config(BaseModel):
         if self.variant is None:
             object.__setattr__(self, "variant", allowed[0])
         elif self.variant not in allowed:
+            others = [k for k, vs in VARIANTS.items() if self.variant in vs]
             raise ValueError(
-                f"variant {self.variant!r} is not valid for loss {self.loss!r}; "
-                f"choose one of {', '.join(allowed)}"
+                f"variant {self.variant!r} is not valid for loss {self.loss!r}{did_you_mean(self.variant, allowed)} "
+                f"(choose one of {', '.join(allowed)}"
+                + (f"; {self.variant!r} is a variant of loss {others[0]!r})" if others else ")")
             )
         if self.loss in ("tb", "online_dpo", "rloo", "grpo") and self.samples_per_prompt < 2:
             raise ValueError(f"loss {self.loss!r} compares samples of a prompt: samples_per_prompt must be >= 2")
@@ -389,36 +433,241 @@ class Config(BaseModel):
         return self
 
 
+def _literal_choices(name: str) -> list[str]:
+    """The allowed strings of a ``Literal`` (or ``Literal | None``) field; [] for other fields."""
+    field = Config.model_fields.get(name)
+    out: list[str] = []
+
+    def walk(tp) -> None:
+        for a in get_args(tp):
+            if isinstance(a, str):
+                out.append(a)
+            elif a is not type(None):
+                walk(a)
+
+    if field is not None:
+        walk(field.annotation)
+    return out
+
+
+def _shown(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _format_error(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "config"
-        msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if e["loc"] else msg)
+        field = str(e["loc"][0]) if e["loc"] else ""
+        msg = " ".join(e["msg"].removeprefix("Value error, ").split())
+        if e["type"] == "literal_error" and _literal_choices(field):
+            msg = unknown_value(e["input"], _literal_choices(field))
+        elif e["type"] == "extra_forbidden":
+            msg = f"unknown field{did_you_mean(field, Config.model_fields)}"
+        elif field and e["type"] != "value_error" and isinstance(e.get("input"), (str, int, float, bool)):
+            msg += f" (got {_shown(e['input'])})"
+        parts.append(f"{field}: {msg}" if field else msg)
     return "invalid config: " + "; ".join(parts)
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
-    """YAML file (optional) + overrides -> validated Config; raises ConfigError with one line."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from e
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of field: value")
-        data.update(loaded)
-    data.update(overrides or {})
+# --- fields that only some runs read ---------------------------------------------------------------
+# Built from what the code reads (tasks/__init__.py make_task, losses/registry.py make_loss,
+# buffer.make_buffer, engines.make_engine, runtime/ray_host.py, sft.py / rm.py / supervised.py,
+# evaluation.py). A field set to a non-default value in a run that does not read it is an error (an
+# ignored flag is a silent wrong result): `--prompts rows.jsonl` without `--task custom` fails instead
+# of training the arithmetic task. Each rule: (what decides, the values under which the field is read).
+FIELD_RULES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    # tasks (make_task passes these to the task classes)
+    "prompt_template": (("task", ("gsm8k", "custom", "reward_model", "redteam")),),
+    "gsm8k_data": (("task", ("gsm8k",)),),
+    "prompts": (("task", ("custom", "reward_model", "redteam")),),
+    "eval_prompts": (("task", ("custom", "reward_model", "redteam")),),
+    "prompt_field": (("task", ("custom", "reward_model", "redteam")),),
+    "reward": (("task", ("custom",)),),
+    "reward_model": (("task", ("reward_model",)),),
+    "gold_reward_model": (("task", ("reward_model",)),),
+    "reference_field": (("task", ("reward_model",)),),
+    "reference_model": (("task", ("reward_model",)),),  # the only task with wants_kl
+    "reward_device": (("task", ("reward_model", "redteam")),),
+    "reward_batch_size": (("task", ("reward_model", "redteam")),),
+    "max_seq_tokens": (("task", ("reward_model", "redteam")),),
+    "victim_model": (("task", ("redteam",)),),
+    "victim_max_new_tokens": (("task", ("redteam",)),),
+    "toxicity_classifier": (("task", ("redteam",)),),
+    "toxicity_threshold": (("task", ("redteam",)),),
+    "embedding_model": (("task", ("redteam",)),),
+    # losses (losses/registry.py make_loss)
+    "beta": (("loss", ("tb", "online_dpo")),),
+    "beta_end": (("loss", ("tb",)),),
+    "kl_coef": (("loss", ("rloo", "grpo", "ppo")),),
+    "clip_eps": (("loss", ("rloo", "grpo", "ppo")),),
+    "rloo_clip": (("loss", ("rloo",)),),
+    "is_cap": (("loss", ("grpo",)),),
+    "vf_coef": (("loss", ("ppo",)),),
+    "gae_lambda": (("loss", ("ppo",)),),
+    "gamma": (("loss", ("ppo",)),),
+    # replay buffer (buffer.make_buffer: fifo ignores them)
+    "recency_prob": (("buffer", ("tba",)),),
+    "inv_temp": (("buffer", ("tba",)),),
+    "per_prompt_capacity": (("buffer", ("tba",)),),
+    "buffer_capacity": (("buffer", ("tba",)),),
+    # vLLM settings (engines.make_engine), read when --engine or --eval-engine is vllm
+    "vllm_dtype": (("engine", ("vllm",)),),
+    "vllm_gpu_memory_utilization": (("engine", ("vllm",)),),
+    "vllm_kv_cache_gb": (("engine", ("vllm",)),),
+    "vllm_max_model_len": (("engine", ("vllm",)),),
+    "vllm_enforce_eager": (("engine", ("vllm",)),),
+    # Ray runtime (runtime/ray_host.py)
+    "ray_address": (("runtime", ("ray",)),),
+    "generator_num_cpus": (("runtime", ("ray",)),),
+    "generator_num_gpus": (("runtime", ("ray",)),),
+    "generator_resources": (("runtime", ("ray",)),),
+    "placement_strategy": (("runtime", ("ray",)),),
+    "ray_learner": (("runtime", ("ray",)),),
+    "learner_num_cpus": (("runtime", ("ray",)), ("ray_learner", ("actor",))),
+    "learner_num_gpus": (("runtime", ("ray",)), ("ray_learner", ("actor",))),
+    "reward_actor": (("runtime", ("ray",)),),
+    "reward_num_gpus": (("runtime", ("ray",)), ("reward_actor", ("true",))),
+}
+
+# Fields only `asyncrl sft` / `asyncrl rm` read (sft.py, rm.py, supervised.py), and task fields they
+# read too. `train` / `eval` refuse the first kind as flags; from a YAML file both are accepted,
+# because one file may serve `asyncrl sft` and `asyncrl train` (examples/gsm8k_smollm2.yaml).
+SUPERVISED_FIELDS: dict[str, tuple[str, ...]] = {
+    "data": ("sft", "rm"), "eval_data": ("sft", "rm"), "eval_holdout_rows": ("sft", "rm"),
+    "completion_field": ("sft",), "chosen_field": ("rm",), "rejected_field": ("rm",),
+    "epochs": ("sft", "rm"), "batch_size": ("sft", "rm"), "micro_batch_size": ("sft", "rm"),
+}
+ALSO_SUPERVISED: dict[str, tuple[str, ...]] = {"prompt_field": ("sft", "rm"), "max_seq_tokens": ("sft", "rm")}
+
+# What `asyncrl eval` reads besides the task fields (evaluation.eval_config / eval_checkpoint); its
+# other flags (loss, optimiser, buffer, runtime, ...) would be ignored, so they are refused.
+EVAL_FIELDS = {
+    "task", "model", "output_dir", "seed", "device", "max_new_tokens", "eval_limit", "chat_template",
+    "engine", "eval_engine", "length_penalty", "missing_eos_penalty", "reward_errors", "debug",
+    "vllm_dtype", "vllm_gpu_memory_utilization", "vllm_kv_cache_gb", "vllm_max_model_len", "vllm_enforce_eager",
+}
+
+
+def _dimension(cfg: Config, dim: str) -> str:
+    if dim == "engine":
+        return "vllm" if "vllm" in (cfg.engine, cfg.eval_engine) else cfg.engine
+    value = getattr(cfg, dim)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _is_default(cfg: Config, name: str) -> bool:
+    return getattr(cfg, name) == Config.model_fields[name].default
+
+
+def unused_fields(cfg: Config, given: Iterable[str], command: str = "train",
+                  from_file: Iterable[str] = ()) -> str | None:
+    """One line naming the fields of ``given`` (set to a non-default value) that a ``command`` run
+    with ``cfg`` does not read, grouped by what decides it; None when every one is read.
+
+    ``command``: ``train`` / ``config`` / ``eval`` (the task, loss, buffer, engine and runtime rules
+    of :data:`FIELD_RULES` and the sft/rm-only fields; for eval also :data:`EVAL_FIELDS`), or
+    ``sft`` / ``rm`` (only the other supervised command's fields: they accept the train fields, so
+    one YAML file serves both). ``from_file``: the fields that came from a YAML file, where fields
+    read by ``asyncrl sft`` / ``asyncrl rm`` are accepted.
+    """
+    from_file = set(from_file)
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (decided by, its value) -> [(field, readers)]
+
+    def refuse(dim: str, value: str, name: str, readers: Iterable[str]) -> None:
+        groups.setdefault((dim, value), []).append((name, ", ".join(readers)))
+
+    supervised = command in ("sft", "rm")
+    for name in sorted(set(given)):
+        if name not in Config.model_fields or _is_default(cfg, name):
+            continue
+        if supervised:
+            users = SUPERVISED_FIELDS.get(name)
+            if users is not None and command not in users:
+                refuse("command", command, name, [f"asyncrl {u}" for u in users])
+            continue
+        if name in SUPERVISED_FIELDS:
+            if name not in from_file:
+                refuse("command", command, name, [f"asyncrl {u}" for u in SUPERVISED_FIELDS[name]])
+            continue
+        rules = FIELD_RULES.get(name, ())
+        if command == "eval":
+            rules = tuple(r for r in rules if r[0] in ("task", "engine"))
+            if name not in EVAL_FIELDS and not rules:
+                refuse("command", command, name, ["asyncrl train"])
+                continue
+        for dim, values in rules:
+            if _dimension(cfg, dim) not in values:
+                if not (name in ALSO_SUPERVISED and name in from_file):
+                    readers = list(values) + [f"asyncrl {u}" for u in ALSO_SUPERVISED.get(name, ())]
+                    refuse(dim, _dimension(cfg, dim), name, readers)
+                break
+    if not groups:
+        return None
+    parts = []
+    for (dim, value), items in groups.items():
+        names = ", ".join(n for n, _ in items)
+        who = f"asyncrl {value}" if dim == "command" else f"{dim} {value!r}"
+        detail = "; ".join(f"{n}: {r}" for n, r in items)
+        hint = ""
+        if dim != "command":
+            common = set.intersection(*(set(dict(FIELD_RULES[n])[dim]) for n, _ in items))
+            if len(common) == 1:
+                hint = f"; pass --{dim.replace('_', '-')} {common.pop()} to use {'it' if len(items) == 1 else 'them'}"
+        parts.append(f"{names} {'is' if len(items) == 1 else 'are'} not used by {who} ({detail}){hint}")
+    return "; ".join(parts)
+
+
+def check_fields_used(cfg: Config, given: Iterable[str], command: str = "train",
+                      from_file: Iterable[str] = ()) -> None:
+    """Raise ConfigError (one line) when :func:`unused_fields` finds fields the run would ignore."""
+    msg = unused_fields(cfg, given, command, from_file)
+    if msg:
+        raise ConfigError("invalid config: " + msg)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A YAML config file -> its mapping of field: value (not validated); one-line ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}" + (" (it is a folder)" if p.is_dir() else ""))
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {' '.join(str(e).split())}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {p}: {e}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of field: value, not a {type(loaded).__name__}")
+    bad = [k for k in loaded if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"config file {p}: keys must be field names, got {bad[0]!r}")
+    return loaded
+
+
+def validated(data: dict) -> Config:
+    """``Config(**data)`` with a validation error turned into one ConfigError line."""
     try:
         return Config(**data)
     except ValidationError as e:
         raise ConfigError(_format_error(e)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None,
+                command: str | None = None) -> Config:
+    """YAML file (optional) + overrides -> validated Config; raises ConfigError with one line.
+
+    With ``command`` (``train``, ``config``, ``eval``, ``sft``, ``rm``), the fields of the file and
+    the overrides that such a run would not read are refused too (:func:`unused_fields`)."""
+    data: dict = read_config_file(path) if path is not None else {}
+    from_file = set(data) - set(overrides or {})
+    data.update(overrides or {})
+    cfg = validated(data)
+    if command is not None:
+        check_fields_used(cfg, data, command, from_file=from_file)
+    return cfg
 
 
 def save_config(cfg: Config, path: Path) -> None:

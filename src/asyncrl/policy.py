@@ -58,7 +58,124 @@ def resolve_model_path(model: str | None, task: str) -> str:
         raise ValueError(f"model path does not exist: {model} (models are loaded from local folders only)")
     if p.is_file() and p.suffix != ".gguf":
         raise ValueError(f"model file {model} is not a .gguf file; pass a model folder or a .gguf file")
+    if p.is_file():
+        check_gguf(p)
+    elif not (p / "config.json").is_file():
+        ggufs = sorted(x.name for x in p.glob("*.gguf"))
+        hint = f"; to load the GGUF file inside, pass {p / ggufs[0]}" if len(ggufs) == 1 else ""
+        raise ValueError(f"model folder {model} has no config.json, so it is not a Hugging Face model folder "
+                         f"(pass a folder written by save_pretrained, or a .gguf file){hint}")
     return str(p)
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer that cannot be loaded; the message is one line meant for the user."""
+
+
+def _first_line(e: BaseException, n: int = 200) -> str:
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+GGUF_MAGIC = b"GGUF"
+# GGUF metadata value types -> struct format of one value (8: string, 9: array; handled apart).
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def gguf_metadata(path: str | Path, keys: tuple[str, ...] = ()) -> dict:
+    """The scalar and string metadata of a GGUF file's header (arrays skipped), read with the
+    standard library only; stops once every key of ``keys`` was seen. A file that is not GGUF or
+    whose header is cut short is a one-line ModelLoadError."""
+    import struct
+
+    p = Path(path)
+    size = p.stat().st_size
+    out: dict = {}
+
+    def bad(why: str) -> ModelLoadError:
+        return ModelLoadError(f"model file {p} is not a valid GGUF file ({why})")
+
+    with open(p, "rb") as f:
+        def read(n: int) -> bytes:
+            b = f.read(n)
+            if len(b) != n:
+                raise bad("the header is cut short: truncated or damaged")
+            return b
+
+        def unpack(fmt: str):
+            return struct.unpack(fmt, read(struct.calcsize(fmt)))[0]
+
+        if read(4) != GGUF_MAGIC:
+            raise bad("it does not start with the GGUF magic bytes")
+        version = unpack("<I")
+        if version not in (1, 2, 3):
+            raise bad(f"unknown GGUF version {version}")
+        count = "<I" if version == 1 else "<Q"
+
+        def string() -> str:
+            n = unpack(count)
+            if n > size:
+                raise bad("a metadata string is longer than the file: damaged")
+            return read(n).decode("utf-8", errors="replace")
+
+        def value(kind: int, keep: bool):
+            if kind in _GGUF_SCALARS:
+                return unpack(_GGUF_SCALARS[kind])
+            if kind == 8:
+                return string()
+            if kind == 9:
+                elem, n = unpack("<I"), unpack(count)
+                if elem in _GGUF_SCALARS:
+                    skip = n * struct.calcsize(_GGUF_SCALARS[elem])
+                    if f.tell() + skip > size:
+                        raise bad("a metadata array runs past the end of the file: truncated")
+                    f.seek(skip, 1)
+                else:
+                    for _ in range(n):
+                        value(elem, False)
+                return None
+            raise bad(f"unknown metadata type {kind}")
+
+        unpack(count)  # tensor count
+        n_kv = unpack(count)
+        for _ in range(n_kv):
+            key = string()
+            v = value(unpack("<I"), True)
+            if v is not None:
+                out[key] = v
+            if keys and all(k in out for k in keys):
+                break
+    return out
+
+
+def check_gguf(path: str | Path) -> None:
+    """Cheap start-up check of a ``.gguf`` file: the magic bytes and a readable architecture."""
+    meta = gguf_metadata(path, ("general.architecture",))
+    if "general.architecture" not in meta:
+        raise ModelLoadError(f"model file {path} is not a valid GGUF file (no general.architecture in its metadata)")
+
+
+def context_length(path: str) -> int | None:
+    """The model's context in tokens (``max_position_embeddings`` or the GGUF ``<arch>.context_length``);
+    None when the model does not say."""
+    p = Path(path)
+    if p.is_file():
+        arch = gguf_metadata(p, ("general.architecture",)).get("general.architecture")
+        n = gguf_metadata(p, (f"{arch}.context_length",)).get(f"{arch}.context_length") if arch else None
+        return int(n) if isinstance(n, int) and n > 0 else None
+    try:
+        import json
+
+        conf = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for c in (conf, conf.get("text_config") or {}):
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            n = c.get(key)
+            if isinstance(n, int) and n > 0:
+                return n
+    return None
 
 
 def _package_model(name: str) -> str:
@@ -89,10 +206,21 @@ def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     folder, extra = _split_gguf(path)
-    tok = AutoTokenizer.from_pretrained(folder, **extra)
+    if not extra and Path(folder).is_dir() and not any(
+            (Path(folder) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                                                   "vocab.json")):
+        raise ModelLoadError(f"model folder {path} has no tokenizer files (tokenizer.json, tokenizer_config.json, "
+                             "...); save the tokenizer beside the model with tokenizer.save_pretrained")
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, **extra)
+    except Exception as e:  # noqa: BLE001 - OSError (no tokenizer files), a damaged GGUF, ...
+        raise ModelLoadError(f"cannot load the tokenizer of {path}: {_first_line(e)}") from e
     # Decoder-only batched generation needs left padding; a missing pad token falls back to EOS.
     tok.padding_side = "left"
     if tok.pad_token_id is None:
+        if tok.eos_token is None:
+            raise ModelLoadError(f"the tokenizer of {path} has neither a pad token nor an EOS token; set "
+                                 "eos_token (and pad_token) in its tokenizer_config.json")
         tok.pad_token = tok.eos_token
     return tok
 
@@ -113,7 +241,10 @@ def _load_model(path: str, device: torch.device, dtype: torch.dtype | None):
 
     folder, extra = _split_gguf(path)
     dtype = dtype or default_dtype(device)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
+    except Exception as e:  # noqa: BLE001 - missing/damaged weights, an unknown architecture, ...
+        raise ModelLoadError(f"cannot load the model {path}: {_first_line(e)}") from e
     if extra:
         # A GGUF-loaded model is marked quantized and refuses save_pretrained, which checkpoints
         # need: move its de-quantised weights into a plain model built from the same config.
@@ -127,8 +258,29 @@ def _load_model(path: str, device: torch.device, dtype: torch.dtype | None):
     return model.to(device)
 
 
-def encode_prompts(tokenizer, texts: list[str], chat_template: str = "auto") -> list[list[int]]:
-    """Prompt texts -> token ids; wrapped in the chat template when the tokenizer has one."""
+class PromptTooLong(ValueError):
+    """A prompt that leaves no room in the model's context; one line naming the prompt."""
+
+
+def encode_prompts(tokenizer, texts: list[str], chat_template: str = "auto",
+                   max_tokens: int | None = None, names: list[str] | None = None) -> list[list[int]]:
+    """Prompt texts -> token ids; wrapped in the chat template when the tokenizer has one.
+
+    ``max_tokens``: the most tokens a prompt may have (the model's context minus the tokens it
+    must generate); a longer one raises PromptTooLong naming it (``names[i]``, else its index) and
+    both lengths. None = no check (sft/rm cut long rows themselves)."""
+    out = _encode(tokenizer, texts, chat_template)
+    if max_tokens is not None:
+        for i, (text, ids) in enumerate(zip(texts, out)):
+            if len(ids) > max_tokens:
+                name = names[i] if names is not None else f"{i}"
+                shown = text if len(text) <= 60 else text[:57] + "..."
+                raise PromptTooLong(f"prompt {name} ({shown!r}) is {len(ids)} tokens, more than the {max_tokens} "
+                                    "that fit")
+    return out
+
+
+def _encode(tokenizer, texts: list[str], chat_template: str) -> list[list[int]]:
     use_chat = chat_template == "auto" and getattr(tokenizer, "chat_template", None)
     out = []
     for text in texts:

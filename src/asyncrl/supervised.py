@@ -108,7 +108,7 @@ def run_loop(
 
     def checkpoint() -> Path:
         state = {"command": kind, "step": step, "samples_seen": samples}
-        return save_checkpoint(run_dir, step, model, tokenizer, state, config_yaml)
+        return save_checkpoint(run_dir, step, model, tokenizer, state, config_yaml, keep=cfg.keep_checkpoints)
 
     try:
         evaluate()

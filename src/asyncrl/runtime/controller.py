@@ -94,9 +94,12 @@ class Controller:
         self.scheduler: Scheduler | None = None
         self.workers: dict[int, Worker] = {}
 
-    def request_stop(self) -> None:
-        """Finish the current step, write a final checkpoint and return (what Ctrl-C does)."""
+    def request_stop(self, signame: str | None = None) -> None:
+        """Finish the current step, write a final checkpoint and return (what Ctrl-C does);
+        ``signame`` ("SIGINT" / "SIGTERM") is the signal that asked, for the summary and exit code."""
         self._stop_requested = True
+        if signame is not None and self.stop_signal is None:
+            self.stop_signal = signame
 
     # --- Ctrl-C / SIGTERM: the first finishes the current step, saves and exits; a second aborts ---
     def _on_signal(self, signum, frame):

@@ -260,20 +260,20 @@ class _LearnerActor:
 
     def __init__(self):
         self.controller = None
-        self._stop = False
+        self._stop: str | None = None  # the signal's name once the driver asked to stop
 
     def run(self, cfg_dict: dict, run_dir: str) -> dict:
         from asyncrl.runtime.controller import Controller
 
         self.controller = Controller(Config(**cfg_dict), Path(run_dir))
-        if self._stop:  # Ctrl-C arrived while the controller was being built
-            self.controller.request_stop()
+        if self._stop:  # the signal arrived while the controller was being built
+            self.controller.request_stop(self._stop)
         return self.controller.run()
 
-    def request_stop(self) -> None:
-        self._stop = True
+    def request_stop(self, signame: str = "SIGINT") -> None:
+        self._stop = signame
         if self.controller is not None:
-            self.controller.request_stop()
+            self.controller.request_stop(signame)
 
 
 _CLASSES: dict[str, Any] = {}
@@ -674,23 +674,26 @@ def _fmt(resources: dict) -> str:
 def run_in_learner_actor(cfg: Config, run_dir) -> dict:
     """``ray_learner: actor``: run ``Controller(cfg, run_dir).run()`` inside one actor reserving
     ``learner_num_cpus`` / ``learner_num_gpus`` and return its summary. The driver only waits: a
-    first Ctrl-C asks the controller to stop after the current step (final checkpoint, summary
-    with ``interrupted``), a second one kills the actor. Exceptions the controller raises are
+    first Ctrl-C or SIGTERM asks the controller to stop after the current step (final checkpoint,
+    summary with ``interrupted`` and ``signal``), a second one kills the actor (RunAborted). Exceptions the controller raises are
     re-raised here as themselves, so the CLI reports them exactly as in the driver mode."""
     owns = ensure_ray(cfg, learner_actor=True)
     ray = _ray()
     actor = None
     presses = 0
-    old_handler = None
+    old_handlers = {}
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):  # Ctrl-C or SIGTERM (what schedulers send), as in the driver mode
         nonlocal presses
         presses += 1
+        name = signal.Signals(signum).name
         if presses > 1:
-            raise KeyboardInterrupt
-        print("\ninterrupt: stopping after this step and writing a final checkpoint "
-              "(press Ctrl-C again to abort without saving)", flush=True)
-        actor.request_stop.remote()
+            from asyncrl.runtime.controller import RunAborted
+
+            raise RunAborted(name)
+        print(f"\n{name}: stopping after this step and writing a final checkpoint "
+              "(send it again to abort without saving)", flush=True)
+        actor.request_stop.remote(name)
 
     try:
         actor = _actor_classes()["learner"].options(
@@ -700,7 +703,8 @@ def run_in_learner_actor(cfg: Config, run_dir) -> dict:
         run_dir = str(Path(run_dir).resolve())
         ref = actor.run.remote({**config_for_actors(cfg), "output_dir": run_dir}, run_dir)
         if threading.current_thread() is threading.main_thread():
-            old_handler = signal.signal(signal.SIGINT, on_sigint)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old_handlers[sig] = signal.signal(sig, on_signal)
         while not ray.wait([ref], timeout=0.5)[0]:
             pass
         try:
@@ -712,8 +716,8 @@ def run_in_learner_actor(cfg: Config, run_dir) -> dict:
         except ray.exceptions.RayActorError as e:
             raise RuntimeError(f"the learner actor died: {_last_line(e)}") from None
     finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
         if actor is not None:
             try:
                 ray.kill(actor, no_restart=True)

@@ -15,7 +15,12 @@ if TYPE_CHECKING:
 
 TASKS = ("arithmetic", "gsm8k", "custom", "reward_model", "redteam")
 
-__all__ = ["TASKS", "RewardError", "Task", "checked_rewards", "make_task"]
+__all__ = ["TASKS", "RewardError", "Task", "check_prompt_lengths", "checked_rewards", "make_task"]
+
+# Chat-template tokens assumed at most when deciding, from byte lengths alone, that every prompt fits
+# (no tokenizer is loaded then: loading a GGUF tokenizer takes seconds). A token covers at least one
+# byte in byte-level BPE, SentencePiece with byte fallback and character vocabularies alike.
+TEMPLATE_ALLOWANCE = 256
 
 
 def make_task(cfg: "Config") -> Task:
@@ -52,3 +57,45 @@ def make_task(cfg: "Config") -> Task:
                            device=cfg.reward_device, batch_size=cfg.reward_batch_size,
                            chat_template=cfg.chat_template, max_seq_tokens=cfg.max_seq_tokens)
     raise ValueError(f"unknown task {cfg.task!r}; known tasks: {', '.join(TASKS)}")
+
+
+def check_prompt_lengths(task: Task, cfg: "Config", model_path: str, train: bool = True) -> None:
+    """Refuse, before anything runs, a prompt that does not fit the model's context with
+    ``max_new_tokens`` to generate: the evaluation prompts (the first ``eval_limit``) and, with
+    ``train``, every training prompt of a task that draws from a fixed list (``train_pool``).
+
+    Past ``max_position_embeddings`` a RoPE model generates without an error but without meaning
+    (and vLLM refuses the request), so a too-long prompt is a one-line ValueError naming it, its
+    length and the context. Models that do not state a context are not checked."""
+    from asyncrl.policy import PromptTooLong, context_length, encode_prompts, load_tokenizer
+
+    ctx = context_length(model_path)
+    if ctx is None:
+        return
+    room = ctx - cfg.max_new_tokens
+    if room < 1:
+        raise ValueError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the context of "
+                         f"{model_path} ({ctx} tokens, max_position_embeddings); lower --max-new-tokens")
+    prompts = list(task.eval_prompts())
+    if cfg.eval_limit:
+        prompts = prompts[: cfg.eval_limit]
+    pool = getattr(task, "train_pool", None)
+    if train and pool is not None:
+        prompts += pool()
+    size = {p.prompt_id: len(p.text.encode("utf-8")) for p in prompts}
+    if not size or max(size.values()) + TEMPLATE_ALLOWANCE <= room:
+        return
+    tokenizer = load_tokenizer(model_path)
+    overhead = len(encode_prompts(tokenizer, [""], cfg.chat_template)[0])
+    seen, suspects = set(), []
+    for p in prompts:  # only prompts the byte bound cannot clear are encoded
+        if p.prompt_id not in seen and size[p.prompt_id] + overhead + 2 > room:
+            seen.add(p.prompt_id)
+            suspects.append(p)
+    try:
+        encode_prompts(tokenizer, [p.text for p in suspects], cfg.chat_template, max_tokens=room,
+                       names=[repr(p.prompt_id) for p in suspects])
+    except PromptTooLong as e:
+        raise ValueError(f"{e} in the context of {model_path} ({ctx} tokens, max_position_embeddings) with "
+                         f"max_new_tokens={cfg.max_new_tokens}; shorten the prompt (or prompt_template), lower "
+                         "--max-new-tokens or use a model with a longer context") from None

@@ -151,6 +151,10 @@ class GSM8KTask:
     def train_prompts(self, seed: int) -> Iterator[Prompt]:
         return shuffled_forever(self._prompts("train"), seed)
 
+    def train_pool(self) -> list[Prompt]:
+        """Every training prompt (the start-up length check reads them)."""
+        return self._prompts("train")
+
     def eval_prompts(self) -> list[Prompt]:
         return self._prompts("test")
 

@@ -132,6 +132,10 @@ class RewardModelTask:
     def train_prompts(self, seed: int) -> Iterator[Prompt]:
         return shuffled_forever(self._train, seed)
 
+    def train_pool(self) -> list[Prompt]:
+        """Every training prompt (the start-up length check reads them)."""
+        return self._train
+
     def eval_prompts(self) -> list[Prompt]:
         return self._eval
 
