@@ -180,3 +180,13 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
         find_checkpoint(tmp_path / "empty")
     with pytest.raises(ValueError, match="no such folder"):
         find_checkpoint(tmp_path / "nothing")
+
+
+def test_retention_keeps_the_checkpoint_a_resumed_run_started_from(tmp_path):
+    """Replacement generators of a resumed run load its start checkpoint: retention must not
+    delete it (the soak test's resumed run hung in a restart loop when it did)."""
+    model, tok = load_model(BASE, CPU), load_tokenizer(BASE)
+    start = save_checkpoint(tmp_path, 5, model, tok, {"learner": {"version": 5}}, "x: 1\n", keep=1)
+    for step in (6, 7, 8):
+        save_checkpoint(tmp_path, step, model, tok, {"learner": {"version": step}}, "x: 1\n", keep=1, protect=start)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_5", "step_8"]

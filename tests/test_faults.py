@@ -112,3 +112,4 @@ def test_user_reward_error_stops_at_once_without_restarts(tmp_path, monkeypatch,
                  "--max-lag", "1", "--output-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 1 and "reward error" in err and "restart" not in err
+

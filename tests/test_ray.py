@@ -308,9 +308,11 @@ def test_reward_error_in_an_actor_stops_the_run_with_one_line(tmp_path, monkeypa
     assert code == 1 and len(lines) == 1 and "reward error" in lines[0] and "restart" not in err, err
 
 
-def test_learner_actor_run_and_ctrl_c(tmp_path):
-    """ray_learner=actor: the controller runs in an actor; Ctrl-C in the driver stops it after the
-    current step with a final checkpoint and exit code 130, as in the driver mode."""
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_learner_actor_run_and_ctrl_c(tmp_path, sig, code):
+    """ray_learner=actor: the controller runs in an actor; Ctrl-C (or SIGTERM, what schedulers
+    send) in the driver stops it after the current step with a final checkpoint and exit code 130
+    (143), as in the driver mode."""
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
@@ -321,15 +323,16 @@ def test_learner_actor_run_and_ctrl_c(tmp_path):
     try:
         if not wait_for_rows(out / "metrics.jsonl", 3):
             pytest.fail("run did not start")
-        # Ctrl-C in a terminal signals the whole process group: the local Ray's processes too.
-        os.killpg(proc.pid, signal.SIGINT)
+        # Ctrl-C in a terminal (and Slurm's SIGTERM) signals the whole process group: the local
+        # Ray's processes too.
+        os.killpg(proc.pid, sig)
         stdout, _ = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-    assert proc.returncode == 130, stdout
-    assert "interrupted at step" in stdout
+    assert proc.returncode == code, stdout
+    assert "interrupted at step" in stdout and f"({sig.name})" in stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] and summary["steps"] >= 3
     ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()

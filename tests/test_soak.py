@@ -36,18 +36,23 @@ def _train(out: Path, rows: Path, log: Path, *extra: str) -> subprocess.Popen:
              "--samples-per-prompt", "2", "--max-new-tokens", "4", "--eval-every", "0", "--eval-limit", "4",
              "--workers", "process", "--num-generators", "2", "--max-lag", str(LAG), "--save-every", "25",
              "--save-every-minutes", "none", "--max-generator-restarts", "1000", "--output-dir", str(out)]
-    env = {**os.environ, "CI": "1", "ASYNCRL_TEST_FAULT_RATE": "0.03"}
+    env = {**os.environ, "CI": "1", "PYTHONUNBUFFERED": "1", "ASYNCRL_TEST_FAULT_RATE": "0.03"}
     with open(log, "w") as f:  # the child keeps its own copy of the file descriptor
         return subprocess.Popen([sys.executable, "-m", "asyncrl.cli", "train", *flags, *extra], cwd=ROOT, env=env,
                                 stdout=f, stderr=subprocess.STDOUT)
 
 
-def _kill_generators_at_random(proc: subprocess.Popen, stop: threading.Event, killed: list[int]) -> None:
-    """SIGKILL one of the run's generator processes every 4-10 s."""
+def _kill_generators_at_random(proc: subprocess.Popen, metrics: Path, stop: threading.Event,
+                               killed: list[int]) -> None:
+    """SIGKILL one of the run's generator processes every 4-10 s once training runs (a generator
+    that dies before the first step is a failed start, which stops the run by design)."""
     rng = random.Random(0)
+    at_start = len(metrics.read_text().splitlines()) if metrics.is_file() else 0  # a resumed run's rows
     while not stop.wait(rng.uniform(4, 10)):
-        try:
-            children = psutil.Process(proc.pid).children()
+        if not (metrics.is_file() and len(metrics.read_text().splitlines()) > at_start):
+            continue
+        try:  # generator processes only, not multiprocessing's resource tracker
+            children = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
         except psutil.NoSuchProcess:
             return
         if children:
@@ -63,7 +68,7 @@ def _run_with_faults(proc: subprocess.Popen, metrics: Path, kill_at_rows: int | 
     """Runs ``proc`` to its end (or SIGKILLs it once metrics.jsonl holds ``kill_at_rows`` rows)
     while generators are killed at random; returns (pids killed, the run's processes at its kill)."""
     stop, killed, orphans = threading.Event(), [], []
-    killer = threading.Thread(target=_kill_generators_at_random, args=(proc, stop, killed), daemon=True)
+    killer = threading.Thread(target=_kill_generators_at_random, args=(proc, metrics, stop, killed), daemon=True)
     killer.start()
     try:
         deadline = time.time() + 1200

@@ -115,9 +115,10 @@ def load_trainer_state(ckpt: Path) -> dict:
 # --- checkpoint folders ------------------------------------------------------------------------
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, config_yaml: str,
-                    keep: int = 0) -> Path:
+                    keep: int = 0, protect: Path | None = None) -> Path:
     """Write ``checkpoints/step_<step>`` atomically, point ``latest`` at it, and delete all but the
-    newest ``keep`` step folders (0 = keep all)."""
+    newest ``keep`` step folders (0 = keep all), never ``protect`` (the checkpoint a resumed run
+    started from: replacement generators load their model and tokenizer from it)."""
     ckpts = Path(run_dir) / "checkpoints"
     final = ckpts / f"step_{step}"
 
@@ -131,7 +132,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
     atomic_write_text(ckpts / "latest", final.name + "\n")
     if keep:
         for old in list_checkpoints(run_dir)[:-keep]:
-            if old != final:
+            if old != final and (protect is None or old.resolve() != Path(protect).resolve()):
                 shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -230,7 +230,7 @@ class Controller:
                                     for i in range(cfg.num_generators)],
                      "rng": rng_state(), "wall_time_s": wall()}
             path = save_checkpoint(self.run_dir, step, learner.model, tokenizer, state, config_yaml,
-                                   keep=cfg.keep_checkpoints)
+                                   keep=cfg.keep_checkpoints, protect=Path(policy_path) if cfg.resume else None)
             last_save_t = time.perf_counter()
             return path
 

@@ -8,8 +8,10 @@ A host starts workers (and restarts them under a fresh worker id after a loss), 
 
 from __future__ import annotations
 
+import pickle
 import queue
 import threading
+import time
 from collections import deque
 from typing import Protocol
 
@@ -89,7 +91,15 @@ class _LocalWorker:
         if self.kind == "process":
             self._runner.kill()
             self._runner.join(5)
+            self._drop_inbox()
         # a thread cannot be killed; a thread worker only dies by raising
+
+    def _drop_inbox(self) -> None:
+        """Nobody reads a dead process's inbox: weights still queued there must not make this
+        process wait at exit for its feeder thread to flush them into a full pipe."""
+        if self.kind == "process":
+            self.inbox.cancel_join_thread()
+            self.inbox.close()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         try:
@@ -100,6 +110,24 @@ class _LocalWorker:
         if self.kind == "process" and self._runner.is_alive():
             self._runner.terminate()
             self._runner.join(2)
+        if self.kind == "process" and not self._runner.is_alive():
+            self._drop_inbox()
+
+
+class PipeOutbox:
+    """A process worker's own reply channel: the write end of a one-way pipe, one writer, no lock.
+
+    Why not one shared ``multiprocessing.Queue`` for all workers: a worker SIGKILLed (OOM killer,
+    a fault) while its queue feeder holds the queue's write lock leaves that lock held for good,
+    and every other worker then blocks on its next reply: the run hangs. With a pipe per worker a
+    killed writer can only cut its own message short, which the controller reads as end of file,
+    and so as the worker's loss."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def put(self, msg) -> None:
+        self.conn.send(msg)
 
 
 def _run_local(cfg_dict, model_path, ref_path, worker_id, start_version, transport, spec, threads, outbox, inbox):
@@ -107,7 +135,8 @@ def _run_local(cfg_dict, model_path, ref_path, worker_id, start_version, transpo
 
 
 class LocalHost:
-    """``workers: thread`` or ``process``: workers on this machine, one shared outbox queue."""
+    """``workers: thread`` or ``process``: workers on this machine. Thread workers share one
+    outbox queue; each process worker replies through its own pipe (:class:`PipeOutbox`)."""
 
     depth = WORKER_DEPTH
 
@@ -125,7 +154,9 @@ class LocalHost:
             self._ctx = mp.get_context("spawn")
         else:
             self._ctx = queue  # queue.Queue for inboxes and the outbox
-        self._outbox = self._ctx.Queue()
+        self._outbox = queue.Queue()  # thread workers
+        self._readers: dict = {}  # process workers: read end of each one's reply pipe -> worker id
+        self._pending: deque = deque()  # messages read but not yet handed out
         self.publisher = make_publisher(cfg.weight_transport)
         self.workers: dict[int, _LocalWorker] = {}
         self._lost: set[int] = set()
@@ -134,28 +165,68 @@ class LocalHost:
         # broadcast: where the worker's receiver finds the publisher's store (transports that carry
         # weights in the message itself need nothing)
         spec = self.publisher.receiver_spec(worker_id) if hasattr(self.publisher, "receiver_spec") else None
+        if self.name == "process":
+            reader, writer = self._ctx.Pipe(duplex=False)
+            outbox = PipeOutbox(writer)
+        else:
+            outbox = self._outbox
         args = (self.cfg_dict, self.policy_path, self.ref_path, worker_id, start_version, self.publisher.name,
-                spec, self.threads, self._outbox)
+                spec, self.threads, outbox)
         w = _LocalWorker(self.name, args, self._ctx)
+        if self.name == "process":
+            writer.close()  # the child has its own copy: once it exits, the read end sees end of file
+            self._readers[reader] = worker_id
         self.workers[worker_id] = w
         return w
 
+    def _lost_message(self, wid: int) -> WorkerLost | None:
+        if wid in self._lost:
+            return None
+        self._lost.add(wid)
+        w = self.workers[wid]
+        if w.kind == "process":
+            w._runner.join(1)  # reap it, for its exit code
+        # A worker that raised has sent its WorkerError first; one that was killed or ran out of
+        # memory says nothing, so this is how the controller learns of it.
+        return WorkerLost(wid, f"{self.name} worker exited (exit code {w.exitcode})")
+
+    def _next_from_pipes(self, timeout_s: float) -> FromWorker | None:
+        from multiprocessing.connection import wait
+
+        if not self._pending:
+            if not self._readers:
+                time.sleep(timeout_s)
+                return None
+            for conn in wait(list(self._readers), timeout_s):
+                wid = self._readers[conn]
+                try:
+                    self._pending.append(conn.recv())
+                except (EOFError, OSError, pickle.UnpicklingError):  # exited, or killed mid-message
+                    del self._readers[conn]
+                    conn.close()
+                    lost = self._lost_message(wid)
+                    if lost is not None:
+                        self._pending.append(lost)
+        return self._pending.popleft() if self._pending else None
+
     def next_message(self, timeout_s: float) -> FromWorker | None:
+        if self.name == "process":
+            return self._next_from_pipes(timeout_s)
         try:
             return self._outbox.get(timeout=timeout_s)
         except queue.Empty:
             pass
         for wid, w in self.workers.items():
             if wid not in self._lost and not w.alive():
-                self._lost.add(wid)
-                # A worker that raised has put its WorkerError first; one that was killed or ran out
-                # of memory says nothing, so this is how the controller learns of it.
-                return WorkerLost(wid, f"{self.name} worker exited (exit code {w.exitcode})")
+                return self._lost_message(wid)
         return None
 
     def close(self) -> None:
         for w in self.workers.values():
             w.stop()
+        for conn in self._readers:
+            conn.close()
+        self._readers.clear()
 
 
 class _InlineWorker:

@@ -8,6 +8,7 @@ here: ``WeightsUpdate`` -> receive through the weight transport and load into th
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import queue
 import signal
@@ -124,7 +125,10 @@ def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, 
     from asyncrl.runtime.transport import make_receiver
 
     own_process = threading.current_thread() is threading.main_thread()
-    parent = os.getppid()
+    # The spawning controller, as multiprocessing knows it (its pid and a sentinel that becomes
+    # ready when it exits): not os.getppid() here, which is already 1 when the controller was
+    # killed while this process started. None in a thread, or a process multiprocessing did not spawn.
+    parent = multiprocessing.parent_process() if own_process else None
     if own_process:
         # A spawned worker process: Ctrl-C and SIGTERM (sent to the whole process group by
         # terminals, schedulers and clusters) are the controller's to handle; it sends StopWorker.
@@ -142,8 +146,11 @@ def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, 
             try:
                 msg = inbox.get(timeout=PARENT_CHECK_S)
             except queue.Empty:
-                if own_process and os.getppid() != parent:
-                    return  # the controller was killed (SIGKILL): no one will stop this worker
+                if parent is not None and not parent.is_alive():
+                    # The controller was killed (SIGKILL): no one will stop this worker, and no one
+                    # reads its outbox, so do not wait at exit to flush what is queued there.
+                    getattr(outbox, "cancel_join_thread", lambda: None)()
+                    return
                 continue
             if isinstance(msg, StopWorker):
                 return
