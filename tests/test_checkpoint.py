@@ -190,3 +190,5 @@ def test_retention_keeps_the_checkpoint_a_resumed_run_started_from(tmp_path):
     for step in (6, 7, 8):
         save_checkpoint(tmp_path, step, model, tok, {"learner": {"version": step}}, "x: 1\n", keep=1, protect=start)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_5", "step_8"]
+    # Loaders that read every *.safetensors file of a model folder (vLLM) must see only the model.
+    assert [p.name for p in (tmp_path / "checkpoints" / "step_8").glob("*.safetensors")] == ["model.safetensors"]

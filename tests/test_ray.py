@@ -323,9 +323,13 @@ def test_learner_actor_run_and_ctrl_c(tmp_path, sig, code):
     try:
         if not wait_for_rows(out / "metrics.jsonl", 3):
             pytest.fail("run did not start")
-        # Ctrl-C in a terminal (and Slurm's SIGTERM) signals the whole process group: the local
-        # Ray's processes too.
-        os.killpg(proc.pid, sig)
+        if sig == signal.SIGINT:
+            # Ctrl-C in a terminal signals the whole process group: the local Ray's processes too.
+            os.killpg(proc.pid, sig)
+        else:
+            # SIGTERM to the driver (kill PID, `ray job stop`): sent to the whole group it would also
+            # stop the local Ray this run started (docs/distributed.md).
+            proc.send_signal(sig)
         stdout, _ = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:

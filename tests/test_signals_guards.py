@@ -82,6 +82,7 @@ def test_a_second_signal_aborts_without_the_final_checkpoint(tmp_path, monkeypat
             os.kill(os.getpid(), signal.SIGTERM)
         return save(run_dir, step, *a, **kw)
 
+    before = signal.getsignal(signal.SIGTERM)  # SIG_DFL, or Ray's handler once a Ray test ran here
     monkeypatch.setattr(controller_mod.RunLogger, "log_step", log_and_signal)
     monkeypatch.setattr(controller_mod, "save_checkpoint", save_and_signal)
     code = main(["train", *TINY, "--save-every", "2", "--workers", "inline", "--max-lag", "0",
@@ -90,7 +91,7 @@ def test_a_second_signal_aborts_without_the_final_checkpoint(tmp_path, monkeypat
     assert code == 143, err
     assert "aborted by a second SIGTERM" in err
     assert [p.name for p in list_checkpoints(out)] == ["step_2"]  # the periodic one, untouched
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
 
 
 def test_the_signal_handler_stops_first_and_aborts_second():

@@ -3,7 +3,7 @@
 Layout: ``<run>/checkpoints/step_<N>/`` holds
 
 - the model and tokenizer files (``model.safetensors``, ...), loadable by ``from_pretrained``;
-- ``trainer_state.json`` + ``trainer_state.safetensors``: everything else a resume needs
+- ``trainer_state.json`` + ``trainer_state.tensors`` (safetensors format): everything else a resume needs
   (optimizer, LR scheduler, learner version, value head, counters, every random state, the
   replay buffer's contents, each generator's prompt-stream position), as a JSON tree whose
   tensors live in the safetensors file (see :func:`encode_state`);
@@ -30,7 +30,9 @@ from safetensors.torch import load_file, save_file
 from asyncrl.io import atomic_dir, atomic_write_text
 
 STATE_JSON = "trainer_state.json"
-STATE_TENSORS = "trainer_state.safetensors"
+# safetensors format, but not named *.safetensors: vLLM (like other loaders) reads every
+# *.safetensors file of a model folder as weights, and a checkpoint folder is a model folder.
+STATE_TENSORS = "trainer_state.tensors"
 TRAINER_STATE = STATE_JSON  # the file that marks a folder as an asyncrl checkpoint
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
