@@ -119,8 +119,9 @@ def load_trainer_state(ckpt: Path) -> dict:
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, config_yaml: str,
                     keep: int = 0, protect: Path | None = None) -> Path:
     """Write ``checkpoints/step_<step>`` atomically, point ``latest`` at it, and delete all but the
-    newest ``keep`` step folders (0 = keep all), never ``protect`` (the checkpoint a resumed run
-    started from: replacement generators load their model and tokenizer from it)."""
+    newest ``keep`` step folders (0 = keep all), never ``protect``: the folder the run's
+    generators load their model and tokenizer from (for a resumed run, its start checkpoint),
+    which replacement generators still need."""
     ckpts = Path(run_dir) / "checkpoints"
     final = ckpts / f"step_{step}"
 

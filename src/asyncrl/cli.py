@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from asyncrl.config import (
-    Config, ConfigError, check_fields_used, did_you_mean, field_docs, load_config, read_config_file,
+    Config, ConfigError, check_fields_used, did_you_mean, field_docs, read_config_file, validated,
 )
 
 
@@ -117,18 +117,14 @@ def resolve(args: argparse.Namespace) -> Config:
         cfg = resume_config(data)
         check_fields_used(cfg, data, command, from_file=from_file)
     else:
-        cfg = load_config(args.config, overrides, command=command)
-    if cfg.output_dir is None:
-        if cfg.resume:
-            from asyncrl.checkpoint import find_checkpoint
-
-            cfg.output_dir = str(find_checkpoint(cfg.resume).parent.parent)
+        cfg = validated(data)
+        check_fields_used(cfg, data, command, from_file=from_file)
+    if cfg.output_dir is None:  # a resumed run already has its checkpoint's run folder (resume_config)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if command in ("sft", "rm"):
+            cfg.output_dir = f"runs/{command}-{stamp}"
         else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            if getattr(args, "command", None) in ("sft", "rm"):
-                cfg.output_dir = f"runs/{args.command}-{stamp}"
-            else:
-                cfg.output_dir = f"runs/{cfg.task}-{cfg.loss}-lag{cfg.max_lag}-{stamp}"
+            cfg.output_dir = f"runs/{cfg.task}-{cfg.loss}-lag{cfg.max_lag}-{stamp}"
     return cfg
 
 
@@ -201,9 +197,10 @@ def clear_run_folder(run_dir: Path, own: list[Path]) -> None:
         print(f"asyncrl: --overwrite: removed {', '.join(e.name for e in own)} from {run_dir}", flush=True)
 
 
-def precheck_train(cfg: Config) -> None:
+def precheck_train(cfg: Config):
     """Start-up checks that need no model weights, before the run folder exists: the task (data,
-    reward import), model paths, the device, and that every prompt fits the model's context."""
+    reward import), model paths, the device, and that every prompt fits the model's context.
+    Returns the task, for the controller to use rather than build again."""
     from asyncrl.policy import resolve_device, resolve_model_path
     from asyncrl.tasks import check_prompt_lengths, make_task
 
@@ -213,6 +210,7 @@ def precheck_train(cfg: Config) -> None:
         resolve_model_path(cfg.reference_model, cfg.task)
     resolve_device(cfg.device)
     check_prompt_lengths(task, cfg, model_path, train=True)
+    return task
 
 
 def cmd_train(cfg: Config) -> int:
@@ -220,7 +218,7 @@ def cmd_train(cfg: Config) -> int:
 
     run_dir = Path(cfg.output_dir)
     own = check_run_folder(cfg, "train")
-    precheck_train(cfg)
+    task = precheck_train(cfg)
     clear_run_folder(run_dir, own)  # only once every check passed
     print(f"asyncrl: run folder {run_dir}", flush=True)
     from asyncrl.tasks import RewardError
@@ -229,9 +227,9 @@ def cmd_train(cfg: Config) -> int:
         if cfg.runtime == "ray" and cfg.ray_learner == "actor":
             from asyncrl.runtime.ray_host import run_in_learner_actor
 
-            summary = run_in_learner_actor(cfg, run_dir)
+            summary = run_in_learner_actor(cfg, run_dir)  # the actor builds its own task
         else:
-            summary = Controller(cfg, run_dir).run()
+            summary = Controller(cfg, run_dir, task=task).run()
     except (RunFailed, RewardError) as e:  # RewardError: raised in this process (evaluation)
         _print_error(e, cfg.debug)
         return 1
@@ -251,12 +249,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from asyncrl.evaluation import REPORT, eval_checkpoint, eval_config
     from asyncrl.tasks import RewardError
 
-    from asyncrl.tasks import check_prompt_lengths, make_task
-
     overrides = {k: _parse_value(v) for k, v in vars(args).items() if k in Config.model_fields}
     cfg = eval_config(args.checkpoint, overrides)
     check_fields_used(cfg, overrides, "eval")  # the flags only: a run's config.yaml may come from sft
-    check_prompt_lengths(make_task(cfg), cfg, cfg.model, train=False)
     try:
         report = eval_checkpoint(cfg)
     except RewardError as e:

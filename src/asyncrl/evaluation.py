@@ -213,9 +213,10 @@ def eval_checkpoint(cfg) -> dict:
     from asyncrl.engines import make_engine
     from asyncrl.io import atomic_write_text
     from asyncrl.policy import load_model, load_tokenizer, resolve_device, resolve_model_path
-    from asyncrl.tasks import make_task
+    from asyncrl.tasks import check_prompt_lengths, make_task
 
     task = make_task(cfg)  # first: bad task settings fail before the model is loaded
+    check_prompt_lengths(task, cfg, cfg.model, train=False)
     device = resolve_device(cfg.device)
     ref_path = None
     if getattr(task, "wants_kl", False) and cfg.reference_model:

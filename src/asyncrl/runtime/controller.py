@@ -84,9 +84,12 @@ def make_host(cfg: Config, policy_path: str, ref_path: str, gen_threads: int) ->
 
 
 class Controller:
-    def __init__(self, cfg: Config, run_dir: Path):
+    def __init__(self, cfg: Config, run_dir: Path, task=None):
+        """``task``: the task already built from ``cfg`` (the CLI builds it to check the run before
+        its folder exists); None = build it here."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self._task = task
         self._stop_requested = False
         self.stop_signal: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run
         # Tests and the Ray learner actor look at these while a run is going.
@@ -147,7 +150,7 @@ class Controller:
         t_setup = time.perf_counter()
         # First, so a bad task setting (missing data, unimportable reward) or a missing engine
         # package fails before anything is written.
-        task = make_task(cfg)
+        task = self._task if self._task is not None else make_task(cfg)
         if "vllm" in (cfg.engine, cfg.eval_engine):
             require_vllm()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +233,7 @@ class Controller:
                                     for i in range(cfg.num_generators)],
                      "rng": rng_state(), "wall_time_s": wall()}
             path = save_checkpoint(self.run_dir, step, learner.model, tokenizer, state, config_yaml,
-                                   keep=cfg.keep_checkpoints, protect=Path(policy_path) if cfg.resume else None)
+                                   keep=cfg.keep_checkpoints, protect=Path(policy_path))
             last_save_t = time.perf_counter()
             return path
 
