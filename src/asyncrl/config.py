@@ -87,8 +87,27 @@ class Config(BaseModel):
     """custom/reward_model/redteam: evaluation rows, same format as ``prompts``; None = evaluate on
     ``prompts`` itself."""
     reward: str | None = None
-    """custom: reward function ``package.module:function`` (the current directory is importable),
-    called as ``fn(prompts, completions, rows)`` with three equal-length lists; returns one float each."""
+    """custom: deprecated spelling of ``reward_funcs`` with one function (kept so older configs run;
+    moved into ``reward_funcs`` at load)."""
+    reward_funcs: list[str] | None = None
+    """custom: the reward, one or more of ``package.module:function`` (the current directory is
+    importable) or a sequence-classification model folder, comma-separated on the command line.
+    Functions are called as TRL's GRPOTrainer calls them: keyword arguments ``prompts``,
+    ``completions``, ``completion_ids``, ``trainer_state`` and every other dataset column as a list;
+    ``async def`` functions are awaited concurrently; ``None`` for a row = not scored by that
+    function. The old ``fn(prompts, completions, rows)`` form still works (with a warning). The
+    reward is the weighted sum over the functions that scored a row (docs/tasks.md)."""
+    reward_weights: list[float] | None = None
+    """custom: one weight per entry of ``reward_funcs`` (TRL's ``reward_weights``); None = all 1.0.
+    Each function's own mean is logged as ``rewards/<name>/mean`` in metrics.jsonl."""
+    column_map: str | None = Field(None, pattern=r"^[^=,]+=[^=,]+(,[^=,]+=[^=,]+)*$")
+    """custom: rename dataset columns after loading, ``old=new[,old=new]`` (e.g. ``question=prompt``),
+    before ``prompt_field`` is looked up and the columns reach the reward functions."""
+    prompts_split: str = "train"
+    """custom: the split of ``prompts`` when it names a hub dataset or a ``save_to_disk`` folder
+    holding several splits."""
+    eval_prompts_split: str = "test"
+    """custom: the split of ``eval_prompts`` when it names a hub dataset or a folder with splits."""
     length_penalty: float = Field(0.0, ge=0)
     """Every task: subtracted from the reward once per completion token (EOS not counted), as reward
     shaping in the generators; evaluation keeps reporting the task's own (unshaped) metrics."""
@@ -149,6 +168,31 @@ class Config(BaseModel):
     """rloo: clip the sequence-level importance ratio (PPO-style) instead of plain REINFORCE."""
     is_cap: float | None = Field(2.0, gt=0)
     """grpo: truncated importance-sampling cap on pi_learner/pi_behaviour per token; None = off."""
+    off_policy_correction: Literal["auto", "none", "token_tis", "token_mask", "sequence_tis", "sequence_mask",
+                                   "geometric_mask"] = "auto"
+    """grpo/rloo/ppo: correction for the gap between the behaviour policy (that sampled) and the
+    learner: ``token_tis`` (per-token weight min(ratio, ``is_cap``)), ``token_mask`` (tokens with
+    ratio outside [``is_low``, ``is_high``] masked), ``sequence_tis`` / ``sequence_mask`` (one weight
+    per sequence, exp(sum of log-ratios), truncated at / zeroed above ``is_cap``), ``geometric_mask``
+    (sequence geometric-mean ratio outside [1-``is_geo_delta``, 1+``is_geo_delta``] masked) or
+    ``none``. ``auto`` = ``token_tis`` for grpo (its behaviour before this field), ``none`` for
+    rloo/ppo. See docs/algorithms.md."""
+    is_low: float = Field(0.5, gt=0)
+    """token_mask: lower bound of the kept ratio band."""
+    is_high: float = Field(2.0, gt=0)
+    """token_mask: upper bound of the kept ratio band."""
+    is_geo_delta: float = Field(0.1, gt=0, lt=1)
+    """geometric_mask: sequences whose geometric-mean ratio leaves [1-delta, 1+delta] are masked."""
+    clip_ratio_c: float | None = Field(None, gt=1)
+    """grpo/ppo: dual-clip bound for negative advantages (verl's ``clip_ratio_c``, Ye et al. 2020):
+    the clipped objective is also bounded by ``clip_ratio_c * A`` when A < 0; None = off."""
+    decoupled: bool = False
+    """grpo/ppo: decoupled PPO (AReaL): the clipped ratio is taken against a proximal policy (the
+    weights of the latest sync, log-probs computed once per batch) and the behaviour correction is
+    a separate weight (``off_policy_correction``)."""
+    kl_bias_correction: bool = False
+    """grpo: TRL's bias-corrected k3 KL (``use_bias_correction_kl``): the per-token KL term is
+    weighted by the ratio pi/pi_behaviour; False = the plain k3 estimator (DeepSeekMath)."""
     vf_coef: float = Field(0.1, ge=0)
     """ppo: value-loss weight."""
     gae_lambda: float = Field(0.95, ge=0, le=1)
@@ -292,7 +336,32 @@ class Config(BaseModel):
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Gradient clipping by global norm; None = off."""
 
+    # --- LoRA (peft; docs/lora.md) ---
+    lora_rank: int | None = Field(None, ge=1)
+    """Train LoRA adapters of this rank instead of every weight (peft); None = full fine-tuning.
+    The reference is the same model with the adapter disabled (no second copy); weight sync
+    sends the adapter only; checkpoints hold it in peft's format."""
+    lora_alpha: float = Field(32.0, gt=0)
+    """LoRA scaling numerator (update = alpha / rank * B A); TRL's ModelConfig default."""
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the LoRA branch. 0 by default (TRL uses 0.05): with dropout the learner's
+    log-probs differ from the sampler's even on-policy, so ratios are not 1 at ``max_lag 0``."""
+    lora_target_modules: list[str] | None = None
+    """Module names that get adapters (comma-separated on the command line), or ``all-linear``;
+    None = peft's default for the architecture (``q_proj``, ``v_proj`` for Llama)."""
+    lora_save_merged: bool = False
+    """Also write the merged model (base + adapter, plain ``save_pretrained``) into each
+    checkpoint's ``merged/`` folder."""
+
     # --- evaluation, logging, checkpoints ---
+    report_to: list[Literal["tensorboard", "wandb", "none"]] = ["tensorboard"]
+    """Where metrics go besides metrics.jsonl (Hugging Face Trainer's names, comma-separated on the
+    command line): ``tensorboard`` (``tb/``), ``wandb`` (needs ``pip install wandb``; project from
+    ``WANDB_PROJECT``, offline with ``WANDB_MODE=offline``), ``none``."""
+    run_name: str | None = None
+    """Name of the run in wandb / TensorBoard; None = the run folder's name."""
+    logging_steps: int = Field(10, ge=1)
+    """Without a terminal (CI, a pipe): print a plain progress line every this many steps."""
     eval_every: int = Field(100, ge=0)
     """Greedy evaluation every this many steps (and at step 0 and the end); 0 = only those two."""
     eval_limit: int | None = Field(None, ge=1)
@@ -314,6 +383,27 @@ class Config(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto`` = cuda when available. On GPU trained weights are fp32 with bf16 autocast and
     generator/reference weights bf16; on CPU all fp32."""
+
+    @field_validator("reward_funcs", "lora_target_modules", "report_to", "reward_weights", mode="before")
+    @classmethod
+    def _comma_list(cls, v):
+        # A flag carries one string: "a:f,b:g" -> ["a:f", "b:g"]; a YAML list passes as is.
+        if isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return [v]
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_reward_name(cls, data):
+        # `reward: mod:fn` (before reward_funcs existed) -> reward_funcs: [mod:fn].
+        if isinstance(data, dict) and data.get("reward"):
+            if data.get("reward_funcs"):
+                raise ValueError("reward and reward_funcs both given: reward is the old name of reward_funcs; "
+                                 "pass only --reward-funcs")
+            data = {**data, "reward_funcs": [data["reward"]], "reward": None}
+        return data
 
     @field_validator("task")
     @classmethod
@@ -365,8 +455,13 @@ class Config(BaseModel):
             raise ValueError("micro_batch_prompts cannot exceed prompts_per_step")
         if self.buffer == "tba" and self.per_prompt_capacity < self.samples_per_prompt:
             raise ValueError("per_prompt_capacity must be >= samples_per_prompt")
-        if self.task == "custom" and (not self.prompts or not self.reward):
-            raise ValueError("task 'custom' needs --prompts PATH and --reward package.module:function")
+        if self.reward_weights is not None and (not self.reward_funcs or len(self.reward_weights) != len(self.reward_funcs)):
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} values for "
+                             f"{len(self.reward_funcs or [])} reward_funcs; give one weight per function")
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise ValueError("report_to: 'none' cannot be combined with other destinations")
+        if self.is_low >= self.is_high:
+            raise ValueError(f"is_low={self.is_low} must be below is_high={self.is_high}")
         if self.task == "reward_model" and not self.reward_model:
             raise ValueError("task 'reward_model' needs --reward-model PATH (a sequence-classification model folder)")
         if self.task == "redteam" and (not self.victim_model or not self.toxicity_classifier):
@@ -483,7 +578,11 @@ FIELD_RULES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "prompts": (("task", ("custom", "reward_model", "redteam")),),
     "eval_prompts": (("task", ("custom", "reward_model", "redteam")),),
     "prompt_field": (("task", ("custom", "reward_model", "redteam")),),
-    "reward": (("task", ("custom",)),),
+    "reward_funcs": (("task", ("custom",)),),
+    "reward_weights": (("task", ("custom",)),),
+    "column_map": (("task", ("custom",)),),
+    "prompts_split": (("task", ("custom",)),),
+    "eval_prompts_split": (("task", ("custom",)),),
     "reward_model": (("task", ("reward_model",)),),
     "gold_reward_model": (("task", ("reward_model",)),),
     "reference_field": (("task", ("reward_model",)),),
@@ -502,10 +601,22 @@ FIELD_RULES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "kl_coef": (("loss", ("rloo", "grpo", "ppo")),),
     "clip_eps": (("loss", ("rloo", "grpo", "ppo")),),
     "rloo_clip": (("loss", ("rloo",)),),
-    "is_cap": (("loss", ("grpo",)),),
+    "is_cap": (("loss", ("grpo", "rloo", "ppo")),),
+    "off_policy_correction": (("loss", ("grpo", "rloo", "ppo")),),
+    "is_low": (("loss", ("grpo", "rloo", "ppo")),),
+    "is_high": (("loss", ("grpo", "rloo", "ppo")),),
+    "is_geo_delta": (("loss", ("grpo", "rloo", "ppo")),),
+    "clip_ratio_c": (("loss", ("grpo", "ppo")),),
+    "decoupled": (("loss", ("grpo", "ppo")),),
+    "kl_bias_correction": (("loss", ("grpo",)),),
     "vf_coef": (("loss", ("ppo",)),),
     "gae_lambda": (("loss", ("ppo",)),),
     "gamma": (("loss", ("ppo",)),),
+    # LoRA (read only when lora_rank is set; the rule's value is "none" when it is not)
+    "lora_alpha": (("lora_rank", ("set",)),),
+    "lora_dropout": (("lora_rank", ("set",)),),
+    "lora_target_modules": (("lora_rank", ("set",)),),
+    "lora_save_merged": (("lora_rank", ("set",)),),
     # replay buffer (buffer.make_buffer: fifo ignores them)
     "recency_prob": (("buffer", ("tba",)),),
     "inv_temp": (("buffer", ("tba",)),),
@@ -530,6 +641,9 @@ FIELD_RULES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "reward_num_gpus": (("runtime", ("ray",)), ("reward_actor", ("true",))),
 }
 
+# Old field names, checked as the field they became.
+ALIASES = {"reward": "reward_funcs"}
+
 # Fields only `asyncrl sft` / `asyncrl rm` read (sft.py, rm.py, supervised.py), and task fields they
 # read too. `train` / `eval` refuse the first kind as flags; from a YAML file both are accepted,
 # because one file may serve `asyncrl sft` and `asyncrl train` (examples/gsm8k_smollm2.yaml).
@@ -550,6 +664,8 @@ EVAL_FIELDS = {
 
 
 def _dimension(cfg: Config, dim: str) -> str:
+    if dim == "lora_rank":
+        return "none" if cfg.lora_rank is None else "set"
     if dim == "engine":
         return "vllm" if "vllm" in (cfg.engine, cfg.eval_engine) else cfg.engine
     value = getattr(cfg, dim)
@@ -571,7 +687,8 @@ def unused_fields(cfg: Config, given: Iterable[str], command: str = "train",
     one YAML file serves both). ``from_file``: the fields that came from a YAML file, where fields
     read by ``asyncrl sft`` / ``asyncrl rm`` are accepted.
     """
-    from_file = set(from_file)
+    from_file = {ALIASES.get(n, n) for n in from_file}
+    given = {ALIASES.get(n, n) for n in given}
     groups: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (decided by, its value) -> [(field, readers)]
 
     def refuse(dim: str, value: str, name: str, readers: Iterable[str]) -> None:

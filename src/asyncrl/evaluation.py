@@ -240,7 +240,8 @@ def eval_checkpoint(cfg) -> dict:
     settings += [f for f in ("vllm_dtype", "vllm_max_model_len") if engine_name == "vllm"]
     settings += ["length_penalty", "missing_eos_penalty"] if cfg.length_penalty or cfg.missing_eos_penalty else []
     settings += {"gsm8k": ["gsm8k_data"],
-                 "custom": ["prompts", "eval_prompts", "prompt_field", "reward", "reward_errors"],
+                 "custom": ["prompts", "eval_prompts", "prompt_field", "reward_funcs", "reward_weights", "column_map",
+                            "eval_prompts_split", "reward_errors"],
                  "reward_model": ["prompts", "eval_prompts", "prompt_field", "reward_model", "gold_reward_model",
                                   "reference_field", "reference_model", "max_seq_tokens"],
                  "redteam": ["prompts", "eval_prompts", "prompt_field", "victim_model", "victim_max_new_tokens",

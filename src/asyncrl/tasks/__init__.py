@@ -36,8 +36,10 @@ def make_task(cfg: "Config") -> Task:
     if cfg.task == "custom":
         from asyncrl.tasks.custom import CustomTask
 
-        return CustomTask(cfg.prompts, cfg.prompt_field or "prompt", cfg.reward, cfg.eval_prompts, cfg.prompt_template,
-                          cfg.reward_errors)
+        if not cfg.prompts or not cfg.reward_funcs:
+            raise ValueError("task 'custom' needs --prompts PATH and --reward-funcs package.module:function")
+        return CustomTask(cfg.prompts, cfg.prompt_field or "prompt", cfg.reward_funcs[0], cfg.eval_prompts,
+                          cfg.prompt_template, cfg.reward_errors)
     if cfg.task == "reward_model":
         from asyncrl.tasks.rm_tuning import RewardModelTask
 
