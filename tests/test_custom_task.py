@@ -9,7 +9,10 @@ from asyncrl.cli import main
 from asyncrl.config import Config
 from asyncrl.policy import BUILTIN_MODELS
 from asyncrl.tasks import make_task
-from asyncrl.tasks.custom import CustomTask
+
+
+def _task(prompts, reward, **kw):
+    return make_task(Config(task="custom", prompts=prompts, prompt_field="question", reward_funcs=[reward], **kw))
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +45,7 @@ def _lines(path: Path) -> list[dict]:
 def test_custom_task_end_to_end_through_the_cli(tmp_path):
     prompts = _write_rows(tmp_path / "tmp.jsonl")
     out = tmp_path / "run"
-    assert main(["train", *TINY, "--prompts", str(prompts), "--reward", "tests.reward_fns:exact",
+    assert main(["train", *TINY, "--prompts", str(prompts), "--reward-funcs", "tests.reward_fns:exact",
                  "--output-dir", str(out)]) == 0
     rows = _lines(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and all(r["reward_errors_total"] == 0 for r in rows)
@@ -62,11 +65,12 @@ def test_custom_task_end_to_end_through_the_cli(tmp_path):
 def test_prompt_template_and_row_fields_reach_the_reward(tmp_path):
     prompts = _write_rows(tmp_path / "p.jsonl")
     task = make_task(Config(task="custom", prompts=str(prompts), prompt_field="question",
-                            reward="tests.reward_fns:exact", prompt_template="1{question}"))
+                            reward_funcs=["tests.reward_fns:exact"], prompt_template="1{question}"))
     ev = task.eval_prompts()
     assert ev[1].text == "112+3=" and ev[1].meta == {"question": "12+3=", "answer": 15, "id": 1}
     assert task.reward(ev[:2], ["3", "15"]) == [1.0, 1.0]
-    assert task.evaluate(ev[:2], ["3", "0"])[0] == {"reward_mean": 0.5, "reward_errors": 0.0}
+    assert task.evaluate(ev[:2], ["3", "0"])[0] == {"reward_mean": 0.5, "reward_errors": 0.0,
+                                                     "rewards/exact/mean": 0.5}
 
 
 def test_parquet_and_datasets_folder_prompts(tmp_path):
@@ -77,7 +81,7 @@ def test_parquet_and_datasets_folder_prompts(tmp_path):
     ds.save_to_disk(str(tmp_path / "folder"))
     datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "dict"))
     for src in ("p.parquet", "folder", "dict"):
-        task = CustomTask(str(tmp_path / src), "question", "tests.reward_fns:exact")
+        task = _task(str(tmp_path / src), "tests.reward_fns:exact")
         assert [p.text for p in task.eval_prompts()] == ["1+2=", "12+3=", "40+9=", "7+7="], src
         assert task.eval_prompts()[3].meta["answer"] == 14
 
@@ -86,23 +90,23 @@ def test_eval_prompts_file(tmp_path):
     train = _write_rows(tmp_path / "train.jsonl")
     ev = tmp_path / "ev.jsonl"
     ev.write_text(json.dumps({"question": "5+5=", "answer": 10}) + "\n")
-    task = CustomTask(str(train), "question", "tests.reward_fns:exact", eval_prompts=str(ev))
+    task = _task(str(train), "tests.reward_fns:exact", eval_prompts=str(ev))
     assert [p.prompt_id for p in task.eval_prompts()] == ["ev.jsonl:1"]
     assert {next(task.train_prompts(0)).prompt_id for _ in range(1)} <= {f"train.jsonl:{i}" for i in range(1, 5)}
 
 
 @pytest.mark.parametrize("flags, fragment", [
-    (["--prompts", "{tmp}/missing.jsonl", "--reward", "tests.reward_fns:exact"], "data file not found"),
-    (["--prompts", "{tmp}/p.jsonl", "--reward", "tests.reward_fns:exact", "--prompt-field", "text"],
+    (["--prompts", "{tmp}/missing.jsonl", "--reward-funcs", "tests.reward_fns:exact"], "data file not found"),
+    (["--prompts", "{tmp}/p.jsonl", "--reward-funcs", "tests.reward_fns:exact", "--prompt-field", "text"],
      "row 1: missing field 'text' (fields present: question, answer, id)"),
-    (["--prompts", "{tmp}/p.jsonl", "--reward", "tests.reward_fns"], "must look like package.module:function"),
-    (["--prompts", "{tmp}/p.jsonl", "--reward", "tests.no_such_module:fn"],
+    (["--prompts", "{tmp}/p.jsonl", "--reward-funcs", "tests.reward_fns"], "must look like package.module:function"),
+    (["--prompts", "{tmp}/p.jsonl", "--reward-funcs", "tests.no_such_module:fn"],
      "cannot import reward module 'tests.no_such_module': ModuleNotFoundError"),
-    (["--prompts", "{tmp}/p.jsonl", "--reward", "tests.reward_fns:nope"],
+    (["--prompts", "{tmp}/p.jsonl", "--reward-funcs", "tests.reward_fns:nope"],
      "reward module 'tests.reward_fns' has no attribute 'nope'"),
-    (["--prompts", "{tmp}/p.jsonl", "--reward", "tests.reward_fns:not_callable"], "is not callable"),
-    (["--prompts", "{tmp}/p.txt", "--reward", "tests.reward_fns:exact"], "unknown data format"),
-    (["--reward", "tests.reward_fns:exact"], "task 'custom' needs --prompts PATH"),
+    (["--prompts", "{tmp}/p.jsonl", "--reward-funcs", "tests.reward_fns:not_callable"], "is not callable"),
+    (["--prompts", "{tmp}/p.txt", "--reward-funcs", "tests.reward_fns:exact"], "unknown data format"),
+    (["--reward-funcs", "tests.reward_fns:exact"], "task 'custom' needs prompts (--prompts PATH"),
 ])
 def test_bad_custom_task_inputs_get_one_line_errors(tmp_path, capsys, flags, fragment):
     _write_rows(tmp_path / "p.jsonl")
@@ -116,10 +120,10 @@ def test_bad_custom_task_inputs_get_one_line_errors(tmp_path, capsys, flags, fra
 
 
 def test_reward_module_from_the_current_directory(tmp_path, monkeypatch):
-    (tmp_path / "my_rewards.py").write_text("def length(prompts, completions, rows):\n"
+    (tmp_path / "my_rewards.py").write_text("def length(completions, **kwargs):\n"
                                             "    return [float(len(c)) for c in completions]\n")
     monkeypatch.chdir(tmp_path)
-    task = CustomTask(str(_write_rows(tmp_path / "p.jsonl")), "question", "my_rewards:length")
+    task = _task(str(_write_rows(tmp_path / "p.jsonl")), "my_rewards:length")
     assert task.reward(task.eval_prompts()[:2], ["1", "123"]) == [1.0, 3.0]
 
 
@@ -148,7 +152,7 @@ def test_reward_errors_stop_in_a_spawned_worker_process(tmp_path):
     prompts = _write_rows(tmp_path / "p.jsonl", bad_index=0)
     proc = subprocess.run(
         [sys.executable, "-m", "asyncrl.cli", "train", *TINY, "--workers", "process", "--eval-every", "0",
-         "--prompts", str(prompts), "--reward", "tests.reward_fns:raises_on_bad", "--output-dir", str(tmp_path / "r")],
+         "--prompts", str(prompts), "--reward-funcs", "tests.reward_fns:raises_on_bad", "--output-dir", str(tmp_path / "r")],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 1, proc.stderr
@@ -162,7 +166,7 @@ def test_reward_errors_skip_drops_and_counts_groups(tmp_path, capsys, fn):
     prompts = _write_rows(tmp_path / "p.jsonl", bad_index=1)
     out = tmp_path / "run"
     assert main(["train", *TINY, "--eval-every", "0", "--max-lag", "0", "--prompts", str(prompts),
-                 "--reward", f"tests.reward_fns:{fn}", "--reward-errors", "skip", "--output-dir", str(out)]) == 0
+                 "--reward-funcs", f"tests.reward_fns:{fn}", "--reward-errors", "skip", "--output-dir", str(out)]) == 0
     rows = _lines(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     # Synchronous, 4 rows per request with one bad: each request drops the bad row's group (K=2

@@ -83,7 +83,7 @@ def test_eval_custom_task_reports_mean_reward(tmp_path, monkeypatch):
     examples = _lines(out / "eval_examples.jsonl")
     assert "accuracy" not in report and report["n"] == 10 and report["reward_errors"] == 0
     assert report["reward_mean"] == pytest.approx(sum(e["reward"] for e in examples) / 10)
-    assert report["config"]["reward"] == "tests.reward_fns:exact"
+    assert report["config"]["reward_funcs"] == ["tests.reward_fns:exact"]
 
 
 def _gsm8k_folder(folder: Path) -> Path:

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
+from asyncrl.api import check_run_folder, clear_run_folder, default_output_dir
 from asyncrl.config import (
-    Config, ConfigError, check_fields_used, did_you_mean, field_docs, read_config_file, validated,
+    Config, check_fields_used, did_you_mean, field_docs, read_config_file, validated,
 )
 
 
@@ -120,126 +119,23 @@ def resolve(args: argparse.Namespace) -> Config:
         cfg = validated(data)
         check_fields_used(cfg, data, command, from_file=from_file)
     if cfg.output_dir is None:  # a resumed run already has its checkpoint's run folder (resume_config)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        if command in ("sft", "rm"):
-            cfg.output_dir = f"runs/{command}-{stamp}"
-        else:
-            cfg.output_dir = f"runs/{cfg.task}-{cfg.loss}-lag{cfg.max_lag}-{stamp}"
+        cfg.output_dir = default_output_dir(cfg, command)
     return cfg
 
 
-# What asyncrl writes in a run folder; `--overwrite` removes these (after checking that the folders
-# hold only asyncrl's files) and nothing else.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "generations.jsonl", "summary.json", "eval_report.json",
-             "eval_examples.jsonl")
-_TMP = r"\..+\.(tmp|old)"  # io.atomic_write / atomic_dir leftovers: .NAME.xxxx.tmp, .NAME.old
-RUN_DIRS = {
-    "checkpoints": re.compile(rf"^(latest|step_\d+|{_TMP})$"),
-    "tb": re.compile(r"^events\.out\.tfevents\..+$"),
-    "eval": re.compile(rf"^([\w.-]+-[\w]+|{_TMP})$"),  # <step_N>-<task>/ from asyncrl eval of a run checkpoint
-}
-_EVAL_FILES = re.compile(rf"^(eval_report\.json|eval_examples\.jsonl|{_TMP})$")
-
-
-def _foreign(folder: Path) -> str | None:
-    """The first entry of a run sub-folder (checkpoints/, tb/, eval/) that asyncrl did not write."""
-    pattern = RUN_DIRS[folder.name]
-    for e in sorted(folder.iterdir()):
-        if not pattern.match(e.name):
-            return e.name
-        if folder.name == "eval" and e.is_dir():
-            bad = next((x.name for x in sorted(e.iterdir()) if not _EVAL_FILES.match(x.name)), None)
-            if bad is not None:
-                return f"{e.name}/{bad}"
-    return None
-
-
-def check_run_folder(cfg: Config, command: str = "train") -> list[Path]:
-    """Refuse an existing, non-empty ``output_dir`` unless ``--resume`` (train) or ``--overwrite``;
-    returns asyncrl's own files in it, which ``--overwrite`` removes (:func:`clear_run_folder`)."""
-    run_dir = Path(cfg.output_dir)
-    if cfg.resume and cfg.overwrite:
-        raise ConfigError("--resume continues the run in its folder and --overwrite replaces it: pass one of them")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"output_dir {run_dir} is a file, not a folder")
-    if cfg.resume or not run_dir.is_dir():
-        return []
-    entries = sorted(run_dir.iterdir())
-    if not entries:
-        return []
-    if not cfg.overwrite:
-        resume = f"--resume {run_dir} to continue it, " if command == "train" else ""
-        if (run_dir / "checkpoints").exists():
-            raise ConfigError(f"{run_dir} already holds a run with checkpoints; pass {resume}--overwrite to replace "
-                              "it, or choose another --output-dir")
-        shown = ", ".join(e.name for e in entries[:3]) + (", ..." if len(entries) > 3 else "")
-        raise ConfigError(f"output_dir {run_dir} is not empty (it holds {shown}); pass --overwrite to replace "
-                          "asyncrl's files in it (other files are kept), or choose another --output-dir")
-    own = []
-    for e in entries:
-        tmp = e.name.startswith(".") and any(e.name.startswith(f".{n}.") for n in RUN_FILES)
-        if (e.name in RUN_FILES or tmp) and e.is_file():
-            own.append(e)
-        elif e.name in RUN_DIRS and e.is_dir():
-            bad = _foreign(e)
-            if bad is not None:
-                raise ConfigError(f"--overwrite: {e / bad} was not written by asyncrl, so {e} is not removed; "
-                                  "move it away or choose another --output-dir")
-            own.append(e)
-    return own
-
-
-def clear_run_folder(run_dir: Path, own: list[Path]) -> None:
-    """``--overwrite``: remove an old run's files (found by :func:`check_run_folder`), nothing else."""
-    for e in own:
-        shutil.rmtree(e) if e.is_dir() else e.unlink()
-    if own:
-        print(f"asyncrl: --overwrite: removed {', '.join(e.name for e in own)} from {run_dir}", flush=True)
-
-
-def precheck_train(cfg: Config):
-    """Start-up checks that need no model weights, before the run folder exists: the task (data,
-    reward import), model paths, the device, and that every prompt fits the model's context.
-    Returns the task, for the controller to use rather than build again."""
-    from asyncrl.policy import resolve_device, resolve_model_path
-    from asyncrl.tasks import check_prompt_lengths, make_task
-
-    task = make_task(cfg)
-    model_path = resolve_model_path(cfg.model, cfg.task)
-    if cfg.reference_model:
-        resolve_model_path(cfg.reference_model, cfg.task)
-    resolve_device(cfg.device)
-    check_prompt_lengths(task, cfg, model_path, train=True)
-    return task
-
-
 def cmd_train(cfg: Config) -> int:
-    from asyncrl.runtime.controller import Controller, RunAborted, RunFailed
-
-    run_dir = Path(cfg.output_dir)
-    own = check_run_folder(cfg, "train")
-    task = precheck_train(cfg)
-    clear_run_folder(run_dir, own)  # only once every check passed
-    print(f"asyncrl: run folder {run_dir}", flush=True)
+    from asyncrl.api import run_train
+    from asyncrl.errors import RunAborted, RunFailed
     from asyncrl.tasks import RewardError
 
     try:
-        if cfg.runtime == "ray" and cfg.ray_learner == "actor":
-            from asyncrl.runtime.ray_host import run_in_learner_actor
-
-            summary = run_in_learner_actor(cfg, run_dir)  # the actor builds its own task
-        else:
-            summary = Controller(cfg, run_dir, task=task).run()
+        summary = run_train(cfg)
     except (RunFailed, RewardError) as e:  # RewardError: raised in this process (evaluation)
         _print_error(e, cfg.debug)
         return 1
     except RunAborted as e:
         print(f"asyncrl: {e}: no final checkpoint written (the last periodic one is kept)", file=sys.stderr)
         return SIGNAL_EXIT.get(e.signame, 130)
-    if summary.get("failed"):
-        print(f"asyncrl: error: {one_line(summary['failed'])} (final checkpoint {summary['checkpoint']})",
-              file=sys.stderr)
-        return 1
     acc = summary["final_accuracy"]
     return _report_done("train", summary, f", final accuracy {acc:.3f}" if acc is not None else "")
 

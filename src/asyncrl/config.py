@@ -587,9 +587,9 @@ FIELD_RULES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "gold_reward_model": (("task", ("reward_model",)),),
     "reference_field": (("task", ("reward_model",)),),
     "reference_model": (("task", ("reward_model",)),),  # the only task with wants_kl
-    "reward_device": (("task", ("reward_model", "redteam")),),
-    "reward_batch_size": (("task", ("reward_model", "redteam")),),
-    "max_seq_tokens": (("task", ("reward_model", "redteam")),),
+    "reward_device": (("task", ("custom", "reward_model", "redteam")),),
+    "reward_batch_size": (("task", ("custom", "reward_model", "redteam")),),
+    "max_seq_tokens": (("task", ("custom", "reward_model", "redteam")),),
     "victim_model": (("task", ("redteam",)),),
     "victim_max_new_tokens": (("task", ("redteam",)),),
     "toxicity_classifier": (("task", ("redteam",)),),

@@ -12,6 +12,7 @@ import gzip
 import json
 import math
 import random
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -29,20 +30,69 @@ def _datasets(what: str):
     return datasets
 
 
-def load_rows(path: str | Path) -> list[dict]:
-    """A data file or ``save_to_disk`` folder -> list of row dicts (at least one)."""
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SUFFIXES = (".jsonl", ".json", ".parquet", ".gz")
+
+
+def _pick_split(ds, split: str, source) -> object:
+    """A DatasetDict's ``split`` (one-line error naming the splits it has); a Dataset as is."""
+    if hasattr(ds, "keys"):
+        if split not in ds:
+            raise DataError(f"{source} holds splits {', '.join(ds.keys())} but no {split!r}; pass the split to use "
+                            "(--prompts-split / --eval-prompts-split)")
+        return ds[split]
+    return ds
+
+
+def rows_of(obj, what: str = "dataset") -> list[dict]:
+    """A ``datasets.Dataset`` (after the user's own ``map`` / ``filter``), a pandas DataFrame or a
+    list of dicts -> list of row dicts (at least one)."""
+    if hasattr(obj, "keys") and hasattr(obj, "values") and not isinstance(obj, dict):  # a DatasetDict
+        raise DataError(f"{what} is a DatasetDict with splits {', '.join(obj.keys())}; pass one split, "
+                        f"e.g. ds['train']")
+    if hasattr(obj, "to_dict") and hasattr(obj, "columns") and not hasattr(obj, "features"):  # pandas
+        rows = obj.to_dict("records")
+    elif isinstance(obj, (list, tuple)) or hasattr(obj, "features") or hasattr(obj, "__iter__") and not isinstance(
+            obj, (str, bytes, dict)):
+        rows = [r for r in obj]
+    else:
+        raise DataError(f"{what} is a {type(obj).__name__}; give a datasets.Dataset, a list of dicts, or a path")
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r, dict):
+            raise DataError(f"{what} row {i} is a {type(r).__name__}, not a dict of column: value")
+        rows[i - 1] = dict(r)
+    if not rows:
+        raise DataError(f"{what} holds no rows")
+    return rows
+
+
+def rename_columns(rows: list[dict], column_map: str | None, source) -> list[dict]:
+    """``old=new[,old=new]`` applied to every row; the old column must exist in the first row."""
+    if not column_map:
+        return rows
+    pairs = [kv.split("=", 1) for kv in column_map.split(",")]
+    first = rows[0]
+    for old, new in pairs:
+        if old not in first:
+            raise DataError(f"column_map: {source} has no column {old!r} (columns: {', '.join(list(first)[:8])})")
+    mapping = dict(pairs)
+    return [{mapping.get(k, k): v for k, v in r.items()} for r in rows]
+
+
+def load_rows(path: str | Path, split: str = "train") -> list[dict]:
+    """A data file, a ``save_to_disk`` folder (``split`` of a DatasetDict) or a Hugging Face hub
+    dataset name ``owner/name`` (``split``; needs internet or the datasets cache) -> list of row
+    dicts (at least one)."""
     p = Path(path)
     if not p.exists():
+        if HUB_NAME.match(str(path)) and not str(path).lower().endswith(SUFFIXES):
+            return _hub_rows(str(path), split)
         raise DataError(f"data file not found: {p}")
     name = p.name.lower()
     base = name[:-3] if name.endswith(".gz") else name
     opener = gzip.open if name.endswith(".gz") else open
     if p.is_dir():
-        ds = _datasets(f"the folder {p}").load_from_disk(str(p))
-        if hasattr(ds, "keys"):  # a DatasetDict: take its train split
-            if "train" not in ds:
-                raise DataError(f"{p} holds splits {', '.join(ds.keys())} but no 'train'; point at one split's folder")
-            ds = ds["train"]
+        ds = _pick_split(_datasets(f"the folder {p}").load_from_disk(str(p)), split, p)
         rows = [dict(r) for r in ds]
     elif base.endswith(".parquet"):
         rows = [dict(r) for r in _datasets(str(p)).Dataset.from_parquet(str(p))]
@@ -77,6 +127,20 @@ def load_rows(path: str | Path) -> list[dict]:
                         "datasets save_to_disk folder")
     if not rows:
         raise DataError(f"{p} holds no rows")
+    return rows
+
+
+def _hub_rows(name: str, split: str) -> list[dict]:
+    datasets = _datasets(f"the hub dataset {name}")
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # noqa: BLE001 - offline, unknown name, unknown split: all one line for the user
+        msg = " ".join(str(e).split())[:200]
+        raise DataError(f"cannot load hub dataset {name!r} (split {split!r}): {type(e).__name__}: {msg}; offline, "
+                        "point at a local file or a save_to_disk folder instead") from None
+    rows = [dict(r) for r in ds]
+    if not rows:
+        raise DataError(f"hub dataset {name!r} split {split!r} holds no rows")
     return rows
 
 

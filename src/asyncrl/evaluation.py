@@ -48,7 +48,7 @@ def evaluate(model, tokenizer, task: Task, *, max_new_tokens: int, limit: int | 
     try:
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i : i + batch_size]
-            ids = encode_prompts(tokenizer, [p.text for p in chunk], chat_template)
+            ids = encode_prompts(tokenizer, [p.model_input for p in chunk], chat_template)
             out = engine.generate(ids, k=1, greedy=True)
             texts += [tokenizer.decode(g[0].ids, skip_special_tokens=True) for g in out]
             prompt_ids += ids
@@ -59,7 +59,10 @@ def evaluate(model, tokenizer, task: Task, *, max_new_tokens: int, limit: int | 
     finally:
         if model is not None:
             model.train(was_training)
-    metrics, rows = task.evaluate(prompts, texts)
+    if getattr(task, "takes_reward_context", False):  # the custom task: TRL reward functions get completion_ids
+        metrics, rows = task.evaluate(prompts, texts, completion_ids=[c.ids for c in comps])
+    else:
+        metrics, rows = task.evaluate(prompts, texts)
     if wants_kl or length_penalty or missing_eos_penalty:
         _completion_stats(metrics, rows, comps, length_penalty, missing_eos_penalty)
     if kl is not None:

@@ -13,6 +13,7 @@ from asyncrl.engines.base import Engine
 import torch
 
 from asyncrl.policy import completion_logprobs, encode_prompts, pack
+from asyncrl.rewards import component_sums
 from asyncrl.tasks.base import RewardError, Task, checked_rewards
 from asyncrl.types import GenStats, Group, Prompt, Sample
 
@@ -72,14 +73,17 @@ class Generator:
     def generate(self, num_prompts: int) -> tuple[list[Group], GenStats]:
         prompts: list[Prompt] = [next(self._prompts) for _ in range(num_prompts)]
         self._prompts_drawn += num_prompts
-        prompt_ids = encode_prompts(self.tokenizer, [p.text for p in prompts], self.chat_template)
+        prompt_ids = encode_prompts(self.tokenizer, [p.model_input for p in prompts], self.chat_template)
         version = self.engine.version
         t0 = time.perf_counter()
         completions = self.engine.generate(prompt_ids, self.k)  # [B][K]
         t1 = time.perf_counter()
         flat_prompts = [p for p in prompts for _ in range(self.k)]
         texts = [self.tokenizer.decode(c.ids, skip_special_tokens=True) for g in completions for c in g]
-        rewards, errors = checked_rewards(self.task, flat_prompts, texts, self.reward_errors)  # [B*K]
+        flat_ids = [c.ids for g in completions for c in g]
+        parts: dict[str, list[float | None]] = {}  # per reward function (custom task), for rewards/<name>/mean
+        rewards, errors = checked_rewards(self.task, flat_prompts, texts, self.reward_errors,  # [B*K]
+                                          completion_ids=flat_ids, step=version, components=parts)
         if self.length_penalty or self.missing_eos_penalty:
             flat = [c for g in completions for c in g]
             rewards = [None if r is None else shaped_reward(r, completion_tokens(c.ids, c.finished), c.finished,
@@ -101,7 +105,9 @@ class Generator:
                 samples.append(Sample(prompts[b].prompt_id, prompt_ids[b], c.ids, c.logprobs, rewards[i], version,
                                       c.finished, texts[i], next(r)))
             groups.append(Group(prompts[b], samples))
-        return groups, GenStats(t1 - t0, t2 - t1, tokens, version, len(errors))
+        kept = {b * self.k + j for b in keep for j in range(self.k)}  # sums over the rows that are trained on
+        sums = component_sums({k: [v if i in kept else None for i, v in enumerate(vals)] for k, vals in parts.items()})
+        return groups, GenStats(t1 - t0, t2 - t1, tokens, version, len(errors), sums)
 
     def _note_errors(self, errors: dict[int, str]) -> None:
         first = errors[min(errors)]

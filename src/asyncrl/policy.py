@@ -262,9 +262,11 @@ class PromptTooLong(ValueError):
     """A prompt that leaves no room in the model's context; one line naming the prompt."""
 
 
-def encode_prompts(tokenizer, texts: list[str], chat_template: str = "auto",
+def encode_prompts(tokenizer, texts: list[str | list[dict]], chat_template: str = "auto",
                    max_tokens: int | None = None, names: list[str] | None = None) -> list[list[int]]:
     """Prompt texts -> token ids; wrapped in the chat template when the tokenizer has one.
+    A prompt that is a list of chat messages (conversational rows) is rendered with the chat
+    template as it stands (a ValueError when there is none or ``chat_template`` is ``never``).
 
     ``max_tokens``: the most tokens a prompt may have (the model's context minus the tokens it
     must generate); a longer one raises PromptTooLong naming it (``names[i]``, else its index) and
@@ -274,6 +276,7 @@ def encode_prompts(tokenizer, texts: list[str], chat_template: str = "auto",
         for i, (text, ids) in enumerate(zip(texts, out)):
             if len(ids) > max_tokens:
                 name = names[i] if names is not None else f"{i}"
+                text = text if isinstance(text, str) else messages_text(text)
                 shown = text if len(text) <= 60 else text[:57] + "..."
                 raise PromptTooLong(f"prompt {name} ({shown!r}) is {len(ids)} tokens, more than the {max_tokens} "
                                     "that fit")
@@ -284,7 +287,14 @@ def _encode(tokenizer, texts: list[str], chat_template: str) -> list[list[int]]:
     use_chat = chat_template == "auto" and getattr(tokenizer, "chat_template", None)
     out = []
     for text in texts:
-        if use_chat:
+        if not isinstance(text, str):  # chat messages
+            if not use_chat:
+                raise ValueError("a conversational prompt (a list of chat messages) needs the tokenizer's chat "
+                                 "template: " + ("chat_template is 'never'" if chat_template == "never" else
+                                                 "this tokenizer has none") + "; give plain-text prompts instead")
+            rendered = tokenizer.apply_chat_template(list(text), add_generation_prompt=True, tokenize=False)
+            out.append(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        elif use_chat:
             rendered = tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
             )
@@ -293,6 +303,11 @@ def _encode(tokenizer, texts: list[str], chat_template: str) -> list[list[int]]:
         else:
             out.append(tokenizer(text)["input_ids"])
     return out
+
+
+def messages_text(messages: list[dict]) -> str:
+    """Chat messages as readable text (``role: content`` lines), for logs and messages."""
+    return "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in messages)
 
 
 @dataclass

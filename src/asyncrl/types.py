@@ -14,11 +14,21 @@ import torch
 
 @dataclass
 class Prompt:
-    """One task prompt. ``meta`` carries whatever the reward needs (e.g. the reference answer)."""
+    """One task prompt. ``meta`` carries whatever the reward needs (e.g. the reference answer).
+
+    A conversational prompt (TRL's format: a list of ``{"role", "content"}`` chat messages) keeps
+    them in ``messages``, rendered with the tokenizer's chat template; ``text`` is then a readable
+    ``role: content`` rendering for logs and error messages."""
 
     prompt_id: str
     text: str
     meta: dict = field(default_factory=dict)
+    messages: list[dict] | None = None
+
+    @property
+    def model_input(self) -> str | list[dict]:
+        """What :func:`asyncrl.policy.encode_prompts` encodes: the messages, else the text."""
+        return self.messages if self.messages is not None else self.text
 
 
 @dataclass
@@ -60,6 +70,8 @@ class GenStats:
     tokens: int  # generated tokens (EOS included)
     version: int  # learner version of the weights that generated the request
     reward_errors: int = 0  # completions whose reward failed (reward_errors=skip; their groups are dropped)
+    # custom task: reward function name -> (sum, rows scored) over the kept groups' unshaped values
+    reward_components: dict[str, tuple[float, int]] = field(default_factory=dict)
 
 
 # --- checkpoint form (``checkpoint.py`` writes the tensors to safetensors, the rest to JSON) ---
@@ -72,11 +84,12 @@ def _plain(x):
 
 
 def prompt_state(p: Prompt) -> dict:
-    return {"prompt_id": p.prompt_id, "text": p.text, "meta": json.loads(json.dumps(p.meta, default=_plain))}
+    return {"prompt_id": p.prompt_id, "text": p.text, "meta": json.loads(json.dumps(p.meta, default=_plain)),
+            "messages": p.messages}
 
 
 def prompt_from_state(d: dict) -> Prompt:
-    return Prompt(d["prompt_id"], d["text"], d["meta"])
+    return Prompt(d["prompt_id"], d["text"], d["meta"], d.get("messages"))
 
 
 def _cat(rows: list[list], dtype) -> tuple[torch.Tensor, torch.Tensor]:

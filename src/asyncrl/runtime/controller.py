@@ -42,6 +42,7 @@ from asyncrl.learner import Learner
 from asyncrl.metrics import RunLogger
 from asyncrl.engines import make_engine
 from asyncrl.engines.vllm import require_vllm
+from asyncrl.errors import RunAborted, RunFailed  # noqa: F401 - RunAborted: re-exported
 from asyncrl.policy import TRAIN_DTYPE, autocast, load_model, load_tokenizer, resolve_device, resolve_model_path
 from asyncrl.runtime.hosts import Host, InlineHost, LocalHost, Worker
 from asyncrl.runtime.messages import (
@@ -55,41 +56,31 @@ from asyncrl.tasks.base import RewardError
 POLL_S = 0.05  # how long to wait for a worker message before re-checking stop requests
 
 
-class RunFailed(RuntimeError):
-    """The run cannot go on; the message is one line meant for the user (or a worker traceback)."""
-
-
-class RunAborted(BaseException):
-    """A second Ctrl-C / SIGTERM: stop now, without the final checkpoint. A ``BaseException`` so
-    that no ``except Exception`` on the way turns the abort into something else."""
-
-    def __init__(self, signame: str):
-        super().__init__(f"aborted by a second {signame}")
-        self.signame = signame
-
-
 # Files a run writes into its folder; a run that fails before training removes them again.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "generations.jsonl", "summary.json", "tb", "checkpoints")
 
 
-def make_host(cfg: Config, policy_path: str, ref_path: str, gen_threads: int) -> Host:
-    """The host for ``cfg.runtime`` / ``cfg.workers``: the one place a runtime is chosen."""
+def make_host(cfg: Config, policy_path: str, ref_path: str, gen_threads: int, inputs=None) -> Host:
+    """The host for ``cfg.runtime`` / ``cfg.workers``: the one place a runtime is chosen.
+    ``inputs``: the Python objects given to :func:`asyncrl.train` (``TaskInputs``), or None."""
     if cfg.runtime == "ray":
         from asyncrl.runtime.ray_host import RayHost
 
-        return RayHost(cfg, policy_path, ref_path)
+        return RayHost(cfg, policy_path, ref_path, inputs)
     if cfg.workers == "inline":
-        return InlineHost(cfg, policy_path, ref_path)
-    return LocalHost(cfg.workers, cfg, policy_path, ref_path, gen_threads)
+        return InlineHost(cfg, policy_path, ref_path, inputs)
+    return LocalHost(cfg.workers, cfg, policy_path, ref_path, gen_threads, inputs)
 
 
 class Controller:
-    def __init__(self, cfg: Config, run_dir: Path, task=None):
+    def __init__(self, cfg: Config, run_dir: Path, task=None, inputs=None):
         """``task``: the task already built from ``cfg`` (the CLI builds it to check the run before
-        its folder exists); None = build it here."""
+        its folder exists); None = build it here. ``inputs``: the Python objects given to
+        :func:`asyncrl.train` (:class:`asyncrl.tasks.TaskInputs`), for generators to build it from."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self._task = task
+        self.inputs = inputs if inputs is not None and not inputs.empty else None
         self._stop_requested = False
         self.stop_signal: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run
         # Tests and the Ray learner actor look at these while a run is going.
@@ -150,7 +141,7 @@ class Controller:
         t_setup = time.perf_counter()
         # First, so a bad task setting (missing data, unimportable reward) or a missing engine
         # package fails before anything is written.
-        task = self._task if self._task is not None else make_task(cfg)
+        task = self._task if self._task is not None else make_task(cfg, self.inputs)
         if "vllm" in (cfg.engine, cfg.eval_engine):
             require_vllm()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -197,7 +188,7 @@ class Controller:
         start_version = learner.version  # the version of policy_path's weights
         run = {"generated": 0, "discarded": 0, "restarts": 0, "seen0": counters["samples_seen"],
                "redispatched0": counters["requests_redispatched"], "restored": len(buffer)}
-        host = self.host = make_host(cfg, policy_path, base_path, gen_threads)
+        host = self.host = make_host(cfg, policy_path, base_path, gen_threads, self.inputs)
         sched = self.scheduler = Scheduler(cfg.max_lag, cfg.prompts_per_step, host.depth)
         logger = RunLogger(self.run_dir, cfg.steps, learner.version, resume=trainer_state is not None)
         config_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
@@ -405,6 +396,14 @@ class Controller:
                 gen_t = sum(s.gen_time_s for s in pending_stats)
                 gen_tok = sum(s.tokens for s in pending_stats)
                 fresh = [s.reward for g in groups for s in g.samples]
+                # Each reward function's mean over the fresh samples (custom task; TRL's rewards/<name>/mean).
+                parts: dict[str, list[float]] = {}
+                for st in pending_stats:
+                    for name, (total, count) in st.reward_components.items():
+                        acc = parts.setdefault(name, [0.0, 0])
+                        acc[0] += total
+                        acc[1] += count
+                reward_parts = {f"rewards/{k}/mean": (a / n if n else float("nan")) for k, (a, n) in parts.items()}
                 pending_stats.clear()
                 totals["train_time_s"] += m["train_time_s"]
                 totals["wait_time_s"] += wait_s
@@ -417,6 +416,7 @@ class Controller:
                     "reward_mean": sum(rewards) / len(rewards),
                     # NaN (null in metrics.jsonl) when reward_errors=skip dropped every group of the request
                     "fresh_reward_mean": sum(fresh) / len(fresh) if fresh else float("nan"),
+                    **reward_parts,
                     "loss": m.pop("loss"),
                     "kl": m.pop("kl"),
                     "staleness_mean": batch.staleness_mean,

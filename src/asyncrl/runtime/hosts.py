@@ -130,8 +130,10 @@ class PipeOutbox:
         self.conn.send(msg)
 
 
-def _run_local(cfg_dict, model_path, ref_path, worker_id, start_version, transport, spec, threads, outbox, inbox):
-    worker_loop(cfg_dict, model_path, ref_path, worker_id, start_version, transport, spec, inbox, outbox, threads)
+def _run_local(cfg_dict, model_path, ref_path, worker_id, start_version, transport, spec, threads, inputs, outbox,
+               inbox):
+    worker_loop(cfg_dict, model_path, ref_path, worker_id, start_version, transport, spec, inbox, outbox, threads,
+                inputs)
 
 
 class LocalHost:
@@ -140,13 +142,16 @@ class LocalHost:
 
     depth = WORKER_DEPTH
 
-    def __init__(self, kind: str, cfg: Config, policy_path: str, ref_path: str, threads: int | None):
+    def __init__(self, kind: str, cfg: Config, policy_path: str, ref_path: str, threads: int | None, inputs=None):
+        """``inputs``: the :class:`asyncrl.tasks.TaskInputs` of :func:`asyncrl.train` (None = the
+        task from the config alone); thread workers share the objects, processes get a copy."""
         if kind not in ("thread", "process"):
             raise ValueError(f"LocalHost hosts thread or process workers, not {kind!r}")
         self.name = kind
         self.cfg_dict = cfg.model_dump()
         self.policy_path, self.ref_path = policy_path, ref_path
         self.threads = threads if kind == "process" else None
+        self.inputs = inputs.dumps() if inputs is not None and kind == "process" else inputs
         if kind == "process":
             import torch.multiprocessing as mp
 
@@ -171,7 +176,7 @@ class LocalHost:
         else:
             outbox = self._outbox
         args = (self.cfg_dict, self.policy_path, self.ref_path, worker_id, start_version, self.publisher.name,
-                spec, self.threads, outbox)
+                spec, self.threads, self.inputs, outbox)
         w = _LocalWorker(self.name, args, self._ctx)
         if self.name == "process":
             writer.close()  # the child has its own copy: once it exits, the read end sees end of file
@@ -265,14 +270,15 @@ class InlineHost:
     name = "inline"
     depth = None
 
-    def __init__(self, cfg: Config, policy_path: str, ref_path: str):
+    def __init__(self, cfg: Config, policy_path: str, ref_path: str, inputs=None):
         self.cfg, self.policy_path, self.ref_path = cfg, policy_path, ref_path
+        self.inputs = inputs  # asyncrl.train's TaskInputs, used as they are (same process)
         self.publisher = DirectPublisher("inprocess")
         self._replies: deque = deque()
         self._workers: dict[int, _InlineWorker] = {}
 
     def start(self, worker_id: int, start_version: int) -> Worker:
-        gen = build_generator(self.cfg, self.policy_path, worker_id, self.ref_path, start_version)
+        gen = build_generator(self.cfg, self.policy_path, worker_id, self.ref_path, start_version, inputs=self.inputs)
         self._replies.append(WorkerReady(worker_id))
         worker = self._workers[worker_id] = _InlineWorker(GeneratorService(gen, DirectReceiver(), worker_id),
                                                           self._replies)

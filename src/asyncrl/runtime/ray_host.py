@@ -151,7 +151,8 @@ class _GeneratorActor:
         self.service = None
 
     def setup(self, cfg_dict: dict, policy_path: str, ref_path: str | None, start_version: int, threads: int,
-              transport: str, transport_spec, reward_actor) -> tuple[WorkerReady, str, str] | WorkerError:
+              transport: str, transport_spec, reward_actor, inputs: bytes | None = None
+              ) -> tuple[WorkerReady, str, str] | WorkerError:
         """Build the generator; (ready, node id, node IP) or the build's error."""
         try:
             import torch
@@ -162,7 +163,7 @@ class _GeneratorActor:
             torch.set_num_threads(threads)
             cfg = Config(**cfg_dict)
             task = RemoteRewardTask(cfg, reward_actor) if reward_actor is not None else None
-            gen = build_generator(cfg, policy_path, self.worker_id, ref_path, start_version, task=task)
+            gen = build_generator(cfg, policy_path, self.worker_id, ref_path, start_version, task=task, inputs=inputs)
             self.service = GeneratorService(gen, make_receiver(transport, transport_spec), self.worker_id,
                                             owns_rng=True)
             return (WorkerReady(self.worker_id), *_node())
@@ -262,10 +263,11 @@ class _LearnerActor:
         self.controller = None
         self._stop: str | None = None  # the signal's name once the driver asked to stop
 
-    def run(self, cfg_dict: dict, run_dir: str) -> dict:
+    def run(self, cfg_dict: dict, run_dir: str, inputs: bytes | None = None) -> dict:
         from asyncrl.runtime.controller import Controller
+        from asyncrl.tasks import TaskInputs
 
-        self.controller = Controller(Config(**cfg_dict), Path(run_dir))
+        self.controller = Controller(Config(**cfg_dict), Path(run_dir), inputs=TaskInputs.loads(inputs))
         if self._stop:  # the signal arrived while the controller was being built
             self.controller.request_stop(self._stop)
         return self.controller.run()
@@ -418,7 +420,7 @@ class RayHost:
         return BroadcastPublisher(backend="nccl" if nccl else "gloo", device="cuda" if nccl else "cpu",
                                   host=_ray().util.get_node_ip_address())
 
-    def __init__(self, cfg: Config, policy_path: str, ref_path: str | None):
+    def __init__(self, cfg: Config, policy_path: str, ref_path: str | None, inputs=None):
         if cfg.reward_actor and cfg.task not in REWARD_ACTOR_TASKS:
             raise ValueError(f"reward_actor=true shares the reward-side models of tasks {' and '.join(REWARD_ACTOR_TASKS)}; "
                              f"task {cfg.task!r} has none")
@@ -432,6 +434,7 @@ class RayHost:
         if cfg.reward_num_gpus == 0:
             self._reward_cfg.update(_cpu_if_auto(cfg, "reward_device"))
         self.policy_path, self.ref_path = absolute_path(policy_path), absolute_path(ref_path)
+        self.inputs = inputs.dumps() if inputs is not None else None  # asyncrl.train's objects, for every actor
         self.threads = cfg.generator_threads or max(1, int(cfg.generator_num_cpus))
         self._owns_ray = ensure_ray(cfg)
         ray = _ray()
@@ -517,7 +520,7 @@ class RayHost:
         w = RayWorker(self, worker_id, actor, bundle, name)
         self.workers[worker_id] = w
         ref = actor.setup.remote(self.cfg_dict, self.policy_path, self.ref_path, start_version, self.threads,
-                                 self.publisher.name, spec, self.reward_actor)
+                                 self.publisher.name, spec, self.reward_actor, self.inputs)
         self._pending[ref] = (worker_id, "setup")
         return w
 
@@ -671,7 +674,7 @@ def _fmt(resources: dict) -> str:
 
 # --- the learner in an actor -----------------------------------------------------------------------
 
-def run_in_learner_actor(cfg: Config, run_dir) -> dict:
+def run_in_learner_actor(cfg: Config, run_dir, inputs=None) -> dict:
     """``ray_learner: actor``: run ``Controller(cfg, run_dir).run()`` inside one actor reserving
     ``learner_num_cpus`` / ``learner_num_gpus`` and return its summary. The driver only waits: a
     first Ctrl-C or SIGTERM asks the controller to stop after the current step (final checkpoint,
@@ -701,7 +704,8 @@ def run_in_learner_actor(cfg: Config, run_dir) -> dict:
             num_gpus=cfg.learner_num_gpus, max_concurrency=2, max_restarts=0).remote()
         # Absolute paths: the actor may run on another node, in another working directory.
         run_dir = str(Path(run_dir).resolve())
-        ref = actor.run.remote({**config_for_actors(cfg), "output_dir": run_dir}, run_dir)
+        ref = actor.run.remote({**config_for_actors(cfg), "output_dir": run_dir}, run_dir,
+                               inputs.dumps() if inputs is not None else None)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old_handlers[sig] = signal.signal(sig, on_signal)

@@ -30,9 +30,10 @@ PARENT_CHECK_S = 1.0  # how often an idle worker process checks that its control
 
 
 def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str | None = None,
-                    start_version: int = 0, task=None):
+                    start_version: int = 0, task=None, inputs=None):
     """The generator role for worker ``worker_id``. ``task`` overrides ``make_task(cfg)`` (the Ray
-    runtime passes a task whose reward-side models live in one shared actor)."""
+    runtime passes a task whose reward-side models live in one shared actor); ``inputs``: the
+    :class:`asyncrl.tasks.TaskInputs` given to :func:`asyncrl.train`, or their cloudpickled bytes."""
     from asyncrl.engines import make_engine
     from asyncrl.generator import Generator
     from asyncrl.policy import load_model, load_tokenizer, resolve_device
@@ -48,7 +49,11 @@ def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str 
     sample_seed = cfg.seed * 7919 + worker_id + offset
     engine = make_engine(cfg, model_path, tokenizer, seed=sample_seed)
     torch.manual_seed(sample_seed)
-    return Generator(engine, task if task is not None else make_task(cfg), tokenizer,
+    if isinstance(inputs, bytes):
+        from asyncrl.tasks import TaskInputs
+
+        inputs = TaskInputs.loads(inputs)
+    return Generator(engine, task if task is not None else make_task(cfg, inputs), tokenizer,
                      samples_per_prompt=cfg.samples_per_prompt,
                      seed=cfg.seed * 1000 + worker_id + offset, chat_template=cfg.chat_template, ref_model=ref,
                      temperature=cfg.temperature, reward_errors=cfg.reward_errors,
@@ -120,7 +125,7 @@ def error_message(worker_id: int, exc: BaseException) -> WorkerError:
 
 
 def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, start_version: int,
-                transport: str, transport_spec, inbox, outbox, threads: int | None) -> None:
+                transport: str, transport_spec, inbox, outbox, threads: int | None, inputs=None) -> None:
     """Body of a thread or process worker: build, say ready, then serve the inbox in order."""
     from asyncrl.runtime.transport import make_receiver
 
@@ -139,7 +144,8 @@ def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, 
         if threads:  # None in thread mode: the thread pool is per process, owned by the learner
             torch.set_num_threads(threads)
         cfg = Config(**cfg_dict)
-        service = GeneratorService(build_generator(cfg, model_path, worker_id, ref_path, start_version),
+        service = GeneratorService(build_generator(cfg, model_path, worker_id, ref_path, start_version,
+                                                   inputs=inputs),
                                    make_receiver(transport, transport_spec), worker_id, owns_rng=own_process)
         outbox.put(WorkerReady(worker_id))
         while True:

@@ -6,7 +6,8 @@ A task is a prompt source, a reward and an evaluation metric (the :class:`Task` 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from asyncrl.tasks.base import RewardError, Task, checked_rewards
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
 TASKS = ("arithmetic", "gsm8k", "custom", "reward_model", "redteam")
 
-__all__ = ["TASKS", "RewardError", "Task", "check_prompt_lengths", "checked_rewards", "make_task"]
+__all__ = ["TASKS", "RewardError", "Task", "TaskInputs", "check_prompt_lengths", "checked_rewards", "make_task"]
 
 # Chat-template tokens assumed at most when deciding, from byte lengths alone, that every prompt fits
 # (no tokenizer is loaded then: loading a GGUF tokenizer takes seconds). A token covers at least one
@@ -23,8 +24,43 @@ __all__ = ["TASKS", "RewardError", "Task", "check_prompt_lengths", "checked_rewa
 TEMPLATE_ALLOWANCE = 256
 
 
-def make_task(cfg: "Config") -> Task:
-    """The task ``cfg.task``, built from the config fields it reads."""
+@dataclass
+class TaskInputs:
+    """Python objects given to :func:`asyncrl.train` instead of (or besides) config paths: reward
+    functions (callables, ``module:function`` strings, model folders) and datasets (a
+    ``datasets.Dataset`` or a list of dicts). Sent to generator processes and Ray actors with
+    cloudpickle, so functions defined in a notebook or a script's ``__main__`` travel too."""
+
+    reward_funcs: list | None = None
+    train_dataset: Any = None
+    eval_dataset: Any = None
+
+    @property
+    def empty(self) -> bool:
+        return self.reward_funcs is None and self.train_dataset is None and self.eval_dataset is None
+
+    def dumps(self) -> bytes:
+        import cloudpickle
+
+        try:
+            return cloudpickle.dumps(self)
+        except Exception as e:  # noqa: BLE001 - a closure over a lock, a socket, an open file, ...
+            raise ValueError(f"the reward functions or datasets given to train() cannot be sent to generator "
+                             f"workers ({type(e).__name__}: {e}); use --workers inline/thread, or make them "
+                             "picklable") from None
+
+    @staticmethod
+    def loads(blob: bytes | None) -> "TaskInputs | None":
+        # Bytes made by dumps() in this run's own controller process, never read from a file.
+        import pickle
+
+        return pickle.loads(blob) if blob is not None else None
+
+
+def make_task(cfg: "Config", inputs: TaskInputs | None = None) -> Task:
+    """The task ``cfg.task``, built from the config fields it reads (and, for ``custom``, the
+    Python objects of ``inputs``, which take the place of ``prompts`` / ``eval_prompts`` /
+    ``reward_funcs``)."""
     if cfg.task == "arithmetic":
         from asyncrl.tasks.arithmetic import ArithmeticTask
 
@@ -36,10 +72,22 @@ def make_task(cfg: "Config") -> Task:
     if cfg.task == "custom":
         from asyncrl.tasks.custom import CustomTask
 
-        if not cfg.prompts or not cfg.reward_funcs:
-            raise ValueError("task 'custom' needs --prompts PATH and --reward-funcs package.module:function")
-        return CustomTask(cfg.prompts, cfg.prompt_field or "prompt", cfg.reward_funcs[0], cfg.eval_prompts,
-                          cfg.prompt_template, cfg.reward_errors)
+        from asyncrl.rewards import make_reward_funcs
+
+        inputs = inputs or TaskInputs()
+        prompts = inputs.train_dataset if inputs.train_dataset is not None else cfg.prompts
+        funcs = inputs.reward_funcs if inputs.reward_funcs is not None else cfg.reward_funcs
+        if prompts is None or not funcs:
+            raise ValueError("task 'custom' needs prompts (--prompts PATH, or train_dataset=) and reward functions "
+                             "(--reward-funcs package.module:function, or reward_funcs=)")
+        rewards = make_reward_funcs(funcs, cfg.reward_weights, device=cfg.reward_device,
+                                    batch_size=cfg.reward_batch_size, chat_template=cfg.chat_template,
+                                    max_seq_tokens=cfg.max_seq_tokens)
+        return CustomTask(prompts, rewards, prompt_field=cfg.prompt_field or "prompt",
+                          eval_prompts=inputs.eval_dataset if inputs.eval_dataset is not None else cfg.eval_prompts,
+                          template=cfg.prompt_template, reward_errors=cfg.reward_errors, column_map=cfg.column_map,
+                          prompts_split=cfg.prompts_split, eval_prompts_split=cfg.eval_prompts_split,
+                          max_steps=cfg.steps)
     if cfg.task == "reward_model":
         from asyncrl.tasks.rm_tuning import RewardModelTask
 
@@ -84,7 +132,8 @@ def check_prompt_lengths(task: Task, cfg: "Config", model_path: str, train: bool
     pool = getattr(task, "train_pool", None)
     if train and pool is not None:
         prompts += pool()
-    size = {p.prompt_id: len(p.text.encode("utf-8")) for p in prompts}
+    # Chat messages: their rendering's bytes plus a per-message allowance for the template's markers.
+    size = {p.prompt_id: len(p.text.encode("utf-8")) + 32 * len(p.messages or ()) for p in prompts}
     if not size or max(size.values()) + TEMPLATE_ALLOWANCE <= room:
         return
     tokenizer = load_tokenizer(model_path)
@@ -95,7 +144,7 @@ def check_prompt_lengths(task: Task, cfg: "Config", model_path: str, train: bool
             seen.add(p.prompt_id)
             suspects.append(p)
     try:
-        encode_prompts(tokenizer, [p.text for p in suspects], cfg.chat_template, max_tokens=room,
+        encode_prompts(tokenizer, [p.model_input for p in suspects], cfg.chat_template, max_tokens=room,
                        names=[repr(p.prompt_id) for p in suspects])
     except PromptTooLong as e:
         raise ValueError(f"{e} in the context of {model_path} ({ctx} tokens, max_position_embeddings) with "

@@ -60,6 +60,11 @@ def describe_row(prompt: Prompt, completion: str) -> str:
     return f"prompt id {prompt.prompt_id!r} (prompt {_clip(prompt.text)!r}, completion {_clip(completion)!r})"
 
 
+def one_line_error(e: BaseException) -> str:
+    """``TypeName: message`` on one line, cut to 200 characters."""
+    return _one_line(e)
+
+
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {_clip(text, 200)}" if text else type(e).__name__
@@ -74,27 +79,50 @@ def _as_float(v) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _call(task: Task, prompts: list[Prompt], completions: list[str]) -> list:
+def _call(task: Task, prompts: list[Prompt], completions: list[str], extra: dict) -> list:
     """The task's raw reward values as a list; raises RewardError when it is not a sequence."""
-    out = task.reward(prompts, completions)
+    out = task.reward(prompts, completions, **extra)
     if isinstance(out, (str, bytes)) or not isinstance(out, Sequence) and not hasattr(out, "__len__"):
         raise RewardError(f"returned {type(out).__name__}, expected a list of {len(prompts)} floats")
-    return list(out)
+    return out
+
+
+def _rows_extra(extra: dict, lo: int, hi: int) -> dict:
+    return {k: (v[lo:hi] if isinstance(v, list) else v) for k, v in extra.items()}
 
 
 def checked_rewards(task: Task, prompts: list[Prompt], completions: list[str],
-                    policy: str = "stop") -> tuple[list[float | None], dict[int, str]]:
+                    policy: str = "stop", *, completion_ids: list[list[int]] | None = None, step: int = 0,
+                    components: dict[str, list[float | None]] | None = None
+                    ) -> tuple[list[float | None], dict[int, str]]:
     """Rewards for aligned (prompt, completion) rows, with bad rows reported.
 
     Returns (rewards, errors): under ``policy="skip"`` a failed row's reward is None and
     ``errors[row index]`` holds its one-line message; under ``"stop"`` the first failure raises
     RewardError. The batched call is tried first; when it raises or returns the wrong number of
     values the rows are scored one at a time, so the message can name the row that failed.
+
+    Tasks whose ``reward`` takes them (``takes_reward_context``, the custom task) also get the
+    ``completion_ids`` and the policy version ``step``; when their result carries per-function
+    values (``.components``, :class:`asyncrl.rewards.Scored`) and ``components`` is a dict, it is
+    filled with them (name -> [N] values, None where not scored or failed).
     """
     name = getattr(task, "reward_name", None) or f"task {task.name!r} reward"
     n = len(prompts)
     rewards: list[float | None] = [None] * n
     errors: dict[int, str] = {}
+    extra = ({"completion_ids": completion_ids if completion_ids is not None else [[] for _ in range(n)],
+              "step": step} if getattr(task, "takes_reward_context", False) else {})
+    parts: list[dict | None] = [None] * n  # per row: function name -> value
+
+    def keep_parts(out, lo: int) -> None:
+        comps = getattr(out, "components", None)
+        if comps:
+            for name_, vals in comps.items():
+                for j, v in enumerate(vals):
+                    if parts[lo + j] is None:
+                        parts[lo + j] = {}
+                    parts[lo + j][name_] = v
 
     def fail(msg: str, rows) -> None:
         msg = f"reward error: {name} {msg}"
@@ -109,7 +137,9 @@ def checked_rewards(task: Task, prompts: list[Prompt], completions: list[str],
 
     batch_problem = None
     try:
-        values = _call(task, prompts, completions)
+        out = _call(task, prompts, completions, extra)
+        keep_parts(out, 0)
+        values = list(out)
         if len(values) != n:
             batch_problem = f"returned {len(values)} values for {n} completions (first row: {row(0)})"
     except Exception as e:  # noqa: BLE001 - user code may raise anything
@@ -119,14 +149,17 @@ def checked_rewards(task: Task, prompts: list[Prompt], completions: list[str],
         for i, v in enumerate(values):
             f = _as_float(v)
             if f is None:
-                fail(f"returned {v!r} (not a finite number) for {row(i)}", [i])
+                fail(_bad_value(v, row(i)), [i])
             else:
                 rewards[i] = f
+        _fill(components, parts, errors)
         return rewards, errors
     # Localise the failure: score row by row.
     for i in range(n):
         try:
-            one = _call(task, prompts[i : i + 1], completions[i : i + 1])
+            out = _call(task, prompts[i : i + 1], completions[i : i + 1], _rows_extra(extra, i, i + 1))
+            keep_parts(out, i)
+            one = list(out)
         except RewardError as e:  # not a list
             fail(f"{e} for {row(i)}", [i])
             continue
@@ -138,7 +171,7 @@ def checked_rewards(task: Task, prompts: list[Prompt], completions: list[str],
             continue
         f = _as_float(one[0])
         if f is None:
-            fail(f"returned {one[0]!r} (not a finite number) for {row(i)}", [i])
+            fail(_bad_value(one[0], row(i)), [i])
             continue
         rewards[i] = f
     if not errors:
@@ -147,7 +180,22 @@ def checked_rewards(task: Task, prompts: list[Prompt], completions: list[str],
             batch_problem = (f"raised {_one_line(batch_error)} on a batch of {n} completions "
                              f"(each row alone scores fine; first row: {row(0)})")
         fail(batch_problem, range(n))
+    _fill(components, parts, errors)
     return rewards, errors
+
+
+def _bad_value(v, where: str) -> str:
+    if v is None:  # asyncrl.rewards.score: every reward function returned None for the row
+        return f"scored nothing (every reward function returned None) for {where}"
+    return f"returned {v!r} (not a finite number) for {where}"
+
+
+def _fill(components: dict | None, parts: list[dict | None], errors: dict[int, str]) -> None:
+    if components is None or not any(p for p in parts):
+        return
+    names = list(dict.fromkeys(k for p in parts if p for k in p))
+    for k in names:
+        components[k] = [None if (i in errors or p is None) else p.get(k) for i, p in enumerate(parts)]
 
 
 def evaluate_by_reward(task: Task, prompts: list[Prompt], completions: list[str],

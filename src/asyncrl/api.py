@@ -1,0 +1,204 @@
+"""The Python API: ``from asyncrl import Config, train``.
+
+``train`` runs exactly what ``asyncrl train`` runs (the CLI is a thin layer over :func:`run_train`),
+from a script or a notebook, and returns the run's summary (what ``summary.json`` holds)::
+
+    from asyncrl import Config, train
+
+    def accuracy(completions, solution, **kwargs):          # TRL's reward-function convention
+        return [1.0 if c.strip() == s else 0.0 for c, s in zip(completions, solution)]
+
+    summary = train(Config(loss="grpo", model="path/to/model", steps=200),
+                    reward_funcs=accuracy, train_dataset=dataset)
+
+``reward_funcs``, ``train_dataset`` and ``eval_dataset`` take the names and the kinds of object
+TRL's ``GRPOTrainer`` takes: callables (or ``module:function`` strings, or reward-model folders),
+and a ``datasets.Dataset`` (after your own ``map`` / ``filter``), a list of dicts or a path. Given
+any of them, the task is ``custom``. Errors raise (a one-line ``ConfigError`` / ``ValueError`` for
+bad input, :class:`RunFailed` when the run stopped on an error, with ``.summary``); Ctrl-C stops
+after the current step with a final checkpoint and returns the summary (``interrupted``).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+from asyncrl.config import Config, ConfigError, check_fields_used, read_config_file, validated
+from asyncrl.errors import RunFailed
+from asyncrl.tasks import TaskInputs
+
+__all__ = ["RunFailed", "as_config", "run_train", "train"]
+
+
+def as_config(config) -> Config:
+    """A ``Config``, a dict of fields, a YAML path or None (the defaults) -> a validated Config
+    (a copy: the caller's object is not changed); fields the run would not read are refused, as
+    with flags."""
+    if config is None:
+        data = {}
+    elif isinstance(config, Config):
+        data = {k: getattr(config, k) for k in config.model_fields_set}
+    elif isinstance(config, dict):
+        data = dict(config)
+    elif isinstance(config, (str, Path)):
+        data = read_config_file(config)
+    else:
+        raise ConfigError(f"config must be a Config, a dict, a YAML path or None, not {type(config).__name__}")
+    if data.get("resume"):
+        from asyncrl.checkpoint import resume_config
+
+        cfg = resume_config(data)
+    else:
+        cfg = validated(data)
+    check_fields_used(cfg, data, "train")
+    return cfg
+
+
+def default_output_dir(cfg: Config, command: str = "train") -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if command in ("sft", "rm"):
+        return f"runs/{command}-{stamp}"
+    return f"runs/{cfg.task}-{cfg.loss}-lag{cfg.max_lag}-{stamp}"
+
+
+def train(config=None, *, reward_funcs=None, train_dataset=None, eval_dataset=None) -> dict:
+    """Train as ``asyncrl train`` does; returns the summary dict (also in ``summary.json``).
+
+    ``config``: a :class:`Config`, a dict of its fields, a YAML path, or None for the defaults.
+    ``reward_funcs``: one or a list of callables in TRL's convention (``async def`` too),
+    ``module:function`` strings or sequence-classification model folders (docs/tasks.md);
+    weights are ``config.reward_weights``. ``train_dataset`` / ``eval_dataset``: a
+    ``datasets.Dataset``, a list of dicts, or a path / hub name (as ``--prompts``). Any of them
+    selects the ``custom`` task (an explicit other ``task`` is an error)."""
+    cfg = as_config(config)
+    if callable(reward_funcs) or isinstance(reward_funcs, (str, Path)):
+        reward_funcs = [reward_funcs]
+    inputs = TaskInputs(list(reward_funcs) if reward_funcs is not None else None, train_dataset, eval_dataset)
+    if not inputs.empty:
+        given = [n for n, v in (("reward_funcs", reward_funcs), ("train_dataset", train_dataset),
+                                ("eval_dataset", eval_dataset)) if v is not None]
+        if cfg.task != "custom":
+            if "task" in cfg.model_fields_set:
+                raise ConfigError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for task 'custom' (your "
+                                  f"prompts and reward functions), but the config sets task {cfg.task!r}")
+            cfg.task = "custom"
+        clash = [f for f, obj in (("prompts", train_dataset), ("eval_prompts", eval_dataset),
+                                  ("reward_funcs", reward_funcs)) if obj is not None and getattr(cfg, f)]
+        if clash:
+            raise ConfigError(f"{', '.join(clash)} set in the config and given to train() as objects: pass each once")
+    return run_train(cfg, inputs)
+
+
+def run_train(cfg: Config, inputs: TaskInputs | None = None) -> dict:
+    """The one training entry point (``asyncrl train`` and :func:`train`): check the run folder
+    and everything that needs no weights, then run the controller; returns the summary, raises
+    :class:`RunFailed` when the run stopped on an error."""
+    from asyncrl.runtime.controller import Controller
+
+    if cfg.output_dir is None:
+        cfg.output_dir = default_output_dir(cfg)
+    inputs = inputs if inputs is not None and not inputs.empty else None
+    run_dir = Path(cfg.output_dir)
+    own = check_run_folder(cfg, "train")
+    task = precheck_train(cfg, inputs)
+    clear_run_folder(run_dir, own)  # only once every check passed
+    print(f"asyncrl: run folder {run_dir}", flush=True)
+    if cfg.runtime == "ray" and cfg.ray_learner == "actor":
+        from asyncrl.runtime.ray_host import run_in_learner_actor
+
+        summary = run_in_learner_actor(cfg, run_dir, inputs)  # the actor builds its own task
+    else:
+        summary = Controller(cfg, run_dir, task=task, inputs=inputs).run()
+    if summary.get("failed"):
+        from asyncrl.cli import one_line
+
+        raise RunFailed(f"{one_line(summary['failed'])} (final checkpoint {summary['checkpoint']})", summary)
+    return summary
+
+
+# What asyncrl writes in a run folder; `--overwrite` removes these (after checking that the folders
+# hold only asyncrl's files) and nothing else.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "generations.jsonl", "summary.json", "eval_report.json",
+             "eval_examples.jsonl")
+_TMP = r"\..+\.(tmp|old)"  # io.atomic_write / atomic_dir leftovers: .NAME.xxxx.tmp, .NAME.old
+RUN_DIRS = {
+    "checkpoints": re.compile(rf"^(latest|step_\d+|{_TMP})$"),
+    "tb": re.compile(r"^events\.out\.tfevents\..+$"),
+    "eval": re.compile(rf"^([\w.-]+-[\w]+|{_TMP})$"),  # <step_N>-<task>/ from asyncrl eval of a run checkpoint
+}
+_EVAL_FILES = re.compile(rf"^(eval_report\.json|eval_examples\.jsonl|{_TMP})$")
+
+
+def _foreign(folder: Path) -> str | None:
+    """The first entry of a run sub-folder (checkpoints/, tb/, eval/) that asyncrl did not write."""
+    pattern = RUN_DIRS[folder.name]
+    for e in sorted(folder.iterdir()):
+        if not pattern.match(e.name):
+            return e.name
+        if folder.name == "eval" and e.is_dir():
+            bad = next((x.name for x in sorted(e.iterdir()) if not _EVAL_FILES.match(x.name)), None)
+            if bad is not None:
+                return f"{e.name}/{bad}"
+    return None
+
+
+def check_run_folder(cfg: Config, command: str = "train") -> list[Path]:
+    """Refuse an existing, non-empty ``output_dir`` unless ``--resume`` (train) or ``--overwrite``;
+    returns asyncrl's own files in it, which ``--overwrite`` removes (:func:`clear_run_folder`)."""
+    run_dir = Path(cfg.output_dir)
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("--resume continues the run in its folder and --overwrite replaces it: pass one of them")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output_dir {run_dir} is a file, not a folder")
+    if cfg.resume or not run_dir.is_dir():
+        return []
+    entries = sorted(run_dir.iterdir())
+    if not entries:
+        return []
+    if not cfg.overwrite:
+        resume = f"--resume {run_dir} to continue it, " if command == "train" else ""
+        if (run_dir / "checkpoints").exists():
+            raise ConfigError(f"{run_dir} already holds a run with checkpoints; pass {resume}--overwrite to replace "
+                              "it, or choose another --output-dir")
+        shown = ", ".join(e.name for e in entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ConfigError(f"output_dir {run_dir} is not empty (it holds {shown}); pass --overwrite to replace "
+                          "asyncrl's files in it (other files are kept), or choose another --output-dir")
+    own = []
+    for e in entries:
+        tmp = e.name.startswith(".") and any(e.name.startswith(f".{n}.") for n in RUN_FILES)
+        if (e.name in RUN_FILES or tmp) and e.is_file():
+            own.append(e)
+        elif e.name in RUN_DIRS and e.is_dir():
+            bad = _foreign(e)
+            if bad is not None:
+                raise ConfigError(f"--overwrite: {e / bad} was not written by asyncrl, so {e} is not removed; "
+                                  "move it away or choose another --output-dir")
+            own.append(e)
+    return own
+
+
+def clear_run_folder(run_dir: Path, own: list[Path]) -> None:
+    """``--overwrite``: remove an old run's files (found by :func:`check_run_folder`), nothing else."""
+    for e in own:
+        shutil.rmtree(e) if e.is_dir() else e.unlink()
+    if own:
+        print(f"asyncrl: --overwrite: removed {', '.join(e.name for e in own)} from {run_dir}", flush=True)
+
+
+def precheck_train(cfg: Config, inputs: TaskInputs | None = None):
+    """Start-up checks that need no model weights, before the run folder exists: the task (data,
+    reward import), model paths, the device, and that every prompt fits the model's context.
+    Returns the task, for the controller to use rather than build again."""
+    from asyncrl.policy import resolve_device, resolve_model_path
+    from asyncrl.tasks import check_prompt_lengths, make_task
+
+    task = make_task(cfg, inputs)
+    model_path = resolve_model_path(cfg.model, cfg.task)
+    if cfg.reference_model:
+        resolve_model_path(cfg.reference_model, cfg.task)
+    resolve_device(cfg.device)
+    check_prompt_lengths(task, cfg, model_path, train=True)
+    return task
