@@ -15,7 +15,8 @@ from a script or a notebook, and returns the run's summary (what ``summary.json`
 TRL's ``GRPOTrainer`` takes: callables (or ``module:function`` strings, or reward-model folders),
 and a ``datasets.Dataset`` (after your own ``map`` / ``filter``), a list of dicts or a path. Given
 any of them, the task is ``custom``. Errors raise (a one-line ``ConfigError`` / ``ValueError`` for
-bad input, :class:`RunFailed` when the run stopped on an error, with ``.summary``); Ctrl-C stops
+bad input, :class:`RunFailed` when the run stopped on an error, with ``.summary`` when it had
+started training; ``RewardError`` when a reward function fails in this process, in evaluation); Ctrl-C stops
 after the current step with a final checkpoint and returns the summary (``interrupted``).
 """
 
@@ -33,10 +34,11 @@ from asyncrl.tasks import TaskInputs
 __all__ = ["RunFailed", "as_config", "run_train", "train"]
 
 
-def as_config(config) -> Config:
+def as_config(config, objects: dict | None = None) -> Config:
     """A ``Config``, a dict of fields, a YAML path or None (the defaults) -> a validated Config
     (a copy: the caller's object is not changed); fields the run would not read are refused, as
-    with flags."""
+    with flags. ``objects``: the names of the Python objects given to :func:`train`
+    (``reward_funcs``, ...) mapped to whether they were given: any of them makes the task ``custom``."""
     if config is None:
         data = {}
     elif isinstance(config, Config):
@@ -47,6 +49,17 @@ def as_config(config) -> Config:
         data = read_config_file(config)
     else:
         raise ConfigError(f"config must be a Config, a dict, a YAML path or None, not {type(config).__name__}")
+    given = [k for k, v in (objects or {}).items() if v]
+    if given:
+        if data.get("task", "custom") != "custom":
+            raise ConfigError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for task 'custom' (your "
+                              f"prompts and reward functions), but the config sets task {data['task']!r}")
+        data["task"] = "custom"
+        clash = [f for f, obj in (("prompts", "train_dataset"), ("eval_prompts", "eval_dataset"),
+                                  ("reward_funcs", "reward_funcs"), ("reward", "reward_funcs"))
+                 if obj in given and data.get(f)]
+        if clash:
+            raise ConfigError(f"{', '.join(clash)} set in the config and given to train() as objects: pass each once")
     if data.get("resume"):
         from asyncrl.checkpoint import resume_config
 
@@ -73,22 +86,11 @@ def train(config=None, *, reward_funcs=None, train_dataset=None, eval_dataset=No
     weights are ``config.reward_weights``. ``train_dataset`` / ``eval_dataset``: a
     ``datasets.Dataset``, a list of dicts, or a path / hub name (as ``--prompts``). Any of them
     selects the ``custom`` task (an explicit other ``task`` is an error)."""
-    cfg = as_config(config)
     if callable(reward_funcs) or isinstance(reward_funcs, (str, Path)):
         reward_funcs = [reward_funcs]
+    cfg = as_config(config, {"reward_funcs": reward_funcs is not None, "train_dataset": train_dataset is not None,
+                             "eval_dataset": eval_dataset is not None})
     inputs = TaskInputs(list(reward_funcs) if reward_funcs is not None else None, train_dataset, eval_dataset)
-    if not inputs.empty:
-        given = [n for n, v in (("reward_funcs", reward_funcs), ("train_dataset", train_dataset),
-                                ("eval_dataset", eval_dataset)) if v is not None]
-        if cfg.task != "custom":
-            if "task" in cfg.model_fields_set:
-                raise ConfigError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for task 'custom' (your "
-                                  f"prompts and reward functions), but the config sets task {cfg.task!r}")
-            cfg.task = "custom"
-        clash = [f for f, obj in (("prompts", train_dataset), ("eval_prompts", eval_dataset),
-                                  ("reward_funcs", reward_funcs)) if obj is not None and getattr(cfg, f)]
-        if clash:
-            raise ConfigError(f"{', '.join(clash)} set in the config and given to train() as objects: pass each once")
     return run_train(cfg, inputs)
 
 
@@ -98,6 +100,9 @@ def run_train(cfg: Config, inputs: TaskInputs | None = None) -> dict:
     :class:`RunFailed` when the run stopped on an error."""
     from asyncrl.runtime.controller import Controller
 
+    from asyncrl.cli import quiet_libraries
+
+    quiet_libraries()
     if cfg.output_dir is None:
         cfg.output_dir = default_output_dir(cfg)
     inputs = inputs if inputs is not None and not inputs.empty else None

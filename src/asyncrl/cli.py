@@ -200,7 +200,7 @@ def _report_done(command: str, summary: dict, detail: str) -> int:
     return SIGNAL_EXIT.get(summary.get("signal") or "SIGINT", 130) if summary["interrupted"] else 0
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     # Per-file "Loading weights" bars from every role drown the run's own progress output.
     import os
 
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     if args.command == "plot":  # reads run files only: no need to import transformers first
         return cmd_plot(args)
-    _quiet_libraries()
+    quiet_libraries()
     if args.command == "eval":
         return cmd_eval(args)
     cfg = resolve(args)

@@ -455,7 +455,8 @@ class Config(BaseModel):
             raise ValueError("micro_batch_prompts cannot exceed prompts_per_step")
         if self.buffer == "tba" and self.per_prompt_capacity < self.samples_per_prompt:
             raise ValueError("per_prompt_capacity must be >= samples_per_prompt")
-        if self.reward_weights is not None and (not self.reward_funcs or len(self.reward_weights) != len(self.reward_funcs)):
+        # (reward functions given to asyncrl.train as objects are counted when the task is built)
+        if self.reward_weights is not None and self.reward_funcs and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for "
                              f"{len(self.reward_funcs or [])} reward_funcs; give one weight per function")
         if "none" in self.report_to and len(self.report_to) > 1:

@@ -47,9 +47,11 @@ def _pick_split(ds, split: str, source) -> object:
 def rows_of(obj, what: str = "dataset") -> list[dict]:
     """A ``datasets.Dataset`` (after the user's own ``map`` / ``filter``), a pandas DataFrame or a
     list of dicts -> list of row dicts (at least one)."""
-    if hasattr(obj, "keys") and hasattr(obj, "values") and not isinstance(obj, dict):  # a DatasetDict
-        raise DataError(f"{what} is a DatasetDict with splits {', '.join(obj.keys())}; pass one split, "
-                        f"e.g. ds['train']")
+    if isinstance(obj, dict):
+        if obj and all(hasattr(v, "features") for v in obj.values()):  # a DatasetDict
+            raise DataError(f"{what} is a DatasetDict with splits {', '.join(obj.keys())}; pass one split, "
+                            f"e.g. ds['train']")
+        raise DataError(f"{what} is a dict; give a datasets.Dataset, a list of dicts (one per row), or a path")
     if hasattr(obj, "to_dict") and hasattr(obj, "columns") and not hasattr(obj, "features"):  # pandas
         rows = obj.to_dict("records")
     elif isinstance(obj, (list, tuple)) or hasattr(obj, "features") or hasattr(obj, "__iter__") and not isinstance(

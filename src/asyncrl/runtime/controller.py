@@ -228,6 +228,8 @@ class Controller:
             last_save_t = time.perf_counter()
             return path
 
+        eval_history: list[dict] = []  # this process's evaluations, for the summary
+
         def run_eval(step: int) -> float | None:
             nonlocal eval_s, eval_ref, eval_engine
             w = wall()  # the training time at which this evaluation's weights were reached
@@ -253,6 +255,7 @@ class Controller:
             logger.log_eval({"step": step, "wall_time_s": w, **metrics, "n": len(rows),
                              "eval_time_s": dt}, rows[: cfg.eval_log_generations])
             eval_s += dt
+            eval_history.append({"step": step, **metrics})
             return metrics.get("accuracy")
 
         def publish() -> float:
@@ -499,6 +502,10 @@ class Controller:
                              "unconsumed": len(sched.unconsumed())},
             },
             "checkpoint": str(ckpt),
+            "run_dir": str(self.run_dir),
+            # every evaluation this process ran (step 0 / the resume step, each eval_every, the end)
+            "eval_history": [{k: (None if isinstance(v, float) and v != v else v) for k, v in e.items()}
+                             for e in eval_history],
             **totals,
         }
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
