@@ -130,6 +130,18 @@ def test_wandb_run_name_project_and_dir_from_the_environment(tmp_path, wandb_off
     assert (summary["project"], summary["name"]) == ("proj-x", "named")
 
 
+def test_a_failing_wandb_init_is_one_line_config_error(tmp_path, wandb_offline, monkeypatch):
+    import wandb
+
+    def no_key(**kwargs):
+        raise wandb.errors.UsageError("No API key configured.\nUse `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", no_key)
+    with pytest.raises(ConfigError, match=r"^report_to wandb: wandb.init failed: No API key configured. Use .* "
+                                          r"WANDB_MODE=offline"):
+        RunLogger(tmp_path / "run", 1, cfg=Config(report_to="tensorboard,wandb"))
+
+
 def test_missing_wandb_is_one_line_error_before_the_run_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
     with pytest.raises(ConfigError, match=r"pip install 'asyncrl\[wandb\]'"):
@@ -233,3 +245,14 @@ def test_train_with_wandb_offline_and_resume(tmp_path, wandb_offline):
     assert summary["run_id"] == (out / WANDB_ID_FILE).read_text().strip() == json.loads(
         _inspect(first, "--summary"))["run_id"]
     assert summary["config"]["steps"] == 6 and sorted(_wandb_history(second))[-1] == 6
+
+
+@pytest.mark.e2e
+def test_sft_report_to_none_and_logging_steps(tmp_path, tiny_model_dir, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"{a}+1=", "completion": str(a + 1)} for a in range(6)])
+    out = tmp_path / "sft"
+    assert main(["sft", "--model", tiny_model_dir, "--data", str(data), "--output-dir", str(out), "--steps", "3",
+                 "--batch-size", "2", "--report-to", "none", "--logging-steps", "2"]) == 0
+    assert not (out / "tb").exists() and (out / "metrics.jsonl").is_file()
+    steps = [line.split()[2] for line in capsys.readouterr().out.splitlines() if line.startswith("sft step ")]
+    assert steps == ["2/3", "3/3"]

@@ -116,8 +116,8 @@ class Reporters:
             except Exception as e:  # no API key, no network, a bad WANDB_* setting
                 self.close(failed=True)
                 msg = " ".join(str(e).split()) or type(e).__name__
-                raise ConfigError(f"report_to wandb: wandb.init failed: {msg} (log in with `wandb login`, "
-                                  "or set WANDB_MODE=offline to log without an account)") from e
+                raise ConfigError(f"report_to wandb: wandb.init failed: {msg} (or set WANDB_MODE=offline to log "
+                                  "without an account)") from e
 
     def log(self, prefix: str, row: dict) -> None:
         scalars = {f"{prefix}/{k}": v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
@@ -149,11 +149,11 @@ class RunLogger:
         if resume:
             for name in ("metrics.jsonl", "eval.jsonl", "generations.jsonl"):
                 truncate_log(self.run_dir / name, start_step)
+        self.reporters = Reporters(cfg, self.run_dir, start_step, resume)  # first: wandb.init may fail
         # Appending keeps earlier lines when a run is resumed into the same folder.
         self._metrics = open(self.run_dir / "metrics.jsonl", "a")
         self._eval = open(self.run_dir / "eval.jsonl", "a")
         self._gens = open(self.run_dir / "generations.jsonl", "a")
-        self.reporters = Reporters(cfg, self.run_dir, start_step, resume)
         self.progress = Progress(total_steps, start_step, cfg.logging_steps if cfg is not None else 10,
                                  console=console)
         self._closed = False
