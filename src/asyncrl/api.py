@@ -127,11 +127,13 @@ def run_train(cfg: Config, inputs: TaskInputs | None = None) -> dict:
 # What asyncrl writes in a run folder; `--overwrite` removes these (after checking that the folders
 # hold only asyncrl's files) and nothing else.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "generations.jsonl", "summary.json", "eval_report.json",
-             "eval_examples.jsonl")
+             "eval_examples.jsonl", "wandb_id")
 _TMP = r"\..+\.(tmp|old)"  # io.atomic_write / atomic_dir leftovers: .NAME.xxxx.tmp, .NAME.old
 RUN_DIRS = {
     "checkpoints": re.compile(rf"^(latest|step_\d+|{_TMP})$"),
     "tb": re.compile(r"^events\.out\.tfevents\..+$"),
+    # wandb's files when WANDB_DIR is unset (metrics.Reporters): run folders and its logs
+    "wandb": re.compile(r"^(latest-run|(offline-)?run-\d{8}_\d{6}-[\w-]+|debug(-internal|-cli\.[\w.-]+)?\.log)$"),
     "eval": re.compile(rf"^([\w.-]+-[\w]+|{_TMP})$"),  # <step_N>-<task>/ from asyncrl eval of a run checkpoint
 }
 _EVAL_FILES = re.compile(rf"^(eval_report\.json|eval_examples\.jsonl|{_TMP})$")
@@ -194,12 +196,14 @@ def clear_run_folder(run_dir: Path, own: list[Path]) -> None:
 
 
 def precheck_train(cfg: Config, inputs: TaskInputs | None = None):
-    """Start-up checks that need no model weights, before the run folder exists: the task (data,
-    reward import), model paths, the device, and that every prompt fits the model's context.
-    Returns the task, for the controller to use rather than build again."""
+    """Start-up checks that need no model weights, before the run folder exists: the report_to
+    packages, the task (data, reward import), model paths, the device, and that every prompt fits
+    the model's context. Returns the task, for the controller to use rather than build again."""
+    from asyncrl.metrics import check_report_to
     from asyncrl.policy import resolve_device, resolve_model_path
     from asyncrl.tasks import check_prompt_lengths, make_task
 
+    check_report_to(cfg)
     task = make_task(cfg, inputs)
     model_path = resolve_model_path(cfg.model, cfg.task)
     if cfg.reference_model:

@@ -167,7 +167,11 @@ def cmd_supervised(command: str, cfg: Config) -> int:
         from asyncrl.sft import run_sft as run
     else:
         from asyncrl.rm import run_rm as run
-    clear_run_folder(Path(cfg.output_dir), check_run_folder(cfg, command))
+    from asyncrl.metrics import check_report_to
+
+    own = check_run_folder(cfg, command)
+    check_report_to(cfg)  # before --overwrite removes anything
+    clear_run_folder(Path(cfg.output_dir), own)
     print(f"asyncrl: run folder {cfg.output_dir}", flush=True)
     summary = run(cfg)
     ev = summary["final_eval"] or {}

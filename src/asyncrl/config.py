@@ -359,7 +359,8 @@ class Config(BaseModel):
     command line): ``tensorboard`` (``tb/``), ``wandb`` (needs ``pip install wandb``; project from
     ``WANDB_PROJECT``, offline with ``WANDB_MODE=offline``), ``none``."""
     run_name: str | None = None
-    """Name of the run in wandb / TensorBoard; None = the run folder's name."""
+    """Name of the run in wandb (TensorBoard names runs by folder: there it heads the ``config``
+    text entry); None = the run folder's name."""
     logging_steps: int = Field(10, ge=1)
     """Without a terminal (CI, a pipe): print a plain progress line every this many steps."""
     eval_every: int = Field(100, ge=0)
@@ -383,6 +384,12 @@ class Config(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto`` = cuda when available. On GPU trained weights are fp32 with bf16 autocast and
     generator/reference weights bf16; on CPU all fp32."""
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_none(cls, v):
+        # `--report-to none` reaches here as None (flags read none/null as None): no destination.
+        return ["none"] if v is None else v
 
     @field_validator("reward_funcs", "lora_target_modules", "report_to", "reward_weights", mode="before")
     @classmethod

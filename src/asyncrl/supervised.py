@@ -3,8 +3,9 @@ run-folder logging, held-out evaluation and checkpoints.
 
 Run folder: ``config.yaml`` (resolved, with ``steps`` filled in from ``epochs``), ``metrics.jsonl``
 (one line per optimizer step), ``eval.jsonl`` (held-out metrics at step 0, every ``eval_every``
-steps and at the end), ``tb/`` (TensorBoard), ``checkpoints/step_N/`` (``save_pretrained`` model +
-tokenizer; ``checkpoints/latest`` names the newest) and ``summary.json``.
+steps and at the end), ``tb/`` (TensorBoard; wandb too, as ``report_to`` says),
+``checkpoints/step_N/`` (``save_pretrained`` model + tokenizer; ``checkpoints/latest`` names the
+newest) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from asyncrl.config import Config, ConfigError, save_config
 from asyncrl.data import batches
 from asyncrl.io import atomic_write_text
 from asyncrl.learner import make_optimizer
+from asyncrl.metrics import Reporters, check_report_to
 
 
 def prepare_run_dir(cfg: Config) -> Path:
@@ -30,6 +32,7 @@ def prepare_run_dir(cfg: Config) -> Path:
         raise ConfigError("sft and rm do not resume; start a new run (e.g. --model <run>/checkpoints/step_N)")
     if (run_dir / "checkpoints").exists():
         raise ConfigError(f"{run_dir} already holds a run with checkpoints; choose another --output-dir")
+    check_report_to(cfg)
     return run_dir
 
 
@@ -44,25 +47,21 @@ def micro_slices(n: int, micro: int | None) -> list[slice]:
 
 
 class _Log:
-    def __init__(self, run_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
-
+    def __init__(self, run_dir: Path, cfg: Config):
         run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = open(run_dir / "metrics.jsonl", "a")
         self.eval = open(run_dir / "eval.jsonl", "a")
-        self.tb = SummaryWriter(str(run_dir / "tb"))
+        self.reporters = Reporters(cfg, run_dir)  # report_to: tb/, wandb
 
     def write(self, f, prefix: str, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
         f.flush()
-        for k, v in row.items():
-            if k != "step" and isinstance(v, (int, float)):
-                self.tb.add_scalar(f"{prefix}/{k}", v, row["step"])
+        self.reporters.log(prefix, row)
 
     def close(self) -> None:
         self.metrics.close()
         self.eval.close()
-        self.tb.close()
+        self.reporters.close()
 
 
 def run_loop(
@@ -85,14 +84,14 @@ def run_loop(
     opt, sched = make_optimizer(params, cfg)
     save_config(cfg, run_dir / "config.yaml")
     config_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
-    log = _Log(run_dir)
+    log = _Log(run_dir, cfg)
     step = samples = 0
     wall = 0.0  # training time only; evaluation is excluded
     last: dict = {}
     last_eval: dict | None = None
     ckpt = None
     interrupted = False
-    print_every = max(1, cfg.steps // 20)
+    print_every = cfg.logging_steps
 
     def evaluate() -> None:
         nonlocal last_eval

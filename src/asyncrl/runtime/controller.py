@@ -57,7 +57,8 @@ POLL_S = 0.05  # how long to wait for a worker message before re-checking stop r
 
 
 # Files a run writes into its folder; a run that fails before training removes them again.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "generations.jsonl", "summary.json", "tb", "checkpoints")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "generations.jsonl", "summary.json", "tb", "checkpoints",
+             "wandb", "wandb_id")
 
 
 def make_host(cfg: Config, policy_path: str, ref_path: str, gen_threads: int, inputs=None) -> Host:
@@ -120,9 +121,12 @@ class Controller:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 handlers[sig] = signal.signal(sig, self._on_signal)
         self._trained = False
+        self._logger: RunLogger | None = None
         try:
             return self._run()
         except BaseException:
+            if self._logger is not None:  # before the clean-up below: wandb writes into the run folder
+                self._logger.close(failed=True)
             if not self._trained and not self.cfg.resume:
                 if fresh:
                     shutil.rmtree(run_dir, ignore_errors=True)
@@ -190,7 +194,8 @@ class Controller:
                "redispatched0": counters["requests_redispatched"], "restored": len(buffer)}
         host = self.host = make_host(cfg, policy_path, base_path, gen_threads, self.inputs)
         sched = self.scheduler = Scheduler(cfg.max_lag, cfg.prompts_per_step, host.depth)
-        logger = RunLogger(self.run_dir, cfg.steps, learner.version, resume=trainer_state is not None)
+        logger = self._logger = RunLogger(self.run_dir, cfg.steps, learner.version,
+                                          resume=trainer_state is not None, cfg=cfg)
         config_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
 
         interrupted = False
