@@ -77,7 +77,7 @@ def grpo_loss(
     current weights, so prox_logp = stopgrad(logp) and this is exactly the default loss; only with
     ``sync_every > 1`` can rho differ from 1, and only then can the clip and dual-clip bind.
 
-    KL: the default is the plain k3 estimator of DeepSeekMath (and of TRL up to 1.15, and this
+    KL: the default is the plain k3 estimator of DeepSeekMath (TRL 1.10's default too, and this
     loss's behaviour before the option existed). ``kl_bias_correction`` multiplies k3 by the
     ratio rho (TRL 1.16's default ``use_bias_correction_kl=True``, after DeepSeek-V3.2): 1 in
     value, but it adds ``k3_t * grad logp_t`` to the gradient, which makes it the unbiased gradient
