@@ -116,3 +116,30 @@ def test_ctrl_c_writes_final_checkpoint(tmp_path):
     state = load_trainer_state(ckpt)
     assert state["learner"]["version"] == int(ckpt.name.split("_")[1]) >= 3
     assert "interrupted at step" in stdout
+
+
+@pytest.mark.parametrize("flags", [
+    ["--loss", "grpo", "--off-policy-correction", "token_mask", "--is-low", "0.5", "--is-high", "2"],
+    ["--loss", "grpo", "--off-policy-correction", "sequence_tis"],
+    ["--loss", "grpo", "--off-policy-correction", "sequence_mask", "--kl-bias-correction", "true"],
+    ["--loss", "grpo", "--off-policy-correction", "geometric_mask", "--is-geo-delta", "0.2"],
+    ["--loss", "grpo", "--decoupled", "true", "--sync-every", "2", "--clip-ratio-c", "3"],
+    ["--loss", "ppo", "--decoupled", "true", "--sync-every", "2", "--clip-ratio-c", "3"],
+    ["--loss", "ppo", "--off-policy-correction", "token_mask", "--clip-ratio-c", "3"],
+    ["--loss", "rloo", "--off-policy-correction", "token_tis"],
+], ids=["grpo-token_mask", "grpo-sequence_tis", "grpo-sequence_mask-klbias", "grpo-geometric_mask",
+        "grpo-decoupled-dualclip", "ppo-decoupled-dualclip", "ppo-token_mask-dualclip", "rloo-token_tis"])
+def test_off_policy_corrections_run(tmp_path, flags):
+    """Every correction, dual-clip and decoupled PPO train end to end with exact lag 1, and their
+    metrics reach metrics.jsonl."""
+    out = _run(tmp_path, *flags, "--max-lag", "1", "--workers", "inline", "--eval-every", "0")
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert all(v is not None for v in r.values()), r
+        for k in ("is_weight_mean", "is_masked_token_fraction", "is_masked_seq_fraction",
+                  "is_clipped_token_fraction", "is_clipped_seq_fraction"):
+            assert 0 <= r[f"loss/{k}"] < 1e6, (k, r[f"loss/{k}"])
+    if "--clip-ratio-c" in flags:
+        assert all("loss/dual_clip_fraction" in r for r in rows)
+    assert _param_delta(out / "checkpoints" / "step_4") > 0

@@ -84,3 +84,24 @@ def test_version_counts_optimizer_steps():
     assert learner.version == 2
     after = learner.weights()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_decoupled_proximal_policy_is_the_latest_sync():
+    """sync_every 2: the proximal weights are refreshed at versions 0, 2, 4 (the controller publishes
+    after each step that makes version % sync_every == 0), and held in between."""
+    cfg = Config(loss="ppo", decoupled=True, sync_every=2, max_lag=1, samples_per_prompt=4, prompts_per_step=2,
+                 warmup_steps=0, lr=1e-2)
+    batch = _batch(cfg, 2, "generator")
+    learner = _learner(cfg, with_ref=False)
+    seen = []
+    for _ in range(4):
+        before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+        m = learner.step(batch)
+        prox = learner._prox_model.state_dict()
+        seen.append(all(torch.equal(prox[k], before[k]) for k in before))
+        assert "loss/is_weight_mean" in m
+    # versions 0 and 2 refresh (prox = the weights before that step); versions 1 and 3 keep the older copy
+    assert seen == [True, False, True, False]
+    one = Learner(cfg.model_copy(update={"sync_every": 1, "max_lag": 0}), load_model(BASE, CPU), None, 0, CPU)
+    one.step(batch)
+    assert one._prox_model is None  # sync_every 1: prox = stopgrad of the policy's own forward

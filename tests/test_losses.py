@@ -22,6 +22,7 @@ from asyncrl.losses import (
     rloo_loss,
     tb_loss,
 )
+from asyncrl.losses.corrections import make_correction
 
 REL = 1e-6
 PAD = -9.0  # junk on padding; any leak of it into a loss changes the numbers
@@ -238,7 +239,7 @@ def capped_weights(cap: float) -> list[list[float]]:
 
 def test_grpo_matches_hand_computation_and_gradient():
     inp = make_inputs()
-    loss, metrics = grpo_loss(inp, variant="grpo", clip_eps=0.2, is_cap=2.0)
+    loss, metrics = grpo_loss(inp, variant="grpo", clip_eps=0.2, correction=make_correction("token_tis", cap=2.0))
     loss.backward()
     # population std: group (1, 0) -> mean .5, std .5; group (0.5, 2) -> mean 1.25, std .75
     adv = [0.5 / 0.5001, -0.5 / 0.5001, -0.75 / 0.7501, 0.75 / 0.7501]
@@ -249,7 +250,7 @@ def test_grpo_matches_hand_computation_and_gradient():
     assert_close(inp.logp.grad, grad)
     tokens = [w[i][j] for i in range(4) for j in range(LENS[i])]
     assert_close(metrics["is_weight_mean"], sum(tokens) / len(tokens))
-    assert metrics["is_truncated_fraction"] == 0.0
+    assert metrics["is_clipped_token_fraction"] == 0.0
     assert_close(metrics["advantage_abs_mean"], sum(abs(a) for a in adv) / 4)
 
 
@@ -257,11 +258,11 @@ def test_dr_grpo_with_kl_matches_hand_computation_and_gradient():
     kl_coef, max_tokens = 0.05, 4
     inp = make_inputs()
     loss, metrics = grpo_loss(
-        inp, variant="dr_grpo", is_cap=None, kl_coef=kl_coef, max_tokens=max_tokens
+        inp, variant="dr_grpo", correction=make_correction("none"), kl_coef=kl_coef, max_tokens=max_tokens
     )
     loss.backward()
     adv = [0.5, -0.5, -0.75, 0.75]  # r - group mean, no std
-    w = [[1.0] * 3 for _ in range(4)]  # is_cap=None: no importance weighting
+    w = [[1.0] * 3 for _ in range(4)]  # correction none: no importance weighting
     per_seq, grad = [], []
     for i in range(4):
         total, g_row = 0.0, []
@@ -278,7 +279,7 @@ def test_dr_grpo_with_kl_matches_hand_computation_and_gradient():
         grad.append(g_row)
     assert_close(loss.item(), sum(per_seq) / 4)
     assert_close(inp.logp.grad, grad)
-    assert metrics["is_weight_mean"] == 1.0  # is_cap=None disables the correction
+    assert metrics["is_weight_mean"] == 1.0  # none disables the correction
     assert "kl_k3_mean" in metrics
 
 
@@ -296,7 +297,7 @@ def test_grpo_truncates_importance_weights_at_cap():
             rewards=t([1.0, 0.0]),
             group_size=2,
         )
-        loss, metrics = grpo_loss(inp, variant="grpo", is_cap=cap)
+        loss, metrics = grpo_loss(inp, variant="grpo", correction=make_correction("token_tis", cap=cap))
         loss.backward()
         return loss.item(), inp.logp.grad, metrics
 
@@ -305,13 +306,13 @@ def test_grpo_truncates_importance_weights_at_cap():
     w = [[2.0, math.exp(0.3)], [2.0, math.exp(0.5)]]  # e^2 and e^1 exceed the cap of 2
     assert_close(loss, -(adv[0] * sum(w[0]) / 2 + adv[1] * sum(w[1]) / 2) / 2)
     assert_close(grad, [[-w[i][j] * adv[i] / 2 / 2 for j in range(2)] for i in range(2)])
-    assert metrics["is_truncated_fraction"] == 0.5
+    assert metrics["is_clipped_token_fraction"] == 0.5
     assert_close(metrics["is_weight_mean"], (4.0 + math.exp(0.3) + math.exp(0.5)) / 4)
 
-    # is_cap=None switches the correction off entirely (w = 1), not just the truncation
+    # cap=None (is_cap: null) switches the correction off entirely (w = 1), not just the truncation
     _, grad_off, metrics_off = run(None)
     assert_close(grad_off, [[-adv[i] / 2 / 2 for _ in range(2)] for i in range(2)])
-    assert metrics_off["is_truncated_fraction"] == 0.0
+    assert metrics_off["is_clipped_token_fraction"] == 0.0
     assert metrics_off["is_weight_mean"] == 1.0
 
 
@@ -405,9 +406,9 @@ LOSSES = {
     "dpo_ipo": lambda inp: online_dpo_loss(inp, beta=0.2, variant="ipo"),
     "rloo": lambda inp: rloo_loss(inp, kl_coef=0.05, clip_eps=None),
     "rloo_clip": lambda inp: rloo_loss(inp, kl_coef=0.05, clip_eps=0.2),
-    "grpo": lambda inp: grpo_loss(inp, variant="grpo", is_cap=1.5, kl_coef=0.04),
+    "grpo": lambda inp: grpo_loss(inp, variant="grpo", correction=make_correction("token_tis", cap=1.5), kl_coef=0.04),
     "dr_grpo": lambda inp: grpo_loss(
-        inp, variant="dr_grpo", is_cap=1.5, kl_coef=0.04, max_tokens=5
+        inp, variant="dr_grpo", correction=make_correction("token_tis", cap=1.5), kl_coef=0.04, max_tokens=5
     ),
     "ppo": lambda inp: ppo_loss(inp, kl_coef=0.05, gamma=0.9, lam=0.8),
 }

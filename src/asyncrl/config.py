@@ -167,7 +167,8 @@ class Config(BaseModel):
     rloo_clip: bool = False
     """rloo: clip the sequence-level importance ratio (PPO-style) instead of plain REINFORCE."""
     is_cap: float | None = Field(2.0, gt=0)
-    """grpo: truncated importance-sampling cap on pi_learner/pi_behaviour per token; None = off."""
+    """grpo/rloo/ppo: the threshold C of ``token_tis`` (weight min(ratio, C)), ``sequence_tis`` and
+    ``sequence_mask``; None switches ``token_tis`` off (weight 1; the sequence modes need a value)."""
     off_policy_correction: Literal["auto", "none", "token_tis", "token_mask", "sequence_tis", "sequence_mask",
                                    "geometric_mask"] = "auto"
     """grpo/rloo/ppo: correction for the gap between the behaviour policy (that sampled) and the
@@ -175,8 +176,11 @@ class Config(BaseModel):
     ratio outside [``is_low``, ``is_high``] masked), ``sequence_tis`` / ``sequence_mask`` (one weight
     per sequence, exp(sum of log-ratios), truncated at / zeroed above ``is_cap``), ``geometric_mask``
     (sequence geometric-mean ratio outside [1-``is_geo_delta``, 1+``is_geo_delta``] masked) or
-    ``none``. ``auto`` = ``token_tis`` for grpo (its behaviour before this field), ``none`` for
-    rloo/ppo. See docs/algorithms.md."""
+    ``none``. ``auto`` = ``token_tis`` for grpo (its behaviour before this field) and decoupled ppo
+    (AReaL's truncated behaviour weight), ``none`` for rloo and plain ppo. Where the loss's own ratio
+    already divides by the behaviour policy (plain ppo, rloo with ``rloo_clip``) only a correction's
+    mask is applied, so the reweight-only ``token_tis``/``sequence_tis`` are refused there (and
+    ``token_mask`` for rloo_clip, whose ratio is per sequence). See docs/algorithms.md."""
     is_low: float = Field(0.5, gt=0)
     """token_mask: lower bound of the kept ratio band."""
     is_high: float = Field(2.0, gt=0)
@@ -189,10 +193,15 @@ class Config(BaseModel):
     decoupled: bool = False
     """grpo/ppo: decoupled PPO (AReaL): the clipped ratio is taken against a proximal policy (the
     weights of the latest sync, log-probs computed once per batch) and the behaviour correction is
-    a separate weight (``off_policy_correction``)."""
+    a separate weight (``off_policy_correction``). With ``sync_every 1`` the proximal policy is the
+    current weights (no extra forward); with ``sync_every > 1`` the learner keeps a copy of the
+    weights of the latest sync (one more model in memory, one no-grad forward per batch). grpo
+    with ``sync_every 1`` is already this loss, so there it is refused."""
     kl_bias_correction: bool = False
-    """grpo: TRL's bias-corrected k3 KL (``use_bias_correction_kl``): the per-token KL term is
-    weighted by the ratio pi/pi_behaviour; False = the plain k3 estimator (DeepSeekMath)."""
+    """grpo: TRL 1.16's bias-corrected k3 KL (``use_bias_correction_kl``, its default): the
+    per-token k3 term is multiplied by the ratio pi/pi_old of the clipped objective (1 in value,
+    not in gradient); False (default here) = the plain k3 estimator of DeepSeekMath. Needs
+    ``kl_coef > 0``."""
     vf_coef: float = Field(0.1, ge=0)
     """ppo: value-loss weight."""
     gae_lambda: float = Field(0.95, ge=0, le=1)
@@ -470,6 +479,7 @@ class Config(BaseModel):
             raise ValueError("report_to: 'none' cannot be combined with other destinations")
         if self.is_low >= self.is_high:
             raise ValueError(f"is_low={self.is_low} must be below is_high={self.is_high}")
+        self._check_off_policy_correction()
         if self.task == "reward_model" and not self.reward_model:
             raise ValueError("task 'reward_model' needs --reward-model PATH (a sequence-classification model folder)")
         if self.task == "redteam" and (not self.victim_model or not self.toxicity_classifier):
@@ -482,6 +492,43 @@ class Config(BaseModel):
     @property
     def synchronous(self) -> bool:
         return self.max_lag == 0
+
+    @property
+    def correction(self) -> str:
+        """``off_policy_correction`` with ``auto`` resolved (losses/corrections.py has the table)."""
+        if self.off_policy_correction != "auto":
+            return self.off_policy_correction
+        return "token_tis" if self.loss == "grpo" or (self.loss == "ppo" and self.decoupled) else "none"
+
+    def _check_off_policy_correction(self) -> None:
+        """Combinations of the off-policy fields that would be ignored or meaningless: refused."""
+        if self.loss not in ("grpo", "rloo", "ppo"):
+            return
+        corr = self.correction
+        if corr in ("sequence_tis", "sequence_mask") and self.is_cap is None:
+            raise ValueError(f"off_policy_correction={corr} needs is_cap (its threshold); is_cap=null only "
+                             "switches token_tis off")
+        # the loss's own ratio divides by the behaviour policy: only a correction's mask applies
+        behaviour_ratio = (self.loss == "ppo" and not self.decoupled) or (self.loss == "rloo" and self.rloo_clip)
+        masks = ("none", "sequence_mask", "geometric_mask") if self.loss == "rloo" and self.rloo_clip else \
+            ("none", "token_mask", "sequence_mask", "geometric_mask")
+        if behaviour_ratio and corr not in masks:
+            what = "rloo with rloo_clip (a sequence-level ratio)" if self.loss == "rloo" else "ppo without decoupled"
+            raise ValueError(f"off_policy_correction={corr}: {what} already divides its ratio by the behaviour "
+                             f"policy, so only a mask applies; choose one of {', '.join(masks)}"
+                             + (" or set decoupled: true" if self.loss == "ppo" else ""))
+        # grpo's ratio is pi/stopgrad(pi) = 1 (one optimizer step per batch) unless decoupled with a
+        # proximal policy older than the current weights
+        if self.loss == "grpo" and self.decoupled and self.sync_every == 1:
+            raise ValueError("decoupled has no effect on grpo with sync_every=1: the proximal policy (the latest "
+                             "sync) is then the current weights, which grpo's ratio already uses; set sync_every > 1")
+        ratio_moves = (self.loss == "ppo" and not self.decoupled) or (self.decoupled and self.sync_every > 1)
+        if self.clip_ratio_c is not None and not ratio_moves:
+            raise ValueError(f"clip_ratio_c has no effect on {self.loss} here: its ratio is taken against the current "
+                             "weights, so it is 1 and no clip binds; it needs decoupled with sync_every > 1"
+                             + (" (or plain ppo)" if self.loss == "ppo" else ""))
+        if self.kl_bias_correction and self.kl_coef == 0:
+            raise ValueError("kl_bias_correction needs kl_coef > 0 (it reweights the KL term)")
 
     @property
     def generator_custom_resources(self) -> dict[str, float]:
@@ -609,11 +656,14 @@ FIELD_RULES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "kl_coef": (("loss", ("rloo", "grpo", "ppo")),),
     "clip_eps": (("loss", ("rloo", "grpo", "ppo")),),
     "rloo_clip": (("loss", ("rloo",)),),
-    "is_cap": (("loss", ("grpo", "rloo", "ppo")),),
+    # the correction's thresholds (losses/corrections.py); "off_policy_correction" is the resolved
+    # Config.correction (auto -> token_tis or none)
+    "is_cap": (("loss", ("grpo", "rloo", "ppo")),
+               ("off_policy_correction", ("token_tis", "sequence_tis", "sequence_mask"))),
     "off_policy_correction": (("loss", ("grpo", "rloo", "ppo")),),
-    "is_low": (("loss", ("grpo", "rloo", "ppo")),),
-    "is_high": (("loss", ("grpo", "rloo", "ppo")),),
-    "is_geo_delta": (("loss", ("grpo", "rloo", "ppo")),),
+    "is_low": (("loss", ("grpo", "rloo", "ppo")), ("off_policy_correction", ("token_mask",))),
+    "is_high": (("loss", ("grpo", "rloo", "ppo")), ("off_policy_correction", ("token_mask",))),
+    "is_geo_delta": (("loss", ("grpo", "rloo", "ppo")), ("off_policy_correction", ("geometric_mask",))),
     "clip_ratio_c": (("loss", ("grpo", "ppo")),),
     "decoupled": (("loss", ("grpo", "ppo")),),
     "kl_bias_correction": (("loss", ("grpo",)),),
@@ -676,6 +726,8 @@ def _dimension(cfg: Config, dim: str) -> str:
         return "none" if cfg.lora_rank is None else "set"
     if dim == "engine":
         return "vllm" if "vllm" in (cfg.engine, cfg.eval_engine) else cfg.engine
+    if dim == "off_policy_correction":
+        return cfg.correction
     value = getattr(cfg, dim)
     return str(value).lower() if isinstance(value, bool) else str(value)
 

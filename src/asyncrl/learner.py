@@ -87,6 +87,8 @@ class Learner:
         # (policy_forward, ref_forward, loss, backward, optimizer, other). None (default) = no timing.
         self.timings: dict[str, float] | None = None
         self._mark_t = 0.0
+        # Decoupled PPO's proximal policy = the weights of the latest sync (see _refresh_proximal).
+        self._prox_model = None
 
     def _mark(self, phase: str) -> None:
         """Adds the time since the previous mark to ``timings[phase]`` (no-op unless timing)."""
@@ -109,10 +111,31 @@ class Learner:
                 ref = completion_logprobs(self.ref_model, packed, self.cfg.temperature)
             self._mark("ref_forward")
         values = self.value_head(hidden.float()).squeeze(-1) if with_hidden else None
+        prox = None
+        if self.cfg.decoupled:
+            if self._prox_model is None:  # sync_every 1: the latest sync is the current weights
+                prox = logp.detach()
+            else:
+                with torch.no_grad(), autocast(self.device):
+                    prox = completion_logprobs(self._prox_model, packed, self.cfg.temperature)
+                self._mark("prox_forward")
         return LossInputs(
             logp=logp, mask=packed.completion_mask, behaviour_logp=beh, rewards=rewards,
-            group_size=self.cfg.samples_per_prompt, ref_logp=ref, values=values,
+            group_size=self.cfg.samples_per_prompt, ref_logp=ref, values=values, prox_logp=prox,
         )
+
+    def _refresh_proximal(self) -> None:
+        """Decoupled PPO with ``sync_every > 1``: keep a frozen copy of the weights the controller
+        last published (it publishes after every step that makes ``version % sync_every == 0``, and
+        at the start of a run or resume: the copy is first taken at this Learner's first step).
+        asyncrl takes one optimizer step per batch, so with ``sync_every 1`` the latest sync is the
+        current weights and no copy is kept (prox = stopgrad of the policy's own forward)."""
+        if self._prox_model is None:
+            import copy
+
+            self._prox_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        else:
+            self._prox_model.load_state_dict(self.model.state_dict())
 
     def step(self, batch: BufferBatch) -> dict[str, float]:
         """One optimizer update on ``batch``; returns metrics (floats)."""
@@ -121,6 +144,9 @@ class Learner:
             self.timings.clear()
             self._mark_t = t0
         K = self.cfg.samples_per_prompt
+        if self.cfg.decoupled and self.cfg.sync_every > 1 and (
+                self._prox_model is None or self.version % self.cfg.sync_every == 0):
+            self._refresh_proximal()
         prompts, comps, beh_rows, reward_rows, ref_rows = flatten(batch)
         fresh_rows = torch.tensor([s.version == self.version for g in batch.groups for s in g.samples])  # [N]
         mismatch: dict[str, float] = {}

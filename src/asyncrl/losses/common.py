@@ -24,6 +24,9 @@ class LossInputs:
     group_size: int  # K; N must be a multiple of K
     ref_logp: Tensor | None = None  # [N, T] frozen reference policy log-probs (no grad); None = 0
     values: Tensor | None = None  # [N, T] value-head predictions V(s_t) before token t (ppo only)
+    # [N, T] log-probs under the proximal policy (the weights of the latest sync; no grad), only
+    # for decoupled PPO (learner.py computes them once per batch)
+    prox_logp: Tensor | None = None
 
     @property
     def num_groups(self) -> int:
@@ -55,6 +58,20 @@ def require_group_size(inp: LossInputs, minimum: int, loss: str) -> int:
     if inp.group_size < minimum:
         raise ValueError(f"{loss} needs group_size >= {minimum}, got {inp.group_size}")
     return inp.group_size
+
+
+def dual_clip(pg: Tensor, adv: Tensor, clip_ratio_c: float, mask: Tensor) -> tuple[Tensor, float]:
+    """Dual-clip PPO (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL"; verl's
+    ``clip_ratio_c``): where A < 0 the clipped loss is also bounded above by -c * A, so a ratio far
+    above 1 + eps on a bad action cannot make the loss (and its gradient) unbounded.
+
+    pg: [N, T] the clipped PPO loss -min(rho A, clip(rho) A); adv: broadcastable to pg; mask: [N, T].
+    Returns (min(pg, -c A) where A < 0 else pg, the fraction of completion tokens where the bound
+    binds: verl's ``pg_clipfrac_lower``)."""
+    bound = -adv * clip_ratio_c
+    negative = (adv < 0).expand_as(pg)
+    binds = negative & (pg > bound)
+    return torch.where(negative, torch.minimum(pg, bound), pg), masked_mean(binds.to(mask.dtype), mask)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> float:

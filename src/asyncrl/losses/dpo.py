@@ -29,7 +29,9 @@ def online_dpo_loss(
     A group is valid when ``max r > min r``. Groups with all-equal rewards carry no preference and
     contribute 0, but still count in the denominator ``B`` so that micro-batches of whole groups
     weighted by their group share reproduce the full-batch loss exactly (dividing by the number of
-    valid pairs would not). Departures: the paper uses the K=2 case; with K>2 we keep only the
+    valid pairs would not). The seed's vLLM trainer keeps tied groups instead: there chosen and
+    rejected are the same sample, so h = 0 and each adds the constant log 2 (sigmoid); loss values
+    differ by log 2 times the tied share of groups, gradients are equal. Departures: the paper uses the K=2 case; with K>2 we keep only the
     best/worst pair, and the other samples get no gradient. IPO uses summed (not TRL's
     length-averaged) log-probs, matching Azar et al.'s sequence-level definition. Like the paper,
     the loss ignores ``behaviour_logp`` (DPO is off-policy in form).
