@@ -30,8 +30,6 @@ def test_make_task_dispatches_on_config(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, fragment", [
-    ({"task": "custom"}, "task 'custom' needs --prompts PATH and --reward package.module:function"),
-    ({"task": "custom", "prompts": "x.jsonl"}, "task 'custom' needs --prompts"),
     ({"prompt_template": "no placeholder"}, "prompt_template must contain the placeholder {question}"),
     ({"reward_errors": "ignore"}, "reward_errors: unknown value 'ignore' (choose one of stop, skip)"),
 ])
@@ -39,6 +37,14 @@ def test_task_config_errors_are_one_line(overrides, fragment):
     with pytest.raises(ConfigError) as e:
         load_config(overrides=overrides)
     assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("overrides", [{"task": "custom"}, {"task": "custom", "prompts": "x.jsonl"}])
+def test_custom_task_needs_prompts_and_rewards(overrides):
+    # checked when the task is built (asyncrl.train may give them as objects), still before any run folder
+    with pytest.raises(ValueError) as e:
+        make_task(load_config(overrides=overrides))
+    assert "task 'custom' needs prompts (--prompts PATH, or train_dataset=) and reward functions" in str(e.value)
 
 
 # --- gsm8k grading --------------------------------------------------------------------------------

@@ -58,10 +58,11 @@ def check_report_to(cfg: Config) -> None:
 
     if "wandb" in cfg.report_to:
         try:
-            import wandb  # noqa: F401
+            import wandb
         except ImportError:
             raise ConfigError("report_to wandb needs the wandb package: pip install 'asyncrl[wandb]' "
                               "(or drop wandb from --report-to)") from None
+        del wandb  # only whether it imports: the run imports it again where it logs
 
 
 def _wandb_run_id(run_dir: Path, resume: bool) -> str:
