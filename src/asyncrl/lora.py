@@ -35,14 +35,25 @@ def is_adapter_folder(path: str | Path) -> bool:
 
 
 def is_peft(model) -> bool:
-    from peft import PeftModel
-
+    """A peft-wrapped model. Without peft installed nothing is (full fine-tuning needs no peft)."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
     return isinstance(model, PeftModel)
+
+
+def _require_peft() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise ValueError("lora_rank needs the peft package: pip install 'asyncrl[lora]'")
 
 
 def lora_config(cfg, base_path: str):
     """The ``LoraConfig`` of ``cfg`` (``lora_rank``, ``lora_alpha``, ``lora_dropout``,
     ``lora_target_modules``); ``base_path`` is recorded in the saved ``adapter_config.json``."""
+    _require_peft()
     from peft import LoraConfig
 
     targets = cfg.lora_target_modules
