@@ -115,6 +115,7 @@ def test_checkpoint_is_a_peft_adapter_and_reloads_the_same_policy(tmp_path):
     from transformers import AutoModelForCausalLM
 
     cfg = Config(**LORA)
+    torch.manual_seed(0)  # lora_A's random init
     model = load_policy(cfg, BASE, CPU)
     _perturb(model)
     tok = load_tokenizer(BASE)
@@ -126,10 +127,11 @@ def test_checkpoint_is_a_peft_adapter_and_reloads_the_same_policy(tmp_path):
     peft_loaded = PeftModel.from_pretrained(load_model(BASE, CPU), str(ckpt))
     torch.testing.assert_close(_logp(peft_loaded, packed), want, rtol=0, atol=0)
     assert torch.equal(_logp(load_policy(cfg, str(ckpt), CPU).eval(), packed), want)  # resume: exact
-    # Merged weights (plain transformers, and load_model of the adapter folder) agree to float rounding.
+    # Merged weights (plain transformers, and load_model of the adapter folder) agree to float32
+    # rounding of W0 + alpha/r * B A (a few 1e-6 relative on log-probs of magnitude ~4).
     merged = AutoModelForCausalLM.from_pretrained(ckpt / "merged")
-    torch.testing.assert_close(_logp(merged, packed), want, rtol=0, atol=1e-5)
-    torch.testing.assert_close(_logp(load_model(str(ckpt), CPU), packed), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(_logp(merged, packed), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_logp(load_model(str(ckpt), CPU), packed), want, rtol=1e-5, atol=1e-5)
 
 
 def test_generator_reference_logprobs_come_from_its_own_model_with_the_adapter_off():
@@ -145,6 +147,12 @@ def test_generator_reference_logprobs_come_from_its_own_model_with_the_adapter_o
     want = _logp(base, packed)
     for i, x in enumerate(s):
         assert x.ref_logprobs == want[i, : len(x.completion_ids)].tolist()
+
+
+def test_an_unknown_target_module_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"lora_target_modules=\['qproj'\]: .*not found") as e:
+        load_policy(Config(lora_rank=4, lora_target_modules=["qproj"]), BASE, CPU)
+    assert "\n" not in str(e.value)
 
 
 def test_lora_with_vllm_is_refused_in_one_line():
@@ -202,5 +210,6 @@ def test_lora_lifts_arithmetic_accuracy(tmp_path):
                  "--steps", "200", "--eval-every", "0", "--output-dir", str(out)]) == 0
     evals = read_jsonl(out / "eval.jsonl")
     start, end = evals[0]["accuracy"], evals[-1]["accuracy"]
-    # Base model 0.275 on the 200 eval problems; measured (docs/lora.md): SEE_DOCS.
-    assert end >= start + 0.05, (start, end)
+    # Base model 0.275 on the 200 eval problems; these 200 steps reached 0.405 and 0.415 (seeds 0
+    # and 1, docs/lora.md): the margin is under half of that rise.
+    assert end >= start + 0.06, (start, end)

@@ -67,6 +67,7 @@ def lora_config(cfg, base_path: str):
 def wrap(model, cfg, base_path: str):
     """``model`` (a plain causal LM) -> a peft model with a fresh adapter; only the adapter
     requires grad. A target name the model does not have is a one-line ValueError (peft's)."""
+    _require_peft()
     from peft import get_peft_model
 
     try:
