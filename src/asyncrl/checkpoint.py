@@ -3,6 +3,8 @@
 Layout: ``<run>/checkpoints/step_<N>/`` holds
 
 - the model and tokenizer files (``model.safetensors``, ...), loadable by ``from_pretrained``;
+  with LoRA the adapter instead (``adapter_config.json`` + ``adapter_model.safetensors``, loadable by
+  ``PeftModel.from_pretrained(base, folder)``), and with ``lora_save_merged`` a merged model in ``merged/``;
 - ``trainer_state.json`` + ``trainer_state.tensors`` (safetensors format): everything else a resume needs
   (optimizer, LR scheduler, learner version, value head, counters, every random state, the
   replay buffer's contents, each generator's prompt-stream position), as a JSON tree whose
@@ -117,16 +119,28 @@ def load_trainer_state(ckpt: Path) -> dict:
 # --- checkpoint folders ------------------------------------------------------------------------
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, config_yaml: str,
-                    keep: int = 0, protect: Path | None = None) -> Path:
+                    keep: int = 0, protect: Path | None = None, save_merged: bool = False) -> Path:
     """Write ``checkpoints/step_<step>`` atomically, point ``latest`` at it, and delete all but the
     newest ``keep`` step folders (0 = keep all), never ``protect``: the folder the run's
     generators load their model and tokenizer from (for a resumed run, its start checkpoint),
-    which replacement generators still need."""
+    which replacement generators still need.
+
+    A peft ``model`` (LoRA) writes its adapter in peft's format (``adapter_config.json`` +
+    ``adapter_model.safetensors``) instead of the full weights; ``save_merged`` adds the merged
+    plain model and the tokenizer in ``merged/``."""
     ckpts = Path(run_dir) / "checkpoints"
     final = ckpts / f"step_{step}"
 
     def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        from asyncrl.lora import is_peft, merged_copy
+
+        if is_peft(model):
+            model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+            if save_merged:
+                merged_copy(model).save_pretrained(tmp / "merged", safe_serialization=True)
+                tokenizer.save_pretrained(tmp / "merged")
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         save_state(tmp, trainer_state)
         (tmp / "config.yaml").write_text(config_yaml)

@@ -163,7 +163,7 @@ def resolve_checkpoint(checkpoint: str) -> tuple[str, "Path | None"]:
         raise ValueError(f"checkpoint not found: {checkpoint}")
     if p.is_dir() and (p / "checkpoints" / "latest").is_file():
         p = find_checkpoint(p)
-    if p.is_dir() and not (p / "config.json").is_file():
+    if p.is_dir() and not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
         raise ValueError(f"{checkpoint} is not a model folder (no config.json), a run folder or a .gguf file")
     path = resolve_model_path(str(p), "")  # checks the .gguf suffix of a file
     return path, (p if p.is_dir() and (p / TRAINER_STATE).is_file() else None)

@@ -73,7 +73,8 @@ class Learner:
         self.device = device
         self.loss_fn = make_loss(cfg)
         self.value_head = None
-        params = list(model.parameters())
+        # Trainable parameters only: all of them in full fine-tuning, the adapter with LoRA (lora.py).
+        params = [p for p in model.parameters() if p.requires_grad]
         if cfg.loss == "ppo":
             # PPO's critic shares the policy trunk: a linear head on the last hidden state.
             hidden = model.config.hidden_size
@@ -219,9 +220,12 @@ class Learner:
     def weights(self) -> dict[str, Tensor]:
         """A CPU snapshot of the policy weights, safe to hand to other threads/processes, in the
         generators' dtype (bf16 on GPU: half the bytes to move; fp32 on CPU); tied tensors are
-        copied once (``transport.snapshot``)."""
+        copied once (``transport.snapshot``). With LoRA, the adapter tensors only (``lora.py``)."""
+        from asyncrl.lora import adapter_snapshot, is_peft
         from asyncrl.runtime.transport import snapshot
 
+        if is_peft(self.model):
+            return adapter_snapshot(self.model, default_dtype(self.device))
         return snapshot(self.model, default_dtype(self.device))
 
     # --- checkpoint state beyond the model weights ---

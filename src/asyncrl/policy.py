@@ -60,7 +60,7 @@ def resolve_model_path(model: str | None, task: str) -> str:
         raise ValueError(f"model file {model} is not a .gguf file; pass a model folder or a .gguf file")
     if p.is_file():
         check_gguf(p)
-    elif not (p / "config.json").is_file():
+    elif not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
         ggufs = sorted(x.name for x in p.glob("*.gguf"))
         hint = f"; to load the GGUF file inside, pass {p / ggufs[0]}" if len(ggufs) == 1 else ""
         raise ValueError(f"model folder {model} has no config.json, so it is not a Hugging Face model folder "
@@ -239,6 +239,10 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype | None = None
 def _load_model(path: str, device: torch.device, dtype: torch.dtype | None):
     from transformers import AutoModelForCausalLM
 
+    from asyncrl.lora import is_adapter_folder
+
+    if is_adapter_folder(path):
+        return _load_merged_adapter(path, device, dtype)
     folder, extra = _split_gguf(path)
     dtype = dtype or default_dtype(device)
     try:
@@ -256,6 +260,25 @@ def _load_model(path: str, device: torch.device, dtype: torch.dtype | None):
         plain.generation_config = model.generation_config
         model = plain
     return model.to(device)
+
+
+def _load_merged_adapter(path: str, device: torch.device, dtype: torch.dtype | None):
+    """A LoRA checkpoint (peft adapter folder) as a plain model: the base its ``adapter_config.json``
+    names (``base_model_name_or_path``, a local folder or .gguf file) with the adapter merged in.
+    Training with ``lora_rank`` does not come here (``lora.load_policy`` keeps the adapter apart)."""
+    import json
+
+    from peft import PeftModel
+
+    base_path = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_path or not Path(base_path).exists():
+        raise ModelLoadError(f"cannot load the LoRA adapter {path}: its base model {base_path!r} (adapter_config.json, "
+                             "base_model_name_or_path) is not a local folder or file")
+    base = _load_model(base_path, device, dtype)
+    try:
+        return PeftModel.from_pretrained(base, path).merge_and_unload()
+    except Exception as e:  # noqa: BLE001 - damaged adapter files, a base of another architecture, ...
+        raise ModelLoadError(f"cannot load the LoRA adapter {path}: {_first_line(e)}") from e
 
 
 class PromptTooLong(ValueError):

@@ -26,7 +26,12 @@ class HFEngine:
     @torch.no_grad()
     def load_weights(self, state: dict[str, Tensor], version: int) -> None:
         # In-place copy keeps the module (and any compiled/cached state) alive.
-        self.model.load_state_dict(state, strict=True)
+        from asyncrl.lora import is_peft, load_adapter_state
+
+        if is_peft(self.model):  # LoRA: the update is the adapter only; the base stays as loaded
+            load_adapter_state(self.model, state)
+        else:
+            self.model.load_state_dict(state, strict=True)
         self.version = version
 
     def close(self) -> None:

@@ -39,6 +39,7 @@ from asyncrl.config import Config, save_config
 from asyncrl.evaluation import evaluate
 from asyncrl.io import atomic_write_text
 from asyncrl.learner import Learner
+from asyncrl.lora import ReferenceView, load_policy
 from asyncrl.metrics import RunLogger
 from asyncrl.engines import make_engine
 from asyncrl.engines.vllm import require_vllm
@@ -49,6 +50,7 @@ from asyncrl.runtime.messages import (
     GeneratorState, RequestDone, RestoreGenerator, WeightsUpdate, WorkerError, WorkerLost, WorkerReady,
 )
 from asyncrl.runtime.scheduler import Scheduler
+from asyncrl.runtime.transport import distinct_bytes
 from asyncrl.runtime.worker import default_threads
 from asyncrl.tasks import make_task
 from asyncrl.tasks.base import RewardError
@@ -160,15 +162,21 @@ class Controller:
             ckpt = find_checkpoint(cfg.resume)
             policy_path, trainer_state = str(ckpt), load_trainer_state(ckpt)
         tokenizer = load_tokenizer(policy_path)
-        model = load_model(policy_path, device, TRAIN_DTYPE)  # fp32 master weights; bf16 autocast on GPU
-        # The reference is always the *initial* policy, also after a resume.
-        ref = load_model(base_path, device) if cfg.reference and cfg.reference_on == "learner" else None
+        # fp32 master weights; bf16 autocast on GPU. With LoRA: base + adapter (resumed from policy_path's).
+        model = load_policy(cfg, policy_path, device, TRAIN_DTYPE)
+        # The reference is always the *initial* policy, also after a resume; with LoRA that is the
+        # learner's own model with the adapter disabled (no second copy).
+        ref = None
+        if cfg.reference and cfg.reference_on == "learner":
+            ref = ReferenceView(model) if cfg.lora_rank else load_model(base_path, device)
         learner = Learner(cfg, model, ref, tokenizer.pad_token_id, device)
         # Tasks that report kl_ref / ref_perplexity (wants_kl) evaluate against the initial policy (or
         # reference_model); loaded at the first evaluation, reusing the learner's copy when it has one.
         wants_kl = bool(getattr(task, "wants_kl", False))
         eval_ref_path = resolve_model_path(cfg.reference_model, cfg.task) if cfg.reference_model else base_path
         eval_ref = ref if (wants_kl and ref is not None and not cfg.reference_model) else None
+        if wants_kl and cfg.lora_rank and not cfg.reference_model:
+            eval_ref = ReferenceView(model)
         eval_engine_name = cfg.eval_engine or cfg.engine
         eval_engine = None  # built at the first evaluation when it is not the learner's own model
         # Run totals (carried over by a resume); `run` below counts this process's part only.
@@ -191,7 +199,7 @@ class Controller:
             wall0 = float(trainer_state.get("wall_time_s", 0.0))
         start_version = learner.version  # the version of policy_path's weights
         run = {"generated": 0, "discarded": 0, "restarts": 0, "seen0": counters["samples_seen"],
-               "redispatched0": counters["requests_redispatched"], "restored": len(buffer)}
+               "redispatched0": counters["requests_redispatched"], "restored": len(buffer), "sync_bytes": 0}
         host = self.host = make_host(cfg, policy_path, base_path, gen_threads, self.inputs)
         sched = self.scheduler = Scheduler(cfg.max_lag, cfg.prompts_per_step, host.depth)
         logger = self._logger = RunLogger(self.run_dir, cfg.steps, learner.version,
@@ -201,7 +209,7 @@ class Controller:
         interrupted = False
         failure: str | None = None  # why the run stopped early (restarts, non-finite updates, a user error)
         totals = {"gen_time_s": 0.0, "score_time_s": 0.0, "gen_tokens": 0, "train_time_s": 0.0, "wait_time_s": 0.0,
-                  "sync_time_s": 0.0, "eval_time_s": 0.0, "weight_load_s": 0.0}
+                  "sync_time_s": 0.0, "eval_time_s": 0.0, "weight_load_s": 0.0, "sync_bytes": 0}
         step = learner.version
         t0 = time.perf_counter()
         eval_s = 0.0
@@ -229,7 +237,8 @@ class Controller:
                                     for i in range(cfg.num_generators)],
                      "rng": rng_state(), "wall_time_s": wall()}
             path = save_checkpoint(self.run_dir, step, learner.model, tokenizer, state, config_yaml,
-                                   keep=cfg.keep_checkpoints, protect=Path(policy_path))
+                                   keep=cfg.keep_checkpoints, protect=Path(policy_path),
+                                   save_merged=bool(cfg.lora_rank and cfg.lora_save_merged))
             last_save_t = time.perf_counter()
             return path
 
@@ -266,7 +275,11 @@ class Controller:
         def publish() -> float:
             nonlocal latest
             ts = time.perf_counter()
-            latest = host.publisher.publish(learner.weights(), learner.version)
+            state = learner.weights()
+            # Bytes a transport moves for this publish (the adapter only, with LoRA).
+            run["sync_bytes"] = distinct_bytes(state)
+            totals["sync_bytes"] += run["sync_bytes"]
+            latest = host.publisher.publish(state, learner.version)
             for wid in ready:
                 self.workers[wid].send(latest)
             return time.perf_counter() - ts
@@ -395,9 +408,10 @@ class Controller:
                     failure = (f"{skipped_in_a_row} updates in a row had a non-finite loss or gradient norm "
                                f"(max_skipped_updates={cfg.max_skipped_updates}); the weights are those of the "
                                f"last finite update")
-                sync_s = 0.0
+                sync_s, sync_bytes = 0.0, 0
                 if step % cfg.sync_every == 0:
                     sync_s = publish()
+                    sync_bytes = run["sync_bytes"]
                     published = step
                 counters["samples_seen"] += sum(len(g.samples) for g in batch.groups)
                 counters["requests_redispatched"] = run["redispatched0"] + sched.stats.redispatched
@@ -438,6 +452,7 @@ class Controller:
                     "gen_tokens_per_s": gen_tok / gen_t if gen_t > 0 else 0.0,
                     "learner_tokens_per_s": m.pop("learner_tokens_per_s"),
                     "sync_time_s": sync_s,
+                    "sync_bytes": sync_bytes,
                     "wait_time_s": wait_s,
                     **m,
                     **{f"buffer/{k}": v for k, v in buffer.stats().items()},

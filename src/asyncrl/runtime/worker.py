@@ -39,15 +39,21 @@ def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str 
     from asyncrl.policy import load_model, load_tokenizer, resolve_device
     from asyncrl.tasks import make_task
 
+    from asyncrl.lora import ReferenceView, load_policy
+
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(model_path)
+    # LoRA (hf engine; vllm is refused in config.py): the engine samples with base + adapter,
+    # unmerged, and the reference is that same model with the adapter disabled.
+    policy = load_policy(cfg, model_path, device) if cfg.lora_rank else None
     ref = None
     if cfg.reference and cfg.reference_on == "generator":
-        ref = load_model(ref_path or model_path, device).eval().requires_grad_(False)
+        ref = ReferenceView(policy) if policy is not None else (
+            load_model(ref_path or model_path, device).eval().requires_grad_(False))
     # A resumed run continues with fresh prompt and sampling streams instead of replaying the first ones.
     offset = 100_003 * start_version
     sample_seed = cfg.seed * 7919 + worker_id + offset
-    engine = make_engine(cfg, model_path, tokenizer, seed=sample_seed)
+    engine = make_engine(cfg, model_path, tokenizer, seed=sample_seed, model=policy)
     torch.manual_seed(sample_seed)
     if isinstance(inputs, bytes):
         from asyncrl.tasks import TaskInputs
