@@ -162,6 +162,17 @@ CASES = [
     ("reward-wrong-count", lambda t: ["train", *custom(t, reward="tests.reward_fns:one_short")],
      "returned 0 values for 1 completion", 1),
     ("reward-not-a-list", lambda t: ["train", *custom(t, reward="tests.reward_fns:not_a_list")], "list", 1),
+    ("reward-weights-count", lambda t: ["train", *custom(t), "--reward-weights", "1,2"],
+     "reward_weights has 2 values for 1 reward_funcs", 2),
+    ("reward-scores-nothing", lambda t: ["train", *custom(t, reward="tests.reward_fns:none_always")],
+     "scored nothing (every reward function returned None)", 1),
+    ("reward-and-reward-funcs", lambda t: ["train", *custom(t), "--reward-funcs", "tests.reward_fns:short"],
+     "reward and reward_funcs both given", 2),
+    ("column-map-missing-column", lambda t: ["train", *custom(t), "--column-map", "problem=question"],
+     "column_map: rows.jsonl has no column 'problem'", 2),
+    ("chat-prompt-without-template", lambda t: ["train", *custom(
+        t, rows=[{"question": [{"role": "user", "content": "1+1="}], "answer": "2"}] * 2)],
+     "needs the tokenizer's chat template", 2),
     # --- other commands ---
     ("eval-missing-checkpoint", lambda t: ["eval", str(t / "nope")], "nope", 2),
     ("plot-folder-without-metrics", lambda t: ["plot", str(t), "--out", str(t / "p.png")], "metrics.jsonl", 2),

@@ -119,6 +119,13 @@ def check_prompt_lengths(task: Task, cfg: "Config", model_path: str, train: bool
     length and the context. Models that do not state a context are not checked."""
     from asyncrl.policy import PromptTooLong, context_length, encode_prompts, load_tokenizer
 
+    pool = getattr(task, "train_pool", None)
+    chat = next((p for p in (pool() if pool is not None else []) + list(task.eval_prompts()) if p.messages), None)
+    if chat is not None:  # conversational rows need a chat template: say so now, not at the first request
+        try:
+            encode_prompts(load_tokenizer(model_path), [chat.model_input], cfg.chat_template)
+        except ValueError as e:
+            raise ValueError(f"prompt {chat.prompt_id!r}: {e}") from None
     ctx = context_length(model_path)
     if ctx is None:
         return
@@ -129,7 +136,6 @@ def check_prompt_lengths(task: Task, cfg: "Config", model_path: str, train: bool
     prompts = list(task.eval_prompts())
     if cfg.eval_limit:
         prompts = prompts[: cfg.eval_limit]
-    pool = getattr(task, "train_pool", None)
     if train and pool is not None:
         prompts += pool()
     # Chat messages: their rendering's bytes plus a per-message allowance for the template's markers.
