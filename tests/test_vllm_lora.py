@@ -6,7 +6,7 @@ unless ASYNCRL_REQUIRE_VLLM=1 (CI)."""
 
 from __future__ import annotations
 
-import json
+import math
 
 import pytest
 import torch
@@ -19,7 +19,7 @@ from asyncrl.lora import adapter_factors, adapter_snapshot, load_policy
 from asyncrl.policy import BUILTIN_MODELS, encode_prompts, load_model, load_tokenizer
 
 from conftest import read_jsonl
-from test_engines import MAX_NEW, PROMPTS, TEMPERATURE, VLLM_TEST_KWARGS, max_logprob_diff, vllm_or_skip
+from test_engines import MAX_NEW, PROMPTS, TEMPERATURE, max_logprob_diff, vllm_or_skip
 
 MODEL = str(BUILTIN_MODELS["arithmetic"])
 CPU = torch.device("cpu")
@@ -142,42 +142,47 @@ def test_a_target_vllm_cannot_load_is_a_one_line_error(lora_engine):
 
 # --- end to end ----------------------------------------------------------------------------------
 
+# lr 1e-2: large enough that 2-4 steps of a rank-4 q/v adapter change greedy completions (at 1e-3
+# the step-4 checkpoint still answered the 8 problems exactly like the base model).
 FLAGS = ["--steps", "4", "--prompts-per-step", "4", "--samples-per-prompt", "4", "--eval-every", "2",
-         "--eval-limit", "8", "--max-new-tokens", "6", "--warmup-steps", "0", "--lr", "1e-3", "--lr-schedule",
-         "constant", "--lora-rank", "4", "--lora-target-modules", "q_proj,v_proj", *KV]
+         "--eval-limit", "8", "--max-new-tokens", "6", "--warmup-steps", "0", "--lr", "1e-2", "--lr-schedule",
+         "constant", "--lora-rank", "4", "--lora-target-modules", "q_proj,v_proj"]
 ADAPTER_BYTES = 4 * 2 * 2 * 4 * 128 * 4  # 4 layers x (q, v) x (A: 4x128, B: 128x4) fp32
 
 
 @pytest.mark.e2e
-def test_synchronous_lora_run_with_vllm_is_on_policy(tmp_path):
+@pytest.mark.parametrize("host", [[], ["--workers", "process", "--eval-engine", "hf"]], ids=["inline", "process"])
+def test_on_policy_lora_run_with_vllm_samples_with_the_learners_adapter(tmp_path, host):
+    # max_lag 0: every sample comes from the adapter being trained, so a vLLM engine that had not
+    # merged the latest adapter would show in engine_logp_abs_diff (the inline generator in the
+    # learner's process, or a generator process reached through the queue transport).
     vllm_or_skip()
     out = tmp_path / "run"
-    assert main(["train", *FLAGS, "--engine", "vllm", "--max-lag", "0", "--output-dir", str(out)]) == 0
+    assert main(["train", *FLAGS, *KV, "--engine", "vllm", "--max-lag", "0", *host, "--output-dir", str(out)]) == 0
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert {r["sync_bytes"] for r in rows} == {ADAPTER_BYTES}
     for r in rows:
-        # On-policy: the vLLM engine sampled with the very adapter being trained (merged), so its
-        # log-probs differ from the learner's (peft, unmerged) by rounding only.
         assert r["staleness_max"] == 0
+        # The engine's merged fp32 weights against peft's unmerged forward: rounding only.
         assert r["engine_logp_abs_diff"] < 1e-4 and 0 <= r["engine_kl"] < 1e-8
     assert any(r["kl"] != 0 for r in rows)  # the adapter moved away from the reference (the base)
-    assert [e["step"] for e in read_jsonl(out / "eval.jsonl")] == [0, 2, 4]  # a second vLLM engine
+    if not host:  # evaluated with a second vLLM engine in the learner's process (eval_engine = engine)
+        assert [e["step"] for e in read_jsonl(out / "eval.jsonl")] == [0, 2, 4]
 
 
 @pytest.mark.e2e
 def test_asynchronous_lora_run_with_a_vllm_generator_process(tmp_path):
     vllm_or_skip()
     out = tmp_path / "run"
-    assert main(["train", *FLAGS, "--engine", "vllm", "--max-lag", "2", "--workers", "process",
+    assert main(["train", *FLAGS, *KV, "--engine", "vllm", "--max-lag", "2", "--workers", "process",
                  "--eval-every", "0", "--output-dir", str(out)]) == 0
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert {r["sync_bytes"] for r in rows} == {ADAPTER_BYTES}
     assert all(r["staleness_max"] <= 2 for r in rows)
-    # Fresh samples (staleness 0) were drawn with the learner's current adapter.
-    fresh = [r["engine_logp_abs_diff_fresh"] for r in rows if r.get("engine_logp_abs_diff_fresh") is not None]
-    assert fresh and max(fresh) < 1e-4
+    assert any(r["staleness_mean"] > 0 for r in rows)  # really asynchronous
+    assert all(math.isfinite(r["engine_kl"]) for r in rows)
 
 
 @pytest.mark.e2e
@@ -189,7 +194,7 @@ def test_lora_vllm_evaluation_engine_after_a_resume_evaluates_the_current_adapte
     out = tmp_path / "run"
     flags = [*FLAGS, "--output-dir", str(out), "--max-lag", "0", "--eval-every", "0", "--eval-log-generations", "8"]
     assert main(["train", *flags, "--steps", "2", "--eval-engine", "hf"]) == 0
-    assert main(["train", *flags, "--steps", "4", "--resume", str(out), "--eval-engine", "vllm"]) == 0
+    assert main(["train", *flags, *KV, "--steps", "4", "--resume", str(out), "--eval-engine", "vllm"]) == 0
     assert read_jsonl(out / "eval.jsonl")[-1]["step"] == 4
     ev = tmp_path / "eval"
     assert main(["eval", str(out / "checkpoints" / "step_4"), "--eval-engine", "hf", "--eval-limit", "8",
@@ -197,3 +202,8 @@ def test_lora_vllm_evaluation_engine_after_a_resume_evaluates_the_current_adapte
     expected = [r["completion"] for r in read_jsonl(ev / "eval_examples.jsonl")]
     logged = [r["completion"] for r in read_jsonl(out / "generations.jsonl") if r["step"] == 4]
     assert logged and logged == expected[: len(logged)]
+    # The adapter matters here: the base model answers differently (else this test could not fail).
+    base = tmp_path / "base"
+    assert main(["eval", MODEL, "--task", "arithmetic", "--eval-engine", "hf", "--eval-limit", "8",
+                 "--output-dir", str(base)]) == 0
+    assert [r["completion"] for r in read_jsonl(base / "eval_examples.jsonl")][: len(logged)] != logged

@@ -96,7 +96,6 @@ class WeightSync:
     def _asyncrl_read_base(self, module: str, device, dtype) -> None:
         """Read every checkpoint tensor of ``module`` (``weight``, ``bias``) from the base model's
         safetensors into the W0 cache, once."""
-        import torch
         from safetensors import safe_open
 
         folder = self.model_runner.model_config.model
