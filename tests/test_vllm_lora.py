@@ -186,7 +186,7 @@ def test_asynchronous_lora_run_with_a_vllm_generator_process(tmp_path):
 
 
 @pytest.mark.e2e
-def test_lora_vllm_evaluation_engine_after_a_resume_evaluates_the_current_adapter(tmp_path):
+def test_lora_vllm_evaluation_after_a_resume_and_of_a_checkpoint_uses_the_current_adapter(tmp_path):
     # hf generators, vLLM evaluation: resumed from the step-2 adapter checkpoint, the evaluation
     # engine is built from the base + that adapter and must then load step 4's adapter; its greedy
     # completions must be those of the step-4 checkpoint evaluated with hf.
@@ -202,6 +202,11 @@ def test_lora_vllm_evaluation_engine_after_a_resume_evaluates_the_current_adapte
     expected = [r["completion"] for r in read_jsonl(ev / "eval_examples.jsonl")]
     logged = [r["completion"] for r in read_jsonl(out / "generations.jsonl") if r["step"] == 4]
     assert logged and logged == expected[: len(logged)]
+    # `asyncrl eval` of the LoRA checkpoint with vLLM (the adapter merged into a temporary folder).
+    ev_vllm = tmp_path / "eval-vllm"
+    assert main(["eval", str(out / "checkpoints" / "step_4"), "--eval-engine", "vllm", "--eval-limit", "8",
+                 "--output-dir", str(ev_vllm)]) == 0
+    assert [r["completion"] for r in read_jsonl(ev_vllm / "eval_examples.jsonl")] == expected
     # The adapter matters here: the base model answers differently (else this test could not fail).
     base = tmp_path / "base"
     assert main(["eval", MODEL, "--task", "arithmetic", "--eval-engine", "hf", "--eval-limit", "8",

@@ -79,19 +79,31 @@ class WeightSync:
                 if sibling not in self._asyncrl_module_tensors:
                     self._asyncrl_read_base(sibling, device, dtype)
                 names.update(dict.fromkeys(self._asyncrl_module_tensors[sibling]))
-        merged: dict[str, torch.Tensor] = {}
+        factors: dict[str, tuple] = {}  # checkpoint weight name -> (A, B, scaling)
         for module, a, b in modules:
             base = w0[f"{module}.weight"]
             r = a.shape[0]
+            # Checked before anything is loaded: a failure half-way through a reload would leave
+            # vLLM's layers half rebuilt.
             if base.dim() != 2 or a.dim() != 2 or tuple(b.shape) != (base.shape[0], r) or a.shape[1] != base.shape[1]:
                 raise ValueError(f"vllm engine: LoRA factors of {module} (A {tuple(a.shape)}, B {tuple(b.shape)}) "
                                  f"do not fit its weight {tuple(base.shape)} (only nn.Linear targets are supported)")
-            delta = b.to(device, torch.float32) @ a.to(device, torch.float32)  # [out, in]
-            merged[f"{module}.weight"] = (base.float() + (lora_alpha / r) * delta).to(base.dtype)
-        items = [(n, merged.get(n, w0[n])) for n in names]
+            factors[f"{module}.weight"] = (a, b, lora_alpha / r)
+
+        def merged(name: str) -> torch.Tensor:
+            """W0 + scaling * B @ A in one fused pass (addmm), fp32; one layer at a time, so the
+            merged copies never all exist at once."""
+            base = w0[name]
+            if name not in factors:
+                return base
+            a, b, scaling = factors[name]
+            return torch.addmm(base.float(), b.to(device, torch.float32), a.to(device, torch.float32),
+                               alpha=scaling).to(base.dtype)  # [out, in]
+
+        items = ((n, merged(n)) for n in names)
         with _quiet_partial_load():
             runner.reload_weights(weights_iterator=iter(items))
-        return len(items)
+        return len(names)
 
     def _asyncrl_read_base(self, module: str, device, dtype) -> None:
         """Read every checkpoint tensor of ``module`` (``weight``, ``bias``) from the base model's
