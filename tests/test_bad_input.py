@@ -91,8 +91,6 @@ CASES = [
     ("not-a-number", lambda t: ["train", "--steps", "many"], "steps: Input should be a valid integer", 2),
     ("lag-below-sync", lambda t: ["train", "--sync-every", "4", "--max-lag", "1"], "max_lag=1 < sync_every-1=3", 2),
     ("one-sample-per-prompt", lambda t: ["train", "--samples-per-prompt", "1"], "samples_per_prompt must be >= 2", 2),
-    ("lora-with-vllm", lambda t: ["train", "--lora-rank", "8", "--engine", "vllm"],
-     "lora_rank does not work with the vllm engine yet", 2),
     ("config-file-missing", lambda t: ["train", str(t / "nope.yaml")], "config file not found", 2),
     ("config-file-bad-yaml", lambda t: ["train", rows_file(t, text="steps: [1,\n", name="c.yaml")],
      "is not valid YAML", 2),

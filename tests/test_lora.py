@@ -155,11 +155,6 @@ def test_an_unknown_target_module_is_a_one_line_error():
     assert "\n" not in str(e.value)
 
 
-def test_lora_with_vllm_is_refused_in_one_line():
-    with pytest.raises(ValueError, match="lora_rank does not work with the vllm engine"):
-        Config(lora_rank=4, engine="vllm")
-
-
 # --- end to end --------------------------------------------------------------------------------
 
 FLAGS = ["--steps", "6", "--prompts-per-step", "4", "--samples-per-prompt", "4", "--eval-every", "3",

@@ -453,9 +453,6 @@ class Config(BaseModel):
             )
         if self.runtime == "ray" and self.workers == "inline":
             raise ValueError("runtime=ray runs generators as Ray actors: workers=inline is a local-runtime mode")
-        if self.lora_rank is not None and "vllm" in (self.engine, self.eval_engine):
-            raise ValueError("lora_rank does not work with the vllm engine yet (adapter sync to vLLM is not built); "
-                             "use engine=hf, or train fully (docs/lora.md)")
         if self.workers == "auto":
             inline = self.max_lag == 0 and self.num_generators == 1 and self.runtime == "local"
             object.__setattr__(self, "workers", "inline" if inline else "process")

@@ -123,6 +123,29 @@ def load_adapter_state(model, state: dict[str, Tensor]) -> None:
         raise ValueError(f"adapter state has tensors the model lacks: {result.unexpected_keys[:3]}")
 
 
+PEFT_PREFIX = "base_model.model."  # what peft puts before a module's own name in adapter state names
+
+
+def adapter_factors(state: dict[str, Tensor]) -> list[tuple[str, Tensor, Tensor]]:
+    """An adapter state (:func:`adapter_snapshot`, or an ``adapter_model.safetensors``) as
+    (module name in the base model, A [r, in], B [out, r]) per adapted module, in the state's order:
+    what an engine that merges the adapter itself needs (the ``vllm`` engine). Only LoRA on linear
+    layers (``lora_A.weight`` / ``lora_B.weight``) has this form; any other tensor (embedding
+    adapters, DoRA magnitudes, ``modules_to_save``) or a module with one factor is a ValueError."""
+    a: dict[str, Tensor] = {}
+    b: dict[str, Tensor] = {}
+    for name, t in state.items():
+        stem, _, kind = name.removesuffix(".weight").rpartition(".")
+        if not name.startswith(PEFT_PREFIX) or not name.endswith(".weight") or kind not in ("lora_A", "lora_B"):
+            raise ValueError(f"adapter tensor {name!r} is not a LoRA factor of a linear layer "
+                             "(the vllm engine merges lora_A/lora_B of nn.Linear targets only)")
+        (a if kind == "lora_A" else b)[stem.removeprefix(PEFT_PREFIX)] = t
+    if set(a) != set(b):
+        odd = sorted(set(a) ^ set(b))
+        raise ValueError(f"adapter state has {len(odd)} module(s) with only one of lora_A/lora_B (e.g. {odd[0]})")
+    return [(m, a[m], b[m]) for m in a]
+
+
 def merged_copy(model):
     """A plain model with the adapter merged into the weights (W = W0 + alpha/r * B A), built on a
     copy so that the live model stays unmerged (un-merging is not exact in floating point)."""

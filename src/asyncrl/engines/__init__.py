@@ -8,6 +8,8 @@ protocol: ``generate`` (K samples per prompt), ``load_weights`` (a versioned in-
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from asyncrl.engines.base import Completion, Engine, eos_token_ids
 
 ENGINES = ("hf", "vllm")
@@ -19,12 +21,13 @@ def make_engine(cfg, model_path: str, tokenizer, *, name: str | None = None, mod
 
     ``hf`` samples with the given live ``model`` (loaded from ``model_path`` when None), so the
     learner's own model can be evaluated without a copy; ``vllm`` loads ``model_path`` into vLLM
-    with the ``vllm_*`` settings. ``temperature`` defaults to ``cfg.temperature`` (evaluation
+    with the ``vllm_*`` settings. With ``lora_rank`` the ``vllm`` engine takes adapter updates; when
+    ``model_path`` is a LoRA checkpoint (resume) it loads the run's base model and that adapter. ``temperature`` defaults to ``cfg.temperature`` (evaluation
     passes 1.0); ``seed`` seeds the engine's sampler.
     """
     name = name or cfg.engine
     temperature = cfg.temperature if temperature is None else temperature
-    from asyncrl.policy import load_model, resolve_device
+    from asyncrl.policy import load_model, resolve_device, resolve_model_path
 
     device = resolve_device(cfg.device)
     if name == "hf":
@@ -36,11 +39,30 @@ def make_engine(cfg, model_path: str, tokenizer, *, name: str | None = None, mod
                         version=version)
     if name == "vllm":
         from asyncrl.engines.vllm import VLLMEngine
+        from asyncrl.lora import ADAPTER_WEIGHTS, is_adapter_folder
 
-        return VLLMEngine(model_path, tokenizer, max_new_tokens=cfg.max_new_tokens, temperature=temperature,
-                          device=device, dtype=cfg.vllm_dtype, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                          kv_cache_gb=cfg.vllm_kv_cache_gb, max_model_len=cfg.vllm_max_model_len,
-                          enforce_eager=cfg.vllm_enforce_eager, seed=seed, version=version)
+        lora = cfg.lora_rank is not None
+        base, adapter = model_path, None
+        if lora and is_adapter_folder(model_path):
+            run_base = resolve_model_path(cfg.model, cfg.task)
+            # A LoRA checkpoint on the run's base; not the base itself, which may be an adapter
+            # folder (a new run from a LoRA checkpoint: merged once, plain_model_folder).
+            if Path(run_base).resolve() != Path(model_path).resolve():
+                base, adapter = run_base, Path(model_path) / ADAPTER_WEIGHTS
+        engine = VLLMEngine(base, tokenizer, max_new_tokens=cfg.max_new_tokens, temperature=temperature,
+                            device=device, dtype=cfg.vllm_dtype, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                            kv_cache_gb=cfg.vllm_kv_cache_gb, max_model_len=cfg.vllm_max_model_len,
+                            enforce_eager=cfg.vllm_enforce_eager, seed=seed, version=version,
+                            lora_alpha=cfg.lora_alpha if lora else None)
+        if adapter is not None:
+            from safetensors.torch import load_file
+
+            try:
+                engine.load_weights(load_file(str(adapter)), version)
+            except BaseException:
+                engine.close()
+                raise
+        return engine
     raise ValueError(f"unknown engine {name!r}; known engines: {', '.join(ENGINES)}")
 
 

@@ -16,6 +16,9 @@ What the learner needs from it, and how each is met:
   :class:`asyncrl.engines.vllm_worker.WeightSync`, which calls the model runner's
   ``reload_weights``. The prefix cache is reset after every update: KV blocks computed with the old
   weights must not serve prompts sampled with the new ones.
+* **LoRA** (``lora_alpha`` given): the engine holds the base model and each update is the adapter
+  only; the worker merges it (W0 + alpha / r * B A, with W0 read once from the base model's
+  safetensors) and reloads just the adapted layers (``WeightSync.asyncrl_load_lora``, docs/lora.md).
 * **The engine core in the caller's process** (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): every
   generator already has its own process or Ray actor, so a second process per generator would only
   add IPC; it also needs no ``if __name__ == "__main__"`` guard (scripts and notebooks work), runs
@@ -97,10 +100,13 @@ def _keep_process_state():
 
 
 def plain_model_folder(path: str) -> tuple[str, str | None]:
-    """vLLM loads Hugging Face folders; a ``.gguf`` policy is de-quantised once into a temporary
-    folder (safetensors, config, tokenizer). Returns (folder, temporary folder to delete or None)."""
+    """vLLM loads Hugging Face folders; a ``.gguf`` policy is de-quantised once, and a LoRA adapter
+    folder (a LoRA checkpoint) merged into its base once, into a temporary folder (safetensors,
+    config, tokenizer). Returns (folder, temporary folder to delete or None)."""
+    from asyncrl.lora import is_adapter_folder
+
     p = Path(path)
-    if not p.is_file():
+    if not p.is_file() and not is_adapter_folder(p):
         return str(p), None
     from asyncrl.policy import load_model, load_tokenizer
 
@@ -119,7 +125,7 @@ class VLLMEngine:
                  device: torch.device, dtype: str = "auto", gpu_memory_utilization: float = 0.9,
                  kv_cache_gb: float | None = None, max_model_len: int | None = None,
                  enforce_eager: bool | None = None, seed: int = 0, version: int = 0,
-                 llm_kwargs: dict | None = None):
+                 llm_kwargs: dict | None = None, lora_alpha: float | None = None):
         require_vllm()
         for k, v in _VLLM_ENV_DEFAULTS.items():
             os.environ.setdefault(k, v)
@@ -131,6 +137,8 @@ class VLLMEngine:
         self.temperature = temperature
         self.version = version
         self.tokenizer = tokenizer
+        self.lora_alpha = lora_alpha  # set: model_path is the base and updates are LoRA adapters
+        self._lora_modules: list[str] | None = None  # the adapted modules, fixed by the first update
         folder, self._tmp = plain_model_folder(model_path)
         try:
             gen_cfg = GenerationConfig.from_pretrained(folder)
@@ -184,9 +192,28 @@ class VLLMEngine:
         return results
 
     def load_weights(self, state: dict[str, Tensor], version: int) -> None:
-        self.llm.collective_rpc("asyncrl_load_weights", args=(list(state.items()),))
+        """A full state dict, or with ``lora_alpha`` set an adapter state (peft's names)."""
+        if self.lora_alpha is None:
+            self.llm.collective_rpc("asyncrl_load_weights", args=(list(state.items()),))
+        else:
+            self.load_adapter(state)
         self.llm.reset_prefix_cache()
         self.version = version
+
+    def load_adapter(self, state: dict[str, Tensor]) -> None:
+        """Merge adapter ``state`` into the base weights inside vLLM's worker. Every update must
+        adapt the same modules as the first: a module left out would keep an older merge."""
+        from asyncrl.lora import adapter_factors
+
+        factors = adapter_factors(state)
+        modules = sorted(m for m, _, _ in factors)
+        if self._lora_modules is not None and modules != self._lora_modules:
+            odd = sorted(set(modules) ^ set(self._lora_modules))
+            raise ValueError(f"adapter update for {len(modules)} modules where the engine's adapter has "
+                             f"{len(self._lora_modules)} (e.g. {odd[0]} differs): every update must carry "
+                             "the whole adapter")
+        self.llm.collective_rpc("asyncrl_load_lora", args=(factors, self.lora_alpha))
+        self._lora_modules = modules
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

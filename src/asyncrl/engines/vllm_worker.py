@@ -2,9 +2,15 @@
 
 Kept apart from ``vllm.py`` because vLLM imports it by name inside its worker; it must import
 nothing heavy at module level.
+
+Two kinds of update arrive: full state dicts (``asyncrl_load_weights``) and, with LoRA, adapter
+factors that are merged here into the base weights (``asyncrl_load_lora``, docs/lora.md).
 """
 
 from __future__ import annotations
+
+import contextlib
+import logging
 
 
 def _aliases(model) -> list[tuple[str, str]]:
@@ -43,3 +49,123 @@ class WeightSync:
             if method is not None:
                 method.process_weights_after_loading(module)
         return len(items)
+
+    def asyncrl_load_lora(self, modules, lora_alpha: float) -> int:
+        """Merge LoRA factors into the base weights and load the merged layers in place.
+
+        ``modules``: a list of (Hugging Face module name, A [r, in], B [out, r]); each targeted
+        weight becomes W0 + lora_alpha / r * B @ A (peft's merge, computed in fp32, cast to the
+        engine's dtype), where W0 is that module's weight in the base model's checkpoint, read once
+        and kept on the worker's device. vLLM's reload fills a layer only when it gets all of its
+        tensors (a partial fused layer would be rebuilt with its missing shards uninitialised), so
+        every tensor of each touched vLLM layer is sent: the fused siblings' W0 (k_proj when only
+        q_proj and v_proj are adapted) and biases included. Layers without an adapter keep their
+        weights. Returns how many tensors were loaded.
+        """
+        import torch
+
+        runner = self.model_runner
+        model = runner.get_model()
+        packed = getattr(model, "packed_modules_mapping", None) or {}
+        device = next(model.parameters()).device
+        dtype = runner.model_config.dtype
+        if not hasattr(self, "_asyncrl_w0"):
+            self._asyncrl_w0: dict[str, torch.Tensor] = {}  # checkpoint name -> base tensor
+            self._asyncrl_module_tensors: dict[str, list[str]] = {}  # module -> its checkpoint names
+        w0 = self._asyncrl_w0
+        names: dict[str, None] = {}  # checkpoint tensors to send, in order, grouped by vLLM layer
+        for module, _, _ in modules:
+            for sibling in fused_group(packed, module):
+                if sibling not in self._asyncrl_module_tensors:
+                    self._asyncrl_read_base(sibling, device, dtype)
+                names.update(dict.fromkeys(self._asyncrl_module_tensors[sibling]))
+        factors: dict[str, tuple] = {}  # checkpoint weight name -> (A, B, scaling)
+        for module, a, b in modules:
+            base = w0[f"{module}.weight"]
+            r = a.shape[0]
+            # Checked before anything is loaded: a failure half-way through a reload would leave
+            # vLLM's layers half rebuilt.
+            if base.dim() != 2 or a.dim() != 2 or tuple(b.shape) != (base.shape[0], r) or a.shape[1] != base.shape[1]:
+                raise ValueError(f"vllm engine: LoRA factors of {module} (A {tuple(a.shape)}, B {tuple(b.shape)}) "
+                                 f"do not fit its weight {tuple(base.shape)} (only nn.Linear targets are supported)")
+            factors[f"{module}.weight"] = (a, b, lora_alpha / r)
+
+        def merged(name: str) -> torch.Tensor:
+            """W0 + scaling * B @ A in one fused pass (addmm), fp32; one layer at a time, so the
+            merged copies never all exist at once."""
+            base = w0[name]
+            if name not in factors:
+                return base
+            a, b, scaling = factors[name]
+            return torch.addmm(base.float(), b.to(device, torch.float32), a.to(device, torch.float32),
+                               alpha=scaling).to(base.dtype)  # [out, in]
+
+        items = ((n, merged(n)) for n in names)
+        with _quiet_partial_load():
+            runner.reload_weights(weights_iterator=iter(items))
+        return len(names)
+
+    def _asyncrl_read_base(self, module: str, device, dtype) -> None:
+        """Read every checkpoint tensor of ``module`` (``weight``, ``bias``) from the base model's
+        safetensors into the W0 cache, once."""
+        from safetensors import safe_open
+
+        folder = self.model_runner.model_config.model
+        if not hasattr(self, "_asyncrl_index"):
+            self._asyncrl_index = checkpoint_index(folder)
+        names = sorted(n for n in self._asyncrl_index if n.rpartition(".")[0] == module)
+        if f"{module}.weight" not in names:
+            raise ValueError(f"vllm engine: module {module} has no weight {module}.weight in the base "
+                             f"model's safetensors ({folder}); tied or non-linear modules cannot be adapted here")
+        for n in names:
+            with safe_open(self._asyncrl_index[n], framework="pt") as st:
+                t = st.get_tensor(n)
+            self._asyncrl_w0[n] = t.to(device, dtype=dtype if t.is_floating_point() else t.dtype)
+        self._asyncrl_module_tensors[module] = names
+
+    def asyncrl_lora_base_bytes(self) -> int:
+        """Bytes of the W0 cache (the base tensors kept for merging)."""
+        return sum(t.numel() * t.element_size() for t in getattr(self, "_asyncrl_w0", {}).values())
+
+
+# Warnings vLLM's in-place reload prints for every layer a partial load leaves alone (by design
+# with LoRA: only the targeted layers are sent); silenced for the duration of a LoRA load.
+_PARTIAL_LOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.inplace",
+                         "vllm.model_executor.model_loader.reload.layerwise")
+
+
+@contextlib.contextmanager
+def _quiet_partial_load():
+    loggers = [logging.getLogger(n) for n in _PARTIAL_LOAD_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def fused_group(packed: dict[str, list[str]], module: str) -> list[str]:
+    """The Hugging Face modules vLLM loads into the same layer as ``module``: its shards when vLLM
+    fuses it (``packed_modules_mapping``, e.g. ``...self_attn.q_proj`` -> q/k/v_proj of that
+    attention, which vLLM holds as one ``qkv_proj``), else ``[module]``."""
+    parent, _, leaf = module.rpartition(".")
+    for shards in packed.values():
+        if leaf in shards:
+            return [f"{parent}.{s}" if parent else s for s in shards]
+    return [module]
+
+
+def checkpoint_index(folder: str) -> dict[str, str]:
+    """Tensor name -> ``.safetensors`` file holding it, over every such file of ``folder``."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    index: dict[str, str] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            index.update((k, str(f)) for k in st.keys())
+    return index

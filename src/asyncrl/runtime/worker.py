@@ -43,9 +43,10 @@ def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str 
 
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(model_path)
-    # LoRA (hf engine; vllm is refused in config.py): the engine samples with base + adapter,
-    # unmerged, and the reference is that same model with the adapter disabled.
-    policy = load_policy(cfg, model_path, device) if cfg.lora_rank else None
+    # LoRA, hf engine: the engine samples with base + adapter, unmerged, and the reference is that
+    # same model with the adapter disabled. The vllm engine merges the adapter itself (it loads the
+    # base), so its reference is the base model, loaded from ref_path like a full run's.
+    policy = load_policy(cfg, model_path, device) if cfg.lora_rank and cfg.engine == "hf" else None
     ref = None
     if cfg.reference and cfg.reference_on == "generator":
         ref = ReferenceView(policy) if policy is not None else (
