@@ -18,6 +18,7 @@ a short calibration run per variant (``--calibrate-steps``), and trains nothing 
 
     python benchmarks/offpolicy_sweep.py --out runs/bench-offpolicy --seeds 3 --steps 200 --parallel 2
     python benchmarks/offpolicy_sweep.py --dry-run --losses grpo,ppo,grpo-token_mask --lrs 5e-5,5e-4
+    python benchmarks/offpolicy_sweep.py --report A/results.json B/results.json --report-png docs/img/x.png
 """
 
 from __future__ import annotations
@@ -107,6 +108,70 @@ def plot(results: dict, lags: list[int], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def report(paths: list[str], png: str | None) -> None:
+    """``--report``: merge the ``results.json`` of earlier sweeps (same lags) and print Markdown
+    tables per learning rate (final accuracy, sampled KL, steps to the target with the number of
+    seeds reaching it); with ``--report-png`` also one plot of accuracy and KL vs lag. Trains nothing.
+    Steps to target, not seconds: the runs are inline (no overlap), so steps are what a lag costs,
+    and they do not depend on what else the machine was doing."""
+    import json
+
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    lags = parts[0]["lags"]
+    if any(r["lags"] != lags for r in parts):
+        raise SystemExit("--report: the sweeps must share their lags")
+    target, base = parts[0]["target"], parts[0]["base_accuracy"]
+    cells: dict = {}  # lr -> variant -> lag -> table cell
+    for r in parts:
+        for lr, by_loss in r["table"].items():
+            for loss, by_lag in by_loss.items():
+                cells.setdefault(float(lr), {})[loss] = by_lag
+    for lr in sorted(cells):
+        for key, digits, title in (("final_accuracy", 3, "final greedy accuracy"),
+                                   ("kl_ref", 2, "KL(pi || ref) of the final policy, sampled, nats per completion"),
+                                   ("steps_to_target", 0, f"steps to greedy accuracy {target} [seeds reaching it]")):
+            print(f"\nlr {lr:g}, {title}, median (min-max) over the seeds; initial accuracy {base:.3f}:\n")
+            print("| loss | " + " | ".join(f"lag {l}" for l in lags) + " |")
+            print("|---|" + "---|" * len(lags))
+            for loss, by_lag in cells[lr].items():
+                row = []
+                for l in lags:
+                    c = by_lag[str(l)]
+                    text = fmt(c[key], digits) if key != "steps_to_target" or c["reached"] else "n/a"
+                    row.append(text + (f" [{c['reached']}]" if key == "steps_to_target" else ""))
+                print(f"| `{loss}` | " + " | ".join(row) + " |")
+    if png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        lrs = sorted(cells)
+        fig, axes = plt.subplots(len(lrs), 2, figsize=(12, 4.2 * len(lrs)), squeeze=False)
+        x = list(range(len(lags)))
+        for row, lr in zip(axes, lrs):
+            for loss, by_lag in cells[lr].items():
+                for ax, key in zip(row, ("final_accuracy", "kl_ref")):
+                    cs = [by_lag[str(l)][key] for l in lags]
+                    med = [c["median"] for c in cs]
+                    ax.errorbar(x, med, yerr=[[m - c["min"] for m, c in zip(med, cs)],
+                                              [c["max"] - m for m, c in zip(med, cs)]],
+                                marker="o", capsize=3, label=loss, ls="--" if "-" in loss else "-")
+            row[0].axhline(base, color="grey", ls=":", label="initial policy")
+            row[1].set_yscale("log")
+            for ax, title in zip(row, ("final greedy accuracy", "KL(pi || ref), nats per completion (log)")):
+                ax.set_xticks(x, [str(l) for l in lags])
+                ax.set_xlabel("max_lag (learner updates between sampling and training)")
+                ax.set_title(f"{title}, lr {lr:g}", fontsize=9)
+                ax.grid(alpha=0.3)
+            row[0].legend(fontsize=7, ncol=2)
+        fig.suptitle(f"off-policy robustness on arithmetic, {parts[0]['steps']} steps: median and range over "
+                     f"{parts[0]['seeds']} seeds", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+        print(f"\nwrote {png}")
+
+
 def _flags(variant: str, lr: float, lag: int, seed: int, args) -> list[str]:
     return [*LOSSES[variant], "--lr", str(lr), "--max-lag", str(lag), "--workers", "inline", "--seed", str(seed),
             "--steps", str(args.steps), "--eval-every", str(args.eval_every), "--learner-threads",
@@ -165,8 +230,14 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="print the grid and an estimated duration, then stop")
     ap.add_argument("--calibrate-steps", type=int, default=10, help="steps of each --dry-run calibration run")
     ap.add_argument("--list", action="store_true", help="print the loss variants and their flags")
+    ap.add_argument("--report", nargs="+", metavar="RESULTS.json",
+                    help="print Markdown tables of earlier sweeps' results.json (merged), train nothing")
+    ap.add_argument("--report-png", help="with --report: one plot of accuracy and KL vs lag per learning rate")
     ap.add_argument("extra", nargs="*", help="after --: more asyncrl train flags for every run")
     args = ap.parse_args()
+    if args.report:
+        report(args.report, args.report_png)
+        return
     if args.list:
         for name, flags in LOSSES.items():
             print(f"{name:22} {' '.join(flags)}")
