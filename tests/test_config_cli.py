@@ -102,3 +102,11 @@ def test_config_reference_doc_is_current():
 def test_flag_values_that_look_like_yaml_collections_stay_text():
     args = build_parser().parse_args(["train", "--task", "gsm8k", "--prompt-template", "{question}"])
     assert resolve(args).prompt_template == "{question}"
+
+
+def test_a_choice_named_none_is_that_choice_not_null():
+    # `none` is YAML's null, but for a field whose choices include "none" it is that choice
+    args = build_parser().parse_args(["config", "--loss", "grpo", "--off-policy-correction", "none",
+                                      "--report-to", "none", "--max-grad-norm", "none"])
+    cfg = resolve(args)
+    assert cfg.off_policy_correction == "none" and cfg.report_to == ["none"] and cfg.max_grad_norm is None

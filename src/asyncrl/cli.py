@@ -21,7 +21,7 @@ import yaml
 
 from asyncrl.api import check_run_folder, clear_run_folder, default_output_dir
 from asyncrl.config import (
-    Config, check_fields_used, did_you_mean, field_docs, read_config_file, validated,
+    Config, _literal_choices, check_fields_used, did_you_mean, field_docs, read_config_file, validated,
 )
 
 
@@ -41,8 +41,11 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _parse_value(text: str):
+def _parse_value(text: str, field: str | None = None):
     if text.lower() in ("none", "null"):
+        # `--off-policy-correction none`, `--report-to none`: a choice named "none" is that choice
+        if field is not None and "none" in _literal_choices(field):
+            return "none"
         return None
     try:
         value = yaml.safe_load(text)
@@ -103,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve(args: argparse.Namespace) -> Config:
-    overrides = {k: _parse_value(v) for k, v in vars(args).items() if k in Config.model_fields}
+    overrides = {k: _parse_value(v, k) for k, v in vars(args).items() if k in Config.model_fields}
     command = getattr(args, "command", None) or "train"
     data = read_config_file(args.config) if args.config else {}
     from_file = set(data) - set(overrides)
@@ -145,7 +148,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from asyncrl.evaluation import REPORT, eval_checkpoint, eval_config
     from asyncrl.tasks import RewardError
 
-    overrides = {k: _parse_value(v) for k, v in vars(args).items() if k in Config.model_fields}
+    overrides = {k: _parse_value(v, k) for k, v in vars(args).items() if k in Config.model_fields}
     cfg = eval_config(args.checkpoint, overrides)
     check_fields_used(cfg, overrides, "eval")  # the flags only: a run's config.yaml may come from sft
     try:
