@@ -1,6 +1,6 @@
 """asyncrl from Python, with reward functions written for TRL's GRPOTrainer.
 
-    python examples/python_api.py                 # 300 async grpo steps on the shipped tiny model (~1 min on CPU)
+    python examples/python_api.py                 # 300 async grpo steps on the shipped tiny model
     python examples/python_api.py --steps 5 --output-dir /tmp/x
 
 The dataset is a plain list of dicts (a ``datasets.Dataset`` works the same); its ``prompt`` column
