@@ -415,7 +415,11 @@ class Config(BaseModel):
     def _old_reward_name(cls, data):
         # `reward: mod:fn` (before reward_funcs existed) -> reward_funcs: [mod:fn].
         if isinstance(data, dict) and data.get("reward"):
-            if data.get("reward_funcs"):
+            # (both are fine when they agree: a resume merges the checkpoint's reward_funcs with a
+            # --reward flag given again)
+            funcs = data.get("reward_funcs")
+            funcs = [x.strip() for x in funcs.split(",")] if isinstance(funcs, str) else funcs
+            if funcs and list(funcs) != [data["reward"]]:
                 raise ValueError("reward and reward_funcs both given: reward is the old name of reward_funcs; "
                                  "pass only --reward-funcs")
             data = {**data, "reward_funcs": [data["reward"]], "reward": None}
