@@ -146,14 +146,19 @@ def _hub_rows(name: str, split: str) -> list[dict]:
     return rows
 
 
+def field_value(row: dict, field: str, source: str | Path, i: int):
+    """``row[field]``; a DataError naming row ``i`` (1-based) and the fields it has when it lacks it."""
+    if field not in row:
+        have = ", ".join(list(row)[:8]) or "none"
+        raise DataError(f"{source} row {i}: missing field {field!r} (fields present: {have})")
+    return row[field]
+
+
 def column(rows: list[dict], field: str, source: str | Path) -> list[str]:
     """The string values of ``field``; names the first row (1-based) that lacks it or holds a non-string."""
     out = []
     for i, row in enumerate(rows, 1):
-        if field not in row:
-            have = ", ".join(list(row)[:8]) or "none"
-            raise DataError(f"{source} row {i}: missing field {field!r} (fields present: {have})")
-        v = row[field]
+        v = field_value(row, field, source, i)
         if not isinstance(v, str):
             raise DataError(f"{source} row {i}: field {field!r} must be a string, got {type(v).__name__}")
         out.append(v)

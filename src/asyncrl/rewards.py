@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import math
 import os
 import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
+
+from asyncrl.tasks.base import RewardError, finite_float, one_line_error
 
 # Keyword arguments TRL's GRPOTrainer passes besides the dataset columns.
 TRL_ARGS = ("prompts", "completions", "completion_ids", "trainer_state")
@@ -238,15 +239,6 @@ class _LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, cls._loop).result()
 
 
-def _finite(v) -> float | None:
-    """A finite float, or None for NaN, infinities and non-numbers."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 class Scored(list):
     """The combined rewards, one per row (a float; None where no function scored the row; the
     offending raw value where a function returned a non-number), and each function's values."""
@@ -257,8 +249,6 @@ class Scored(list):
 def _call_all(funcs: list[RewardFunc], batch: RewardBatch) -> dict[str, Any]:
     """Each function's raw result: sync functions one after another, then the async ones together.
     With several functions an exception is re-raised naming the function that raised it."""
-    from asyncrl.tasks.base import RewardError, one_line_error
-
     def named(f, e):
         return RewardError(f"{f.spec} raised {one_line_error(e)}") if len(funcs) > 1 else e
 
@@ -286,8 +276,6 @@ def score(funcs: list[RewardFunc], batch: RewardBatch):
     ``.components`` = name -> that function's values. Problems are left for
     :func:`asyncrl.tasks.base.checked_rewards` to report with the row that caused them: a single
     function's malformed result is returned as it is; a non-number value stays in its row."""
-    from asyncrl.tasks.base import RewardError
-
     n = len(batch.prompts)
     raw = _call_all(funcs, batch)
     values: dict[str, list] = {}
@@ -307,14 +295,14 @@ def score(funcs: list[RewardFunc], batch: RewardBatch):
             v = values[f.name][i]
             if v is None:
                 continue
-            fv = _finite(v)
+            fv = finite_float(v)
             if fv is None:
                 bad = v if bad is None else bad
                 continue
             total += f.weight * fv
             scored = True
         combined.append(bad if bad is not None else (total if scored else None))
-    combined.components = {k: [_finite(v) for v in vals] for k, vals in values.items()}
+    combined.components = {k: [finite_float(v) for v in vals] for k, vals in values.items()}
     return combined
 
 

@@ -62,15 +62,11 @@ def describe_row(prompt: Prompt, completion: str) -> str:
 
 def one_line_error(e: BaseException) -> str:
     """``TypeName: message`` on one line, cut to 200 characters."""
-    return _one_line(e)
-
-
-def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {_clip(text, 200)}" if text else type(e).__name__
 
 
-def _as_float(v) -> float | None:
+def finite_float(v) -> float | None:
     """A finite float, or None for NaN, infinities and non-numbers."""
     try:
         f = float(v)
@@ -147,7 +143,7 @@ def checked_rewards(task: Task, prompts: list[Prompt], completions: list[str],
         batch_problem = "raised"
     if batch_problem is None:
         for i, v in enumerate(values):
-            f = _as_float(v)
+            f = finite_float(v)
             if f is None:
                 fail(_bad_value(v, row(i)), [i])
             else:
@@ -164,12 +160,12 @@ def checked_rewards(task: Task, prompts: list[Prompt], completions: list[str],
             fail(f"{e} for {row(i)}", [i])
             continue
         except Exception as e:  # noqa: BLE001
-            fail(f"raised {_one_line(e)} on {row(i)}", [i])
+            fail(f"raised {one_line_error(e)} on {row(i)}", [i])
             continue
         if len(one) != 1:
             fail(f"returned {len(one)} values for 1 completion on {row(i)}", [i])
             continue
-        f = _as_float(one[0])
+        f = finite_float(one[0])
         if f is None:
             fail(_bad_value(one[0], row(i)), [i])
             continue
@@ -177,7 +173,7 @@ def checked_rewards(task: Task, prompts: list[Prompt], completions: list[str],
     if not errors:
         # Every row scores alone, yet the batched call failed: a batch-level bug; no row is usable.
         if batch_problem == "raised":
-            batch_problem = (f"raised {_one_line(batch_error)} on a batch of {n} completions "
+            batch_problem = (f"raised {one_line_error(batch_error)} on a batch of {n} completions "
                              f"(each row alone scores fine; first row: {row(0)})")
         fail(batch_problem, range(n))
     _fill(components, parts, errors)
@@ -198,15 +194,25 @@ def _fill(components: dict | None, parts: list[dict | None], errors: dict[int, s
         components[k] = [None if (i in errors or p is None) else p.get(k) for i, p in enumerate(parts)]
 
 
+def _mean(values) -> float:
+    got = [v for v in values if v is not None]
+    return sum(got) / len(got) if got else float("nan")
+
+
 def evaluate_by_reward(task: Task, prompts: list[Prompt], completions: list[str],
-                       policy: str = "stop") -> tuple[dict[str, float], list[dict]]:
-    """Default ``Task.evaluate``: the mean reward (no accuracy), skipped rows counted."""
-    rewards, errors = checked_rewards(task, prompts, completions, policy)
+                       policy: str = "stop", *, completion_ids: list[list[int]] | None = None,
+                       step: int = 0) -> tuple[dict[str, float], list[dict]]:
+    """Default ``Task.evaluate``: the mean reward (no accuracy), skipped rows counted. Tasks with
+    several reward functions (the custom task) also get ``rewards/<name>/mean`` per function, and
+    with more than one function each row carries every function's value."""
+    comps: dict[str, list] = {}
+    rewards, errors = checked_rewards(task, prompts, completions, policy, completion_ids=completion_ids, step=step,
+                                      components=comps)
     rows = []
     for i, (p, c, r) in enumerate(zip(prompts, completions, rewards)):
         rows.append({"prompt_id": p.prompt_id, "prompt": p.text, "completion": c, "reward": r,
+                     **({f"rewards/{k}": v[i] for k, v in comps.items()} if len(comps) > 1 else {}),
                      **({"error": errors[i]} if i in errors else {})})
-    scored = [r for r in rewards if r is not None]
-    metrics = {"reward_mean": sum(scored) / len(scored) if scored else float("nan"),
-               "reward_errors": float(len(errors))}
+    metrics = {"reward_mean": _mean(rewards), "reward_errors": float(len(errors))}
+    metrics.update({f"rewards/{k}/mean": _mean(vals) for k, vals in comps.items()})
     return metrics, rows

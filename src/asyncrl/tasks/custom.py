@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-from asyncrl.data import DataError, load_rows, rename_columns, rows_of
+from asyncrl.data import DataError, field_value, load_rows, rename_columns, rows_of
 from asyncrl.policy import messages_text
 from asyncrl.rewards import RewardBatch, RewardFunc, RewardState, score
-from asyncrl.tasks.base import checked_rewards, shuffled_forever
+from asyncrl.tasks.base import evaluate_by_reward, shuffled_forever
 from asyncrl.types import Prompt
 
 
@@ -45,10 +45,7 @@ def make_prompts(rows: list[dict], field: str, template: str, source: str, colum
     rows = rename_columns(rows, column_map, source)
     out = []
     for i, row in enumerate(rows, 1):
-        if field not in row:
-            have = ", ".join(list(row)[:8]) or "none"
-            raise DataError(f"{source} row {i}: missing field {field!r} (fields present: {have})")
-        v = row[field]
+        v = field_value(row, field, source, i)
         if isinstance(v, str):
             out.append(Prompt(f"{source}:{i}", template.replace("{question}", v), row))
         elif _is_messages(v):
@@ -134,18 +131,5 @@ class CustomTask:
 
     def evaluate(self, prompts: list[Prompt], completions: list[str], completion_ids: list[list[int]] | None = None,
                  step: int = 0) -> tuple[dict[str, float], list[dict]]:
-        comps: dict[str, list] = {}
-        rewards, errors = checked_rewards(self, prompts, completions, self.reward_errors, completion_ids=completion_ids,
-                                          step=step, components=comps)
-        rows = []
-        for i, (p, c, r) in enumerate(zip(prompts, completions, rewards)):
-            rows.append({"prompt_id": p.prompt_id, "prompt": p.text, "completion": c, "reward": r,
-                         **({f"rewards/{k}": v[i] for k, v in comps.items()} if len(comps) > 1 else {}),
-                         **({"error": errors[i]} if i in errors else {})})
-        scored = [r for r in rewards if r is not None]
-        metrics = {"reward_mean": sum(scored) / len(scored) if scored else float("nan"),
-                   "reward_errors": float(len(errors))}
-        for k, vals in comps.items():
-            got = [v for v in vals if v is not None]
-            metrics[f"rewards/{k}/mean"] = sum(got) / len(got) if got else float("nan")
-        return metrics, rows
+        return evaluate_by_reward(self, prompts, completions, self.reward_errors, completion_ids=completion_ids,
+                                  step=step)
