@@ -129,3 +129,31 @@ def wait_for_rows(metrics: Path, n: int, timeout_s: float = 120.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def micro_batch_run(loss_fn, data: dict, groups: int):
+    """A loss on a whole batch and on micro-batches of 1 and ``groups - 1`` whole groups (each part
+    weighted by its share of the groups): what micro-batch invariance tests compare. ``data`` holds
+    LossInputs fields; ``logp`` and ``values`` are the leaves. Returns (full loss, full metrics,
+    summed micro-batch loss, (logp, values) leaves of the full run, (logp, values) of the parts)."""
+    from asyncrl.losses import LossInputs
+
+    k = data["group_size"]
+
+    def leaves():
+        return tuple(data[key].clone().requires_grad_(True) for key in ("logp", "values"))
+
+    full_leaves = leaves()
+    full, metrics = loss_fn(LossInputs(**{**data, "logp": full_leaves[0], "values": full_leaves[1]}))
+    full.backward()
+    part_leaves = leaves()
+    total = 0.0
+    for first, last in ((0, 1), (1, groups)):
+        rows = slice(first * k, last * k)
+        sliced = {key: (v[rows] if torch.is_tensor(v) else v) for key, v in data.items()}
+        sliced.update(logp=part_leaves[0][rows], values=part_leaves[1][rows])
+        part, _ = loss_fn(LossInputs(**sliced))
+        weighted = part * (last - first) / groups
+        weighted.backward()
+        total += weighted.item()
+    return full, metrics, total, full_leaves, part_leaves

@@ -17,6 +17,8 @@ from asyncrl.losses.common import grouped, require_group_size, seq_mean, seq_sum
 from asyncrl.losses.corrections import CORRECTIONS, make_correction
 from asyncrl.losses.registry import make_loss
 
+from conftest import micro_batch_run
+
 REL = 1e-9
 PAD = 400.0  # exp(+-800) is inf in float64: any padding leak turns a number into inf or nan
 
@@ -348,24 +350,7 @@ VARIANTS = {
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_micro_batches_reproduce_full_batch(name):
     data = random_batch(seed=11)
-    k, groups = data["group_size"], 3
-
-    def leaves():
-        return tuple(data[key].clone().requires_grad_(True) for key in ("logp", "values"))
-
-    logp, values = leaves()
-    full, metrics = VARIANTS[name](LossInputs(**{**data, "logp": logp, "values": values}))
-    full.backward()
-    logp_mb, values_mb = leaves()
-    total = 0.0
-    for first, last in ((0, 1), (1, 3)):
-        rows = slice(first * k, last * k)
-        sliced = {key: (v[rows] if torch.is_tensor(v) else v) for key, v in data.items()}
-        sliced.update(logp=logp_mb[rows], values=values_mb[rows])
-        part, _ = VARIANTS[name](LossInputs(**sliced))
-        weighted = part * (last - first) / groups
-        weighted.backward()
-        total += weighted.item()
+    full, _, total, (logp, _), (logp_mb, _) = micro_batch_run(VARIANTS[name], data, groups=3)
     assert logp.grad.abs().sum() > 0
     assert_close(total, full.item(), rel=1e-12)
     assert_close(logp_mb.grad, logp.grad, rel=1e-12)

@@ -24,6 +24,8 @@ from asyncrl.losses import (
 )
 from asyncrl.losses.corrections import make_correction
 
+from conftest import micro_batch_run
+
 REL = 1e-6
 PAD = -9.0  # junk on padding; any leak of it into a loss changes the numbers
 
@@ -417,25 +419,7 @@ LOSSES = {
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_micro_batches_of_whole_groups_reproduce_full_batch(name):
     data = random_batch(seed=7)
-    k, groups = data["group_size"], 3
-
-    def leaves():
-        return tuple(data[key].clone().requires_grad_(True) for key in ("logp", "values"))
-
-    logp, values = leaves()
-    full, _ = LOSSES[name](LossInputs(**{**data, "logp": logp, "values": values}))
-    full.backward()
-
-    logp_mb, values_mb = leaves()
-    total = 0.0
-    for first, last in ((0, 1), (1, 3)):  # micro-batches of 1 and 2 groups
-        rows = slice(first * k, last * k)
-        sliced = {key: (v[rows] if torch.is_tensor(v) else v) for key, v in data.items()}
-        sliced.update(logp=logp_mb[rows], values=values_mb[rows])
-        part, _ = LOSSES[name](LossInputs(**sliced))
-        weighted = part * (last - first) / groups
-        weighted.backward()
-        total += weighted.item()
+    full, _, total, (logp, values), (logp_mb, values_mb) = micro_batch_run(LOSSES[name], data, groups=3)
 
     assert logp.grad.abs().sum() > 0  # a vacuous zero gradient would pass trivially
     assert_close(total, full.item())
