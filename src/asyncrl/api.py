@@ -60,13 +60,21 @@ def as_config(config, objects: dict | None = None) -> Config:
                  if obj in given and data.get(f)]
         if clash:
             raise ConfigError(f"{', '.join(clash)} set in the config and given to train() as objects: pass each once")
-    if data.get("resume"):
+    return config_from(data, "train")
+
+
+def config_from(data: dict, command: str = "train", from_file=()) -> Config:
+    """Fields given (a YAML file's, flags, a dict) -> a validated Config, the fields a ``command``
+    run would not read refused. With ``resume`` (train, config) the checkpoint's config is the base
+    and the fields given are checked against the merged config (``--clip-eps`` resuming a grpo run is
+    read, whatever the defaults). ``from_file``: the fields that came from a YAML file."""
+    if data.get("resume") and command in ("train", "config"):
         from asyncrl.checkpoint import resume_config
 
         cfg = resume_config(data)
     else:
         cfg = validated(data)
-    check_fields_used(cfg, data, "train")
+    check_fields_used(cfg, data, command, from_file=from_file)
     return cfg
 
 

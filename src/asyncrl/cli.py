@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from asyncrl.api import check_run_folder, clear_run_folder, default_output_dir
+from asyncrl.api import check_run_folder, clear_run_folder, config_from, default_output_dir
 from asyncrl.config import (
-    Config, _literal_choices, check_fields_used, did_you_mean, field_docs, read_config_file, validated,
+    Config, _literal_choices, check_fields_used, did_you_mean, field_docs, read_config_file,
 )
 
 
@@ -111,16 +111,7 @@ def resolve(args: argparse.Namespace) -> Config:
     data = read_config_file(args.config) if args.config else {}
     from_file = set(data) - set(overrides)
     data.update(overrides)
-    if data.get("resume") and command in ("train", "config"):
-        from asyncrl.checkpoint import resume_config
-
-        # The checkpoint's config with what was given here on top; the fields given are checked
-        # against the merged config (`--clip-eps` resuming a grpo run is read, whatever the defaults).
-        cfg = resume_config(data)
-        check_fields_used(cfg, data, command, from_file=from_file)
-    else:
-        cfg = validated(data)
-        check_fields_used(cfg, data, command, from_file=from_file)
+    cfg = config_from(data, command, from_file=from_file)
     if cfg.output_dir is None:  # a resumed run already has its checkpoint's run folder (resume_config)
         cfg.output_dir = default_output_dir(cfg, command)
     return cfg
