@@ -1,6 +1,7 @@
 """Reward functions in TRL's convention (asyncrl.rewards), conversational rows and dataset sources."""
 
 import asyncio
+import logging
 import json
 import time
 from pathlib import Path
@@ -110,11 +111,15 @@ def test_async_reward_inside_a_running_event_loop():
     assert asyncio.run(cell()) == [1.0, 0.0]
 
 
-def test_legacy_three_list_form_still_works_with_a_warning(capsys):
+def test_legacy_three_list_form_still_works_with_a_warning(capsys, caplog):
     task = task_of(["tests.reward_fns:exact_legacy"])
-    assert list(task.reward(task.eval_prompts()[:2], ["3", "15"])) == [1.0, 1.0]
-    err = capsys.readouterr().err
-    assert "uses the old form fn(prompts, completions, rows)" in err and "**kwargs" in err
+    with caplog.at_level(logging.WARNING, logger="asyncrl"):
+        assert list(task.reward(task.eval_prompts()[:2], ["3", "15"])) == [1.0, 1.0]
+        assert list(task.reward(task.eval_prompts()[:2], ["3", "15"])) == [1.0, 1.0]  # warned once
+    (record,) = caplog.records  # logged by the library (the CLI shows it as "asyncrl: warning: ..."), not printed
+    assert record.name == "asyncrl.rewards" and record.levelno == logging.WARNING
+    assert "uses the old form fn(prompts, completions, rows)" in record.getMessage() and "**kwargs" in record.getMessage()
+    assert capsys.readouterr() == ("", "")
 
 
 def test_reward_names_are_unique_and_specs_kept():

@@ -22,16 +22,20 @@ after the current step with a final checkpoint and returns the summary (``interr
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import time
 from pathlib import Path
 
 from asyncrl.config import Config, ConfigError, check_fields_used, read_config_file, validated
+from asyncrl.console import notes, quiet_libraries
 from asyncrl.errors import RunFailed
 from asyncrl.tasks import TaskInputs
 
 __all__ = ["RunFailed", "as_config", "run_train", "train"]
+
+log = logging.getLogger(__name__)
 
 
 def as_config(config, objects: dict | None = None) -> Config:
@@ -99,18 +103,23 @@ def train(config=None, *, reward_funcs=None, train_dataset=None, eval_dataset=No
     cfg = as_config(config, {"reward_funcs": reward_funcs is not None, "train_dataset": train_dataset is not None,
                              "eval_dataset": eval_dataset is not None})
     inputs = TaskInputs(list(reward_funcs) if reward_funcs is not None else None, train_dataset, eval_dataset)
-    return run_train(cfg, inputs)
+    # asyncrl's notes (run folder, warnings) on the console unless the caller configured logging
+    # themselves; nothing of the caller's logging is left changed afterwards (docs/logging.md)
+    with notes():
+        return run_train(cfg, inputs)
 
 
 def run_train(cfg: Config, inputs: TaskInputs | None = None) -> dict:
     """The one training entry point (``asyncrl train`` and :func:`train`): check the run folder
     and everything that needs no weights, then run the controller; returns the summary, raises
     :class:`RunFailed` when the run stopped on an error."""
+    with quiet_libraries():  # for the run only: the caller's transformers settings come back afterwards
+        return _run_train(cfg, inputs)
+
+
+def _run_train(cfg: Config, inputs: TaskInputs | None) -> dict:
     from asyncrl.runtime.controller import Controller
 
-    from asyncrl.cli import quiet_libraries
-
-    quiet_libraries()
     if cfg.output_dir is None:
         cfg.output_dir = default_output_dir(cfg)
     inputs = inputs if inputs is not None and not inputs.empty else None
@@ -118,7 +127,7 @@ def run_train(cfg: Config, inputs: TaskInputs | None = None) -> dict:
     own = check_run_folder(cfg, "train")
     task = precheck_train(cfg, inputs)
     clear_run_folder(run_dir, own)  # only once every check passed
-    print(f"asyncrl: run folder {run_dir}", flush=True)
+    log.info("run folder %s", run_dir)
     if cfg.runtime == "ray" and cfg.ray_learner == "actor":
         from asyncrl.runtime.ray_host import run_in_learner_actor
 
@@ -200,7 +209,7 @@ def clear_run_folder(run_dir: Path, own: list[Path]) -> None:
     for e in own:
         shutil.rmtree(e) if e.is_dir() else e.unlink()
     if own:
-        print(f"asyncrl: --overwrite: removed {', '.join(e.name for e in own)} from {run_dir}", flush=True)
+        log.info("--overwrite: removed %s from %s", ", ".join(e.name for e in own), run_dir)
 
 
 def precheck_train(cfg: Config, inputs: TaskInputs | None = None):

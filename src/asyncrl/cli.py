@@ -13,6 +13,7 @@ traceback too.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from asyncrl.api import check_run_folder, clear_run_folder, config_from, default
 from asyncrl.config import (
     Config, _literal_choices, check_fields_used, did_you_mean, field_docs, read_config_file,
 )
+from asyncrl.console import notes, quiet_libraries
 
 
 class UsageError(Exception):
@@ -198,17 +200,6 @@ def _report_done(command: str, summary: dict, detail: str) -> int:
     return SIGNAL_EXIT.get(summary.get("signal") or "SIGINT", 130) if summary["interrupted"] else 0
 
 
-def quiet_libraries() -> None:
-    # Per-file "Loading weights" bars from every role drown the run's own progress output.
-    import os
-
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
 def one_line(text) -> str:
     """An error message on one line: a worker's traceback shrinks to its first and last lines."""
     lines = [x.strip() for x in str(text).splitlines() if x.strip()]
@@ -279,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         debug = _debug_flag(args)
         if extra:
             raise UsageError(_unknown_arguments(parser, args.command, extra))
-        return _main(args)
+        # The CLI owns its process: it alone decides what asyncrl's notes show (--debug: debug messages too).
+        with notes(logging.DEBUG if debug else logging.INFO, force=True):
+            return _main(args)
     except KeyboardInterrupt as e:
         if debug:
             _print_error(e, True)
@@ -295,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     if args.command == "plot":  # reads run files only: no need to import transformers first
         return cmd_plot(args)
-    quiet_libraries()
+    with quiet_libraries():
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     if args.command == "eval":
         return cmd_eval(args)
     cfg = resolve(args)

@@ -193,6 +193,12 @@ def _fmt_eta(seconds: float | None) -> str:
     return "-:--:--" if seconds is None else str(datetime.timedelta(seconds=round(seconds)))
 
 
+def progress_line(text: str) -> None:
+    """A plain progress line on stdout (the sft / rm loops' step and eval lines): progress display,
+    like :class:`Progress`, so printed rather than logged."""
+    print(text, flush=True)
+
+
 class Progress:
     """A rich progress bar on a terminal; plain lines under CI (``$CI`` set) or when stdout is not
     a terminal, every ``logging_steps`` steps and at the last step. Both show the same figures:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import sys
 import threading
@@ -43,6 +44,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from asyncrl.tasks.base import RewardError, finite_float, one_line_error
+
+log = logging.getLogger(__name__)
 
 # Keyword arguments TRL's GRPOTrainer passes besides the dataset columns.
 TRL_ARGS = ("prompts", "completions", "completion_ids", "trainer_state")
@@ -129,9 +132,9 @@ class PythonReward(RewardFunc):
     def __call__(self, batch: RewardBatch):
         if self.legacy:
             if not self._warned:
-                print(f"asyncrl: warning: reward function {self.name} uses the old form fn(prompts, completions, "
-                      "rows); write it as TRL does, fn(prompts, completions, **kwargs) with the dataset columns "
-                      "as keyword arguments (docs/tasks.md)", file=sys.stderr, flush=True)
+                log.warning("reward function %s uses the old form fn(prompts, completions, rows); write it as "
+                            "TRL does, fn(prompts, completions, **kwargs) with the dataset columns as keyword "
+                            "arguments (docs/tasks.md)", self.name)
                 self._warned = True
             texts = [p if isinstance(p, str) else _last_user(p) for p in batch.prompts]
             comps = [c if isinstance(c, str) else c[0]["content"] for c in batch.completions]

@@ -13,6 +13,7 @@ Checkpoints are ``save_pretrained`` sequence-classification folders plus the tok
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -26,6 +27,8 @@ from asyncrl.policy import (
     right_pad,
 )
 from asyncrl.supervised import micro_slices, prepare_run_dir, run_loop, set_threads
+
+log = logging.getLogger(__name__)
 
 
 def bradley_terry_loss(r_chosen: Tensor, r_rejected: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -188,9 +191,9 @@ def run_rm(cfg: Config) -> dict:
     device = resolve_device(cfg.device)
     pad_id = tokenizer.pad_token_id
     model = load_reward_model(model_path, device, pad_id, cfg.seed)
-    print(f"asyncrl rm: {info['train_pairs']} training pairs ({info['truncated_texts']} texts cut to "
-          f"{cfg.max_seq_tokens} tokens, {info['identical_pairs']} pairs identical after cutting), "
-          f"{info['eval_pairs']} held-out pairs, {cfg.steps} steps of {cfg.batch_size}", flush=True)
+    log.info("rm: %d training pairs (%d texts cut to %d tokens, %d pairs identical after cutting), "
+             "%d held-out pairs, %d steps of %d", info["train_pairs"], info["truncated_texts"], cfg.max_seq_tokens,
+             info["identical_pairs"], info["eval_pairs"], cfg.steps, cfg.batch_size)
 
     def step_fn(idx: list[int]) -> dict:
         return rm_backward(model, [tc[i] for i in idx], [tr[i] for i in idx], cfg.micro_batch_size, pad_id, device)

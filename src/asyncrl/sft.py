@@ -12,6 +12,7 @@ The checkpoints are ordinary causal-LM folders: ``asyncrl train --model <run>/ch
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from asyncrl.policy import (
     TRAIN_DTYPE, autocast, completion_logprobs, encode_prompts, load_model, load_tokenizer, pack, resolve_device, resolve_model_path,
 )
 from asyncrl.supervised import micro_slices, prepare_run_dir, run_loop, set_threads
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,8 +130,8 @@ def run_sft(cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)
     model = load_model(model_path, device, TRAIN_DTYPE)  # fp32 master weights; bf16 autocast on GPU
     pad_id = tokenizer.pad_token_id
-    print(f"asyncrl sft: {info['train_rows']} training rows ({info['truncated_rows']} cut to {cfg.max_seq_tokens} "
-          f"tokens), {info['eval_rows']} held-out rows, {cfg.steps} steps of {cfg.batch_size}", flush=True)
+    log.info("sft: %d training rows (%d cut to %d tokens), %d held-out rows, %d steps of %d", info["train_rows"],
+             info["truncated_rows"], cfg.max_seq_tokens, info["eval_rows"], cfg.steps, cfg.batch_size)
 
     def step_fn(idx: list[int]) -> dict:
         return sft_backward(model, [train[i] for i in idx], cfg.micro_batch_size, pad_id, device)

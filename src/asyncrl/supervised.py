@@ -23,7 +23,7 @@ from asyncrl.config import Config, ConfigError, save_config
 from asyncrl.data import batches
 from asyncrl.io import atomic_write_text
 from asyncrl.learner import make_optimizer
-from asyncrl.metrics import Reporters, check_report_to
+from asyncrl.metrics import Reporters, check_report_to, progress_line
 
 
 def prepare_run_dir(cfg: Config) -> Path:
@@ -102,8 +102,8 @@ def run_loop(
             last_eval = {"step": step, **eval_fn()}
         model.train()
         log.write(log.eval, "eval", last_eval)
-        print(f"{kind} eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in last_eval.items()
-                                                      if k != "step" and isinstance(v, float)), flush=True)
+        progress_line(f"{kind} eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in last_eval.items()
+                                                              if k != "step" and isinstance(v, float)))
 
     def checkpoint() -> Path:
         state = {"command": kind, "step": step, "samples_seen": samples}
@@ -132,8 +132,8 @@ def run_loop(
                     "grad_norm": grad_norm, "tokens": tokens, "tokens_per_s": tokens / dt, "train_time_s": dt}
             log.write(log.metrics, "train", last)
             if step % print_every == 0 or step == cfg.steps:
-                print(f"{kind} step {step}/{cfg.steps} t={wall:.1f}s loss {last['loss']:.4f} lr {lr:.2e} "
-                      f"{last['tokens_per_s']:.0f} tok/s", flush=True)
+                progress_line(f"{kind} step {step}/{cfg.steps} t={wall:.1f}s loss {last['loss']:.4f} lr {lr:.2e} "
+                              f"{last['tokens_per_s']:.0f} tok/s")
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
                 ckpt = checkpoint()
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
