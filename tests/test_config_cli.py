@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -85,8 +86,15 @@ def test_config_command_prints_resolved_yaml(capsys):
 
 
 def test_console_script_installed():
-    out = subprocess.run([sys.executable, "-m", "asyncrl.cli", "train", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "--samples-per-prompt" in out.stdout
+    """The ``asyncrl`` command that ``pip install`` wrote beside this Python (not ``python -m``)."""
+    from importlib.metadata import entry_points
+
+    (ep,) = entry_points(group="console_scripts", name="asyncrl")
+    assert ep.value == "asyncrl.cli:main"
+    script = Path(sys.executable).parent / "asyncrl"
+    assert script.is_file(), f"no {script}: install the package (pip install -e .) into this Python's environment"
+    out = subprocess.run([str(script), "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--samples-per-prompt" in out.stdout, out.stderr
 
 
 def test_config_reference_doc_is_current():

@@ -466,11 +466,18 @@ def test_meaningless_combinations_are_refused(fields, match):
         Config(**fields)
 
 
-def test_accepted_combinations():
-    Config(loss="ppo", off_policy_correction="token_mask", clip_ratio_c=3.0)
-    Config(loss="ppo", decoupled=True, sync_every=2, max_lag=1, clip_ratio_c=3.0)
-    Config(loss="grpo", decoupled=True, sync_every=2, max_lag=1, clip_ratio_c=3.0, kl_bias_correction=True)
-    Config(loss="rloo", rloo_clip=True, off_policy_correction="sequence_mask")
+@pytest.mark.parametrize("fields", [
+    dict(loss="ppo", off_policy_correction="token_mask", clip_ratio_c=3.0),
+    dict(loss="ppo", decoupled=True, sync_every=2, max_lag=1, clip_ratio_c=3.0),
+    dict(loss="grpo", decoupled=True, sync_every=2, max_lag=1, clip_ratio_c=3.0, kl_bias_correction=True),
+    dict(loss="rloo", rloo_clip=True, off_policy_correction="sequence_mask"),
+])
+def test_accepted_combinations(fields):
+    """Accepted as given (no field rewritten) and every field read by the run, so the same flags
+    pass the unused-flag check as well."""
+    cfg = Config(**fields)
+    assert {k: getattr(cfg, k) for k in fields} == fields
+    assert unused_fields(cfg, list(fields)) is None
 
 
 def test_thresholds_the_chosen_correction_does_not_read_are_refused():

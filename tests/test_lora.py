@@ -199,6 +199,7 @@ def test_lora_resume_continues_exactly(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # learning runs: minutes on a 2-core machine
 def test_lora_lifts_arithmetic_accuracy(tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--lora-rank", "8", "--lora-target-modules", "all-linear", "--lr", "5e-4",

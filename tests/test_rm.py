@@ -97,6 +97,7 @@ def _preference_rows(n: int, seed: int) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # learning runs: minutes on a 2-core machine
 def test_rm_learns_held_out_preferences_and_saves_a_loadable_classifier(tmp_path, tiny_model_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

@@ -130,6 +130,7 @@ MEMO = [{"prompt": "ab=", "completion": "123"}, {"prompt": "cd=", "completion": 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # learning runs: minutes on a 2-core machine
 def test_sft_memorises_and_checkpoint_reloads_with_transformers(tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -6,7 +6,7 @@ import pytest
 
 from asyncrl.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # minutes each on a 2-core machine
 
 
 @pytest.mark.parametrize("max_lag", [0, 2])
