@@ -1,4 +1,4 @@
-"""Soak (``slow``): two process generators and a learner for 320 steps while generators are
+"""Soak (marker ``soak``; ~9 minutes on the 2-core machine): two process generators and a learner for 320 steps while generators are
 SIGKILLed from outside and raise from inside at random, and the whole run is SIGKILLed once and
 resumed. The run must end normally at its step target with every sample accounted for, staleness
 within its bound and metrics.jsonl continuing across the resume (issue 10, item 8)."""
@@ -21,7 +21,9 @@ from asyncrl.policy import BUILTIN_MODELS
 
 from conftest import assert_accounting, read_jsonl, write_jsonl
 
-pytestmark = pytest.mark.slow
+# Its own marker (deselect with -m "not soak"); 555 s measured on a shared 2-core machine, so a
+# limit well above the default per-test timeout.
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(1800)]
 psutil = pytest.importorskip("psutil")  # with ray[default], in the test extra
 
 ROOT = Path(__file__).resolve().parent.parent

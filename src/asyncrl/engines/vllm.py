@@ -25,18 +25,20 @@ What the learner needs from it, and how each is met:
   inside daemonic worker processes (which cannot have children), and lets ``collective_rpc`` hand
   the received tensors over without serialising them (CPU or GPU tensors alike).
 
+The engine leaves the caller's process as it found it, after construction and after every call:
 vLLM's CPU worker replaces ``torch.set_num_threads`` with a no-op and re-seeds the global random
-generators when it starts; in the caller's process that would silently pin the learner's thread
-count and change its random streams (inline and thread workers, evaluation), so both are restored
-once the engine is built.
+generators when it starts, which in the caller's process would pin the learner's thread count and
+change its random streams (inline and thread workers, evaluation); both are restored
+(``vllm_compat.keep_process_state``). Sampling does not draw from the global torch RNG either:
+each prompt's request carries its own seed, drawn from the engine's ``torch.Generator`` (seeded
+with ``seed``), so samples are reproducible from ``seed`` whatever the caller does with its RNG.
+
+Every use of vLLM internals goes through ``vllm_compat`` (one file, version-gated).
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import os
-import random
 import shutil
 import tempfile
 import weakref
@@ -45,11 +47,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from asyncrl.engines import vllm_compat
 from asyncrl.engines.base import Completion, eos_token_ids
-
-# Set before vLLM reads them (its env module is evaluated lazily, at first use); a user's own
-# setting wins, except for the engine-core placement, which the weight path depends on.
-_VLLM_ENV_DEFAULTS = {"VLLM_LOGGING_LEVEL": "WARNING", "VLLM_CONFIGURE_LOGGING": "1"}
 
 CPU_DEFAULT_KV_CACHE_GB = 1.0
 
@@ -82,23 +81,6 @@ def resolve_dtype(name: str, device: torch.device) -> str:
     return name
 
 
-@contextlib.contextmanager
-def _keep_process_state():
-    """Undo what building a vLLM CPU worker does to the whole process (see module docstring)."""
-    import numpy as np
-
-    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
-    rng, py_rng, np_rng = torch.get_rng_state(), random.getstate(), np.random.get_state()
-    try:
-        yield
-    finally:
-        torch.set_num_threads = set_threads
-        torch.set_num_threads(threads)
-        torch.set_rng_state(rng)
-        random.setstate(py_rng)
-        np.random.set_state(np_rng)
-
-
 def plain_model_folder(path: str) -> tuple[str, str | None]:
     """vLLM loads Hugging Face folders; a ``.gguf`` policy is de-quantised once, and a LoRA adapter
     folder (a LoRA checkpoint) merged into its base once, into a temporary folder (safetensors,
@@ -127,9 +109,8 @@ class VLLMEngine:
                  enforce_eager: bool | None = None, seed: int = 0, version: int = 0,
                  llm_kwargs: dict | None = None, lora_alpha: float | None = None):
         require_vllm()
-        for k, v in _VLLM_ENV_DEFAULTS.items():
-            os.environ.setdefault(k, v)
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        vllm_compat.check_version()
+        vllm_compat.set_env()
         from transformers import GenerationConfig
         from vllm import LLM
 
@@ -138,6 +119,7 @@ class VLLMEngine:
         self.version = version
         self.tokenizer = tokenizer
         self.lora_alpha = lora_alpha  # set: model_path is the base and updates are LoRA adapters
+        self._rng = torch.Generator().manual_seed(seed)  # the per-request sampling seeds
         self._lora_modules: list[str] | None = None  # the adapted modules, fixed by the first update
         folder, self._tmp = plain_model_folder(model_path)
         try:
@@ -159,25 +141,30 @@ class VLLMEngine:
         )
         kwargs.update(llm_kwargs or {})
         try:
-            with _keep_process_state():
+            with vllm_compat.keep_process_state():
                 self.llm = LLM(**kwargs)
         except BaseException:
             self._cleanup()
             raise
         _LIVE.add(self)
 
-    def _params(self, n: int, greedy: bool):
+    def _params(self, n: int, greedy: bool, seed: int | None):
         from vllm import SamplingParams
 
         return SamplingParams(
             n=n, temperature=0.0 if greedy else self.temperature, top_k=-1, top_p=1.0, min_p=0.0,
             max_tokens=self.max_new_tokens, logprobs=0, detokenize=False,
-            stop_token_ids=self.eos_ids, ignore_eos=True,
+            stop_token_ids=self.eos_ids, ignore_eos=True, seed=seed,
         )
 
     def generate(self, prompts: list[list[int]], k: int, greedy: bool = False) -> list[list[Completion]]:
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], self._params(1 if greedy else k, greedy),
-                                 use_tqdm=False)
+        # One seed per prompt (vLLM gives the k samples of a request seed, seed + 1, ...): a seed
+        # shared by all prompts would make their samples draw the same random numbers.
+        seeds = [None] * len(prompts) if greedy else \
+            torch.randint(0, 2**62, (len(prompts),), generator=self._rng).tolist()
+        params = [self._params(1 if greedy else k, greedy, s) for s in seeds]
+        with vllm_compat.keep_process_state():
+            outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         results: list[list[Completion]] = []
         for out in outs:  # in prompt order
             group = []
@@ -193,11 +180,12 @@ class VLLMEngine:
 
     def load_weights(self, state: dict[str, Tensor], version: int) -> None:
         """A full state dict, or with ``lora_alpha`` set an adapter state (peft's names)."""
-        if self.lora_alpha is None:
-            self.llm.collective_rpc("asyncrl_load_weights", args=(list(state.items()),))
-        else:
-            self.load_adapter(state)
-        self.llm.reset_prefix_cache()
+        with vllm_compat.keep_process_state():
+            if self.lora_alpha is None:
+                self.llm.collective_rpc("asyncrl_load_weights", args=(list(state.items()),))
+            else:
+                self.load_adapter(state)
+            self.llm.reset_prefix_cache()
         self.version = version
 
     def load_adapter(self, state: dict[str, Tensor]) -> None:
@@ -212,29 +200,20 @@ class VLLMEngine:
             raise ValueError(f"adapter update for {len(modules)} modules where the engine's adapter has "
                              f"{len(self._lora_modules)} (e.g. {odd[0]} differs): every update must carry "
                              "the whole adapter")
-        self.llm.collective_rpc("asyncrl_load_lora", args=(factors, self.lora_alpha))
+        with vllm_compat.keep_process_state():
+            self.llm.collective_rpc("asyncrl_load_lora", args=(factors, self.lora_alpha))
         self._lora_modules = modules
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is not None:
             _LIVE.discard(self)
-            client = llm.llm_engine.engine_core  # the in-process client
-            with contextlib.suppress(Exception):
-                if not _LIVE:
-                    client.shutdown()
-                else:
-                    # A full shutdown (also what the client's finalizer runs on collection) ends
-                    # with tearing down vLLM's process-global parallel state, which the other
-                    # engines in this process (a generator's and the evaluation's, inline) still
-                    # use: release this engine's executor and scheduler only.
-                    client._finalizer.detach()
-                    core = client.engine_core
-                    core.model_executor.shutdown()
-                    core.scheduler.shutdown()
-                    gc.unfreeze()  # EngineCore froze its start-up objects; let them be collected
+            # the other engines in this process (a generator's and the evaluation's, inline) may
+            # still use vLLM's process-global state: a full shutdown only for the last one
+            with vllm_compat.keep_process_state():
+                vllm_compat.release(llm, last=not _LIVE)
             self.llm = None
-            del llm, client
+            del llm
             gc.collect()  # frees the weights and KV cache now rather than at some later collection
         self._cleanup()
 

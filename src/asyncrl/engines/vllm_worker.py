@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 
+from asyncrl.engines import vllm_compat
+
 
 def _aliases(model) -> list[tuple[str, str]]:
     """(name, name of the parameter it shares) for every parameter registered twice, e.g. a
@@ -38,16 +40,14 @@ class WeightSync:
         tied again to the newly loaded parameter and its kernel re-prepared (the CPU backend
         packs the weight into a GEMM closure at load time).
         """
-        model = self.model_runner.get_model()
+        model = vllm_compat.worker_model(self)
         aliases = _aliases(model)
-        self.model_runner.reload_weights(weights_iterator=iter(items))
+        vllm_compat.reload_weights(self, items)
         for name, source in aliases:
             module_name, _, attr = name.rpartition(".")
             module = model.get_submodule(module_name)
             setattr(module, attr, model.get_parameter(source))
-            method = getattr(module, "quant_method", None)
-            if method is not None:
-                method.process_weights_after_loading(module)
+            vllm_compat.prepare_module(module)
         return len(items)
 
     def asyncrl_load_lora(self, modules, lora_alpha: float) -> int:
@@ -64,11 +64,10 @@ class WeightSync:
         """
         import torch
 
-        runner = self.model_runner
-        model = runner.get_model()
-        packed = getattr(model, "packed_modules_mapping", None) or {}
+        model = vllm_compat.worker_model(self)
+        packed = vllm_compat.packed_modules(model)
         device = next(model.parameters()).device
-        dtype = runner.model_config.dtype
+        dtype = vllm_compat.worker_dtype(self)
         if not hasattr(self, "_asyncrl_w0"):
             self._asyncrl_w0: dict[str, torch.Tensor] = {}  # checkpoint name -> base tensor
             self._asyncrl_module_tensors: dict[str, list[str]] = {}  # module -> its checkpoint names
@@ -102,7 +101,7 @@ class WeightSync:
 
         items = ((n, merged(n)) for n in names)
         with _quiet_partial_load():
-            runner.reload_weights(weights_iterator=iter(items))
+            vllm_compat.reload_weights(self, items)
         return len(names)
 
     def _asyncrl_read_base(self, module: str, device, dtype) -> None:
@@ -110,7 +109,7 @@ class WeightSync:
         safetensors into the W0 cache, once."""
         from safetensors import safe_open
 
-        folder = self.model_runner.model_config.model
+        folder = vllm_compat.worker_model_folder(self)
         if not hasattr(self, "_asyncrl_index"):
             self._asyncrl_index = checkpoint_index(folder)
         names = sorted(n for n in self._asyncrl_index if n.rpartition(".")[0] == module)
@@ -128,15 +127,11 @@ class WeightSync:
         return sum(t.numel() * t.element_size() for t in getattr(self, "_asyncrl_w0", {}).values())
 
 
-# Warnings vLLM's in-place reload prints for every layer a partial load leaves alone (by design
-# with LoRA: only the targeted layers are sent); silenced for the duration of a LoRA load.
-_PARTIAL_LOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.inplace",
-                         "vllm.model_executor.model_loader.reload.layerwise")
-
-
 @contextlib.contextmanager
 def _quiet_partial_load():
-    loggers = [logging.getLogger(n) for n in _PARTIAL_LOAD_LOGGERS]
+    """vLLM's warnings for every layer a partial load leaves alone (by design with LoRA: only the
+    targeted layers are sent), silenced for the duration of a LoRA load."""
+    loggers = [logging.getLogger(n) for n in vllm_compat.PARTIAL_LOAD_LOGGERS]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
