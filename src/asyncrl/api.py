@@ -18,6 +18,8 @@ any of them, the task is ``custom``. Errors raise (a one-line ``ConfigError`` / 
 bad input, :class:`RunFailed` when the run stopped on an error, with ``.summary`` when it had
 started training; ``RewardError`` when a reward function fails in this process, in evaluation); Ctrl-C stops
 after the current step with a final checkpoint and returns the summary (``interrupted``).
+Messages go through ``logging`` (``asyncrl.*`` loggers): shown like the CLI's when the caller
+configured no logging, otherwise left to the caller's handlers (docs/logging.md).
 """
 
 from __future__ import annotations
