@@ -19,19 +19,20 @@ frozen base model wrapped by peft (``LoraConfig`` + ``get_peft_model``), built b
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+from asyncrl.errors import one_line
+from asyncrl.policy import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_folder, load_model, resolve_model_path
 
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "ReferenceView", "adapter_factors", "adapter_snapshot",
+           "is_adapter_folder", "is_peft", "load_adapter_state", "load_policy", "lora_config", "merged_copy", "wrap"]
 
-def is_adapter_folder(path: str | Path) -> bool:
-    """A folder peft's ``save_pretrained`` wrote (an adapter, no full model of its own)."""
-    p = Path(path)
-    return p.is_dir() and (p / ADAPTER_CONFIG).is_file() and not (p / "config.json").is_file()
+# peft is optional (asyncrl[lora]): imported where an adapter is built or read, never by full fine-tuning.
 
 
 def is_peft(model) -> bool:
@@ -44,8 +45,6 @@ def is_peft(model) -> bool:
 
 
 def _require_peft() -> None:
-    import importlib.util
-
     if importlib.util.find_spec("peft") is None:
         raise ValueError("lora_rank needs the peft package: pip install 'asyncrl[lora]'")
 
@@ -73,8 +72,7 @@ def wrap(model, cfg, base_path: str):
     try:
         return get_peft_model(model, lora_config(cfg, base_path))
     except ValueError as e:
-        first = (str(e).strip().splitlines() or ["?"])[0]
-        raise ValueError(f"lora_target_modules={cfg.lora_target_modules}: {first[:200]}") from None
+        raise ValueError(f"lora_target_modules={cfg.lora_target_modules}: {one_line(e, 'first', limit=200)}") from None
 
 
 def load_policy(cfg, path: str, device: torch.device, dtype: torch.dtype | None = None):
@@ -82,15 +80,11 @@ def load_policy(cfg, path: str, device: torch.device, dtype: torch.dtype | None 
     model (``cfg.model``) wrapped by :func:`wrap`, with the adapter of ``path`` loaded when ``path``
     is an adapter folder (a LoRA checkpoint: resume), else the fresh adapter (B = 0: the policy
     starts equal to the base)."""
-    from asyncrl.policy import load_model, resolve_model_path
-
     if cfg.lora_rank is None:
         return load_model(path, device, dtype)
     base_path = resolve_model_path(cfg.model, cfg.task)
     model = wrap(load_model(base_path, device, dtype), cfg, base_path)
     if is_adapter_folder(path):
-        from safetensors.torch import load_file
-
         load_adapter_state(model, load_file(str(Path(path) / ADAPTER_WEIGHTS)))
     return model
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import os
 import random
 import shutil
@@ -42,10 +43,14 @@ import tempfile
 import weakref
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
+from transformers import GenerationConfig
 
 from asyncrl.engines.base import Completion, eos_token_ids
+from asyncrl.lora import adapter_factors
+from asyncrl.policy import is_adapter_folder, load_model, load_tokenizer
 
 # Set before vLLM reads them (its env module is evaluated lazily, at first use); a user's own
 # setting wins, except for the engine-core placement, which the weight path depends on.
@@ -57,8 +62,6 @@ _LIVE: "weakref.WeakSet[VLLMEngine]" = weakref.WeakSet()  # engines built in thi
 
 
 def vllm_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("vllm") is not None
 
 
@@ -85,8 +88,6 @@ def resolve_dtype(name: str, device: torch.device) -> str:
 @contextlib.contextmanager
 def _keep_process_state():
     """Undo what building a vLLM CPU worker does to the whole process (see module docstring)."""
-    import numpy as np
-
     set_threads, threads = torch.set_num_threads, torch.get_num_threads()
     rng, py_rng, np_rng = torch.get_rng_state(), random.getstate(), np.random.get_state()
     try:
@@ -103,13 +104,9 @@ def plain_model_folder(path: str) -> tuple[str, str | None]:
     """vLLM loads Hugging Face folders; a ``.gguf`` policy is de-quantised once, and a LoRA adapter
     folder (a LoRA checkpoint) merged into its base once, into a temporary folder (safetensors,
     config, tokenizer). Returns (folder, temporary folder to delete or None)."""
-    from asyncrl.lora import is_adapter_folder
-
     p = Path(path)
     if not p.is_file() and not is_adapter_folder(p):
         return str(p), None
-    from asyncrl.policy import load_model, load_tokenizer
-
     tmp = tempfile.mkdtemp(prefix="asyncrl-vllm-model-")
     model = load_model(path, torch.device("cpu"), torch.float32)
     model.save_pretrained(tmp)
@@ -130,8 +127,7 @@ class VLLMEngine:
         for k, v in _VLLM_ENV_DEFAULTS.items():
             os.environ.setdefault(k, v)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        from transformers import GenerationConfig
-        from vllm import LLM
+        from vllm import LLM  # optional (asyncrl[vllm]); after the environment above, which it reads
 
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -167,7 +163,7 @@ class VLLMEngine:
         _LIVE.add(self)
 
     def _params(self, n: int, greedy: bool):
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # optional (asyncrl[vllm]), as in __init__
 
         return SamplingParams(
             n=n, temperature=0.0 if greedy else self.temperature, top_k=-1, top_p=1.0, min_p=0.0,
@@ -203,8 +199,6 @@ class VLLMEngine:
     def load_adapter(self, state: dict[str, Tensor]) -> None:
         """Merge adapter ``state`` into the base weights inside vLLM's worker. Every update must
         adapt the same modules as the first: a module left out would keep an older merge."""
-        from asyncrl.lora import adapter_factors
-
         factors = adapter_factors(state)
         modules = sorted(m for m, _, _ in factors)
         if self._lora_modules is not None and modules != self._lora_modules:

@@ -1,7 +1,7 @@
 """Runs inside vLLM's worker (``worker_extension_cls``): the receiving end of a weight update.
 
 Kept apart from ``vllm.py`` because vLLM imports it by name inside its worker; it must import
-nothing heavy at module level.
+only what that worker already holds (torch, safetensors) at module level.
 
 Two kinds of update arrive: full state dicts (``asyncrl_load_weights``) and, with LoRA, adapter
 factors that are merged here into the base weights (``asyncrl_load_lora``, docs/lora.md).
@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
 
 
 def _aliases(model) -> list[tuple[str, str]]:
@@ -62,8 +66,6 @@ class WeightSync:
         q_proj and v_proj are adapted) and biases included. Layers without an adapter keep their
         weights. Returns how many tensors were loaded.
         """
-        import torch
-
         runner = self.model_runner
         model = runner.get_model()
         packed = getattr(model, "packed_modules_mapping", None) or {}
@@ -108,8 +110,6 @@ class WeightSync:
     def _asyncrl_read_base(self, module: str, device, dtype) -> None:
         """Read every checkpoint tensor of ``module`` (``weight``, ``bias``) from the base model's
         safetensors into the W0 cache, once."""
-        from safetensors import safe_open
-
         folder = self.model_runner.model_config.model
         if not hasattr(self, "_asyncrl_index"):
             self._asyncrl_index = checkpoint_index(folder)
@@ -160,10 +160,6 @@ def fused_group(packed: dict[str, list[str]], module: str) -> list[str]:
 
 def checkpoint_index(folder: str) -> dict[str, str]:
     """Tensor name -> ``.safetensors`` file holding it, over every such file of ``folder``."""
-    from pathlib import Path
-
-    from safetensors import safe_open
-
     index: dict[str, str] = {}
     for f in sorted(Path(folder).glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as st:
