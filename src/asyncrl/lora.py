@@ -38,7 +38,7 @@ __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "ReferenceView", "adapter_factor
 def is_peft(model) -> bool:
     """A peft-wrapped model. Without peft installed nothing is (full fine-tuning needs no peft)."""
     try:
-        from peft import PeftModel
+        from peft import PeftModel  # optional: see the note at the top
     except ImportError:
         return False
     return isinstance(model, PeftModel)
@@ -53,7 +53,7 @@ def lora_config(cfg, base_path: str):
     """The ``LoraConfig`` of ``cfg`` (``lora_rank``, ``lora_alpha``, ``lora_dropout``,
     ``lora_target_modules``); ``base_path`` is recorded in the saved ``adapter_config.json``."""
     _require_peft()
-    from peft import LoraConfig
+    from peft import LoraConfig  # optional: see the note at the top
 
     targets = cfg.lora_target_modules
     if targets == ["all-linear"]:
@@ -67,7 +67,7 @@ def wrap(model, cfg, base_path: str):
     """``model`` (a plain causal LM) -> a peft model with a fresh adapter; only the adapter
     requires grad. A target name the model does not have is a one-line ValueError (peft's)."""
     _require_peft()
-    from peft import get_peft_model
+    from peft import get_peft_model  # optional: see the note at the top
 
     try:
         return get_peft_model(model, lora_config(cfg, base_path))
@@ -92,7 +92,7 @@ def load_policy(cfg, path: str, device: torch.device, dtype: torch.dtype | None 
 def adapter_snapshot(model, dtype: torch.dtype) -> dict[str, Tensor]:
     """A CPU copy of the adapter tensors only (peft's names, as in ``adapter_model.safetensors``),
     floating tensors cast to ``dtype``: the LoRA weight-sync payload."""
-    from peft import get_peft_model_state_dict
+    from peft import get_peft_model_state_dict  # optional: see the note at the top
 
     state = get_peft_model_state_dict(model, save_embedding_layers=False)
     return {k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else v.dtype, copy=True)
@@ -104,7 +104,7 @@ def load_adapter_state(model, state: dict[str, Tensor]) -> None:
     """Copy an adapter state (:func:`adapter_snapshot`, or an ``adapter_model.safetensors``) into
     peft ``model`` in place. Every adapter tensor must be given and nothing else: a partial or
     foreign payload is a ValueError, never a silently half-updated policy."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict  # optional: see the note at the top
 
     want = set(get_peft_model_state_dict(model, save_embedding_layers=False))
     got = set(state)

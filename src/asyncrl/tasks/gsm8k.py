@@ -51,18 +51,18 @@ def _timeout() -> int | None:
     return TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
 
 
-@lru_cache(maxsize=4096)
 # math_verify (0.7 s to import here) is read only when a gsm8k reward is computed: every run imports
 # this module (tasks.make_task), most never grade gsm8k.
+@lru_cache(maxsize=4096)
 def _parse_gold(gold: str):
-    from math_verify import parse
+    from math_verify import parse  # lazy: see the note above _parse_gold
 
     return parse(f"${gold}$", parsing_timeout=_timeout())
 
 
 def extract_prediction(completion: str):
     """math-verify's parse of the completion's final answer (a list; empty when none was found)."""
-    from math_verify import parse
+    from math_verify import parse  # lazy: see the note above _parse_gold
 
     text = completion.replace("\u2212", "-")  # unicode minus
     if "####" in text:
@@ -72,7 +72,7 @@ def extract_prediction(completion: str):
 
 def grade(completion: str, gold: str) -> tuple[bool, str | None]:
     """(correct, the extracted answer as text or None) for one completion against a gold number."""
-    from math_verify import verify
+    from math_verify import verify  # lazy: see the note above _parse_gold
 
     pred = extract_prediction(completion)
     if not pred:
