@@ -46,7 +46,7 @@ How TRL is set up to match asyncrl's ``grpo`` loss (asyncrl/losses/grpo.py, conf
   estimator exp(ref - logp) - (ref - logp) - 1 added per token, ``use_bias_correction_kl=False``
   (asyncrl's KL term is not multiplied by the importance ratio); reference = the initial model.
 * optimisation: the optimizer and scheduler objects are asyncrl's own
-  (``asyncrl.learner.make_optimizer``: torch AdamW, betas (0.9, 0.999), eps 1e-8, weight decay
+  (``asyncrl.optim.make_optimizer``: torch AdamW, betas (0.9, 0.999), eps 1e-8, weight decay
   0, lr 5e-5, linear warmup 10 steps then cosine to 0 at ``--steps``), passed to the trainer via
   ``optimizers=``; ``max_grad_norm=1.0``. (GRPOConfig also names the same lr / cosine / warmup.)
 * numerics and threads: the model object comes from ``asyncrl.policy.load_model`` (fp32 on CPU,
@@ -136,7 +136,7 @@ def trl_run(run_dir: Path, seed: int, steps: int, eval_every: int, debug: int = 
 
     from asyncrl.config import Config
     from asyncrl.evaluation import evaluate
-    from asyncrl.learner import make_optimizer
+    from asyncrl.optim import make_optimizer
     from asyncrl.policy import encode_prompts, load_model, load_tokenizer, resolve_device, resolve_model_path
     from asyncrl.runtime.worker import default_threads
     from asyncrl.tasks import make_task
@@ -316,7 +316,7 @@ def trl_run(run_dir: Path, seed: int, steps: int, eval_every: int, debug: int = 
             "temperature", "top_k", "top_p", "loss_type", "scale_rewards", "epsilon", "beta",
             "use_bias_correction_kl", "learning_rate", "lr_scheduler_type", "warmup_steps", "max_grad_norm",
             "bf16", "gradient_checkpointing", "max_steps")},
-        "optimizer": "asyncrl.learner.make_optimizer (AdamW + warmup/cosine LambdaLR)",
+        "optimizer": "asyncrl.optim.make_optimizer (AdamW + warmup/cosine LambdaLR)",
         "torch_threads": torch.get_num_threads(),
     })
     summary = {

@@ -12,7 +12,8 @@ import torch
 
 from asyncrl.cli import main
 from asyncrl.policy import encode_prompts, load_tokenizer
-from asyncrl.rm import bradley_terry_loss, encode_texts, load_reward_model, rm_backward
+from asyncrl.policy import encode_texts
+from asyncrl.rm import bradley_terry_loss, load_reward_model, rm_backward
 
 from conftest import write_jsonl, read_jsonl
 

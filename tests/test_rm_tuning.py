@@ -13,7 +13,8 @@ from asyncrl.cli import main
 from asyncrl.config import Config, ConfigError, load_config
 from asyncrl.engines.base import Completion
 from asyncrl.evaluation import evaluate, reference_stats
-from asyncrl.generator import Generator, completion_tokens, shaped_reward
+from asyncrl.generator import Generator
+from asyncrl.rewards import completion_tokens, shaped_reward
 from asyncrl.policy import completion_logprobs, encode_prompts, load_model, load_tokenizer, pack
 from asyncrl.tasks import make_task
 from asyncrl.tasks.rm_tuning import DEFAULT_PROMPTS, RewardModelTask

@@ -129,7 +129,7 @@ def test_reward_names_are_unique_and_specs_kept():
 
 
 def test_reward_model_folder_as_a_reward_function(tiny_rm_dir):
-    from asyncrl.tasks.rm_tuning import RewardModelScorer
+    from asyncrl.hf_models import RewardModelScorer
 
     task = task_of([tiny_rm_dir, reward_fns.exact], weights=[2.0, 1.0], reward_device="cpu")
     prompts = task.eval_prompts()[:2]

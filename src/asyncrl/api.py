@@ -25,19 +25,27 @@ configured no logging, otherwise left to the caller's handlers (docs/logging.md)
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from asyncrl.config import Config, ConfigError, check_fields_used, read_config_file, validated
 from asyncrl.console import notes, quiet_libraries
-from asyncrl.errors import RunFailed
-from asyncrl.tasks import TaskInputs
+from asyncrl.errors import RunFailed, one_line
+from asyncrl.io import RUN_DIRS, RUN_FILES, foreign_entry
+from asyncrl.metrics import check_report_to
+
+if TYPE_CHECKING:
+    from asyncrl.tasks import TaskInputs
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RunFailed", "as_config", "run_train", "train"]
 
-log = logging.getLogger(__name__)
+# The CLI imports this module at start-up (`asyncrl --help`, `asyncrl config`, `asyncrl plot`), which must
+# not pay for torch and transformers (2.3 s to import here): what a run needs below is imported in the
+# functions that start one (run_train, precheck_train, train, config_from with --resume).
 
 
 def as_config(config, objects: dict | None = None) -> Config:
@@ -75,7 +83,7 @@ def config_from(data: dict, command: str = "train", from_file=()) -> Config:
     and the fields given are checked against the merged config (``--clip-eps`` resuming a grpo run is
     read, whatever the defaults). ``from_file``: the fields that came from a YAML file."""
     if data.get("resume") and command in ("train", "config"):
-        from asyncrl.checkpoint import resume_config
+        from asyncrl.checkpoint import resume_config  # torch: see the note at the top
 
         cfg = resume_config(data)
     else:
@@ -100,6 +108,8 @@ def train(config=None, *, reward_funcs=None, train_dataset=None, eval_dataset=No
     weights are ``config.reward_weights``. ``train_dataset`` / ``eval_dataset``: a
     ``datasets.Dataset``, a list of dicts, or a path / hub name (as ``--prompts``). Any of them
     selects the ``custom`` task (an explicit other ``task`` is an error)."""
+    from asyncrl.tasks import TaskInputs  # torch: see the note at the top
+
     if callable(reward_funcs) or isinstance(reward_funcs, (str, Path)):
         reward_funcs = [reward_funcs]
     cfg = as_config(config, {"reward_funcs": reward_funcs is not None, "train_dataset": train_dataset is not None,
@@ -120,7 +130,7 @@ def run_train(cfg: Config, inputs: TaskInputs | None = None) -> dict:
 
 
 def _run_train(cfg: Config, inputs: TaskInputs | None) -> dict:
-    from asyncrl.runtime.controller import Controller
+    from asyncrl.runtime.controller import Controller  # torch: see the note at the top
 
     if cfg.output_dir is None:
         cfg.output_dir = default_output_dir(cfg)
@@ -131,44 +141,14 @@ def _run_train(cfg: Config, inputs: TaskInputs | None) -> dict:
     clear_run_folder(run_dir, own)  # only once every check passed
     log.info("run folder %s", run_dir)
     if cfg.runtime == "ray" and cfg.ray_learner == "actor":
-        from asyncrl.runtime.ray_host import run_in_learner_actor
+        from asyncrl.runtime.ray_host import run_in_learner_actor  # ray: optional (asyncrl[ray])
 
         summary = run_in_learner_actor(cfg, run_dir, inputs)  # the actor builds its own task
     else:
         summary = Controller(cfg, run_dir, task=task, inputs=inputs).run()
     if summary.get("failed"):
-        from asyncrl.cli import one_line
-
         raise RunFailed(f"{one_line(summary['failed'])} (final checkpoint {summary['checkpoint']})", summary)
     return summary
-
-
-# What asyncrl writes in a run folder; `--overwrite` removes these (after checking that the folders
-# hold only asyncrl's files) and nothing else.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "generations.jsonl", "summary.json", "eval_report.json",
-             "eval_examples.jsonl", "wandb_id")
-_TMP = r"\..+\.(tmp|old)"  # io.atomic_write / atomic_dir leftovers: .NAME.xxxx.tmp, .NAME.old
-RUN_DIRS = {
-    "checkpoints": re.compile(rf"^(latest|step_\d+|{_TMP})$"),
-    "tb": re.compile(r"^events\.out\.tfevents\..+$"),
-    # wandb's files when WANDB_DIR is unset (metrics.Reporters): run folders and its logs
-    "wandb": re.compile(r"^(latest-run|(offline-)?run-\d{8}_\d{6}-[\w-]+|debug(-internal|-cli\.[\w.-]+)?\.log)$"),
-    "eval": re.compile(rf"^([\w.-]+-[\w]+|{_TMP})$"),  # <step_N>-<task>/ from asyncrl eval of a run checkpoint
-}
-_EVAL_FILES = re.compile(rf"^(eval_report\.json|eval_examples\.jsonl|{_TMP})$")
-
-
-def _foreign(folder: Path) -> str | None:
-    """The first entry of a run sub-folder (checkpoints/, tb/, eval/) that asyncrl did not write."""
-    pattern = RUN_DIRS[folder.name]
-    for e in sorted(folder.iterdir()):
-        if not pattern.match(e.name):
-            return e.name
-        if folder.name == "eval" and e.is_dir():
-            bad = next((x.name for x in sorted(e.iterdir()) if not _EVAL_FILES.match(x.name)), None)
-            if bad is not None:
-                return f"{e.name}/{bad}"
-    return None
 
 
 def check_run_folder(cfg: Config, command: str = "train") -> list[Path]:
@@ -198,7 +178,7 @@ def check_run_folder(cfg: Config, command: str = "train") -> list[Path]:
         if (e.name in RUN_FILES or tmp) and e.is_file():
             own.append(e)
         elif e.name in RUN_DIRS and e.is_dir():
-            bad = _foreign(e)
+            bad = foreign_entry(e)  # `--overwrite` removes asyncrl's files (io.RUN_FILES, RUN_DIRS), nothing else
             if bad is not None:
                 raise ConfigError(f"--overwrite: {e / bad} was not written by asyncrl, so {e} is not removed; "
                                   "move it away or choose another --output-dir")
@@ -218,7 +198,7 @@ def precheck_train(cfg: Config, inputs: TaskInputs | None = None):
     """Start-up checks that need no model weights, before the run folder exists: the report_to
     packages, the task (data, reward import), model paths, the device, and that every prompt fits
     the model's context. Returns the task, for the controller to use rather than build again."""
-    from asyncrl.metrics import check_report_to
+    # torch: see the note at the top
     from asyncrl.policy import resolve_device, resolve_model_path
     from asyncrl.tasks import check_prompt_lengths, make_task
 
@@ -230,3 +210,4 @@ def precheck_train(cfg: Config, inputs: TaskInputs | None = None):
     resolve_device(cfg.device)
     check_prompt_lengths(task, cfg, model_path, train=True)
     return task
+

@@ -22,14 +22,21 @@ someone sent you cannot execute anything. A damaged or tampered state is a one-l
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
+from asyncrl.config import Config, ConfigError, validated
+from asyncrl.errors import one_line
 from asyncrl.io import atomic_dir, atomic_write_text
+from asyncrl.lora import is_peft, merged_copy
 
 STATE_JSON = "trainer_state.json"
 # safetensors format, but not named *.safetensors: vLLM (like other loaders) reads every
@@ -107,9 +114,8 @@ def load_trainer_state(ckpt: Path) -> dict:
         tensors = load_file(str(folder / STATE_TENSORS))
         state = decode_state(tree, tensors)
     except Exception as e:  # missing file, bad JSON, truncated safetensors, a name not in the file, ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(f"cannot read the trainer state in {folder}: not a checkpoint asyncrl wrote, "
-                         f"or damaged ({type(e).__name__}: {first[:200]})") from None
+                         f"or damaged ({one_line(e, 'first', limit=200, typed=True)})") from None
     if not isinstance(state, dict) or "learner" not in state:
         raise ValueError(f"cannot read the trainer state in {folder}: not a checkpoint asyncrl wrote "
                          "(no 'learner' entry)")
@@ -132,8 +138,6 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
     final = ckpts / f"step_{step}"
 
     def fill(tmp: Path) -> None:
-        from asyncrl.lora import is_peft, merged_copy
-
         if is_peft(model):
             model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
             if save_merged:
@@ -189,10 +193,6 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def rng_state() -> dict:
     """This process's global random states: torch (CPU, CUDA), Python ``random``, numpy."""
-    import random
-
-    import numpy as np
-
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, py_gauss = random.getstate()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
@@ -201,10 +201,6 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    import random
-
-    import numpy as np
-
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -238,11 +234,6 @@ def resume_config(given: dict):
     here (config file and flags, ``given``, which holds ``resume``) on top. The run folder defaults
     to the one that holds the checkpoint. A change to a field outside :data:`RESUME_MAY_CHANGE` is
     a one-line ConfigError naming each field, unless ``resume_force``."""
-    import yaml
-    from pydantic import ValidationError
-
-    from asyncrl.config import Config, ConfigError, validated
-
     if given.get("overwrite") is True:
         raise ConfigError("--resume continues the run in its folder and --overwrite replaces it: pass one of them")
     ckpt = find_checkpoint(str(given["resume"]))
@@ -253,8 +244,7 @@ def resume_config(given: dict):
         saved = {k: v for k, v in saved.items() if k not in ("output_dir", "resume", "resume_force", "overwrite")}
         original = Config(**saved)
     except (OSError, ValueError, yaml.YAMLError) as e:  # ValidationError is a ValueError
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"cannot read the config of checkpoint {ckpt}: {first[:200]}") from None
+        raise ConfigError(f"cannot read the config of checkpoint {ckpt}: {one_line(e, 'first', limit=200)}") from None
     data = {**saved, **given}
     if "loss" in given and "variant" not in given:
         data["variant"] = None  # config.yaml holds the old loss's default variant: take the new loss's

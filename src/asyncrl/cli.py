@@ -16,15 +16,25 @@ import argparse
 import logging
 import re
 import sys
+import traceback
+from difflib import get_close_matches
 from pathlib import Path
 
 import yaml
 
-from asyncrl.api import check_run_folder, clear_run_folder, config_from, default_output_dir
+from asyncrl.api import (
+    check_run_folder, clear_run_folder, config_from, default_output_dir, run_train,
+)
 from asyncrl.config import (
     Config, _literal_choices, check_fields_used, did_you_mean, field_docs, read_config_file,
 )
 from asyncrl.console import notes, quiet_libraries
+from asyncrl.errors import RewardError, RunAborted, RunFailed, one_line
+from asyncrl.metrics import check_report_to
+from asyncrl.plotting import plot_runs
+
+# `asyncrl --help`, `config` and `plot` start without torch and transformers (2.3 s to import): the
+# commands that need them (eval, sft, rm; train through api.run_train) import them when they run.
 
 
 class UsageError(Exception):
@@ -120,10 +130,6 @@ def resolve(args: argparse.Namespace) -> Config:
 
 
 def cmd_train(cfg: Config) -> int:
-    from asyncrl.api import run_train
-    from asyncrl.errors import RunAborted, RunFailed
-    from asyncrl.tasks import RewardError
-
     try:
         summary = run_train(cfg)
     except (RunFailed, RewardError) as e:  # RewardError: raised in this process (evaluation)
@@ -138,8 +144,7 @@ def cmd_train(cfg: Config) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``asyncrl eval CHECKPOINT --task NAME [--limit N] [--output-dir DIR]``."""
-    from asyncrl.evaluation import REPORT, eval_checkpoint, eval_config
-    from asyncrl.tasks import RewardError
+    from asyncrl.evaluation import REPORT, eval_checkpoint, eval_config  # torch: see the note at the top
 
     overrides = {k: _parse_value(v, k) for k, v in vars(args).items() if k in Config.model_fields}
     cfg = eval_config(args.checkpoint, overrides)
@@ -159,11 +164,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_supervised(command: str, cfg: Config) -> int:
     """``asyncrl sft`` / ``asyncrl rm``."""
+    # torch: see the note at the top
     if command == "sft":
         from asyncrl.sft import run_sft as run
     else:
         from asyncrl.rm import run_rm as run
-    from asyncrl.metrics import check_report_to
 
     own = check_run_folder(cfg, command)
     check_report_to(cfg)  # before --overwrite removes anything
@@ -179,8 +184,6 @@ def cmd_supervised(command: str, cfg: Config) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """``asyncrl plot RUN_DIR... [--out FILE.png] [--metric M] [--labels A,B] [--x wall|samples|both]``."""
-    from asyncrl.plotting import plot_runs
-
     labels = [s.strip() for s in args.labels.split(",")] if args.labels is not None else None
     out = plot_runs(args.runs, args.out, metric=args.metric, labels=labels, x=args.x)
     print(f"asyncrl: plot of {len(args.runs)} run(s) written to {out}", flush=True)
@@ -200,26 +203,13 @@ def _report_done(command: str, summary: dict, detail: str) -> int:
     return SIGNAL_EXIT.get(summary.get("signal") or "SIGINT", 130) if summary["interrupted"] else 0
 
 
-def one_line(text) -> str:
-    """An error message on one line: a worker's traceback shrinks to its first and last lines."""
-    lines = [x.strip() for x in str(text).splitlines() if x.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else ""
-    if any(x.startswith("Traceback (most recent call last)") for x in lines):
-        head = "" if lines[0].startswith("Traceback") else lines[0]
-        return " ".join(x for x in (head, lines[-1]) if x) + " (rerun with --debug for the traceback)"
-    return " ".join(lines)
-
-
 def _print_error(e: BaseException, debug: bool = False, unexpected: bool = False) -> None:
     """``asyncrl: error: <one line>`` on stderr; with ``debug`` the full traceback first."""
     if debug:
-        import traceback
-
         traceback.print_exception(e, file=sys.stderr)
         if "Traceback (most recent call last)" in str(e):  # a worker's traceback, carried in the message
             print(str(e), file=sys.stderr)
-    text = one_line(e) or type(e).__name__
+    text = one_line(e)
     if unexpected:
         text = f"{type(e).__name__}: {text} (unexpected error" + ("" if debug else "; rerun with --debug for the "
                                                                   "traceback") + ")"
@@ -229,11 +219,9 @@ def _print_error(e: BaseException, debug: bool = False, unexpected: bool = False
 def _exit_code(e: BaseException) -> int:
     """2 for bad input (config, files, paths, missing packages), 1 for a run that failed or an
     unexpected error."""
-    from asyncrl.tasks import RewardError
-
     if isinstance(e, RewardError):  # a ValueError, but raised once the run is going
         return 1
-    if type(e).__name__ in ("RunFailed", "RunAborted"):
+    if isinstance(e, (RunFailed, RunAborted)):
         return 1
     if isinstance(e, (UsageError, ValueError, ImportError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                       PermissionError)):
@@ -243,8 +231,6 @@ def _exit_code(e: BaseException) -> int:
 
 def _unknown_arguments(parser: argparse.ArgumentParser, command: str | None, extra: list[str]) -> str:
     """``unrecognized argument --max-lagg; did you mean --max-lag?`` for what argparse left over."""
-    from difflib import get_close_matches
-
     sub = parser._subparsers._group_actions[0].choices.get(command) if command else None  # type: ignore[union-attr]
     flags = [f for f in (sub or parser)._option_string_actions if f.startswith("--")]
     unknown = [a.split("=", 1)[0] for a in extra if a.startswith("-")]

@@ -16,13 +16,25 @@ a ``length_penalty`` / ``missing_eos_penalty`` also gets, computed here for any 
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from pathlib import Path
 
 import torch
+import yaml
 
+from asyncrl.checkpoint import TRAINER_STATE, find_checkpoint
+from asyncrl.config import ConfigError, load_config
+from asyncrl.engines import make_engine
 from asyncrl.engines.base import Engine
-from asyncrl.policy import completion_logprobs, encode_prompts, pack
+from asyncrl.engines.hf import HFEngine
+from asyncrl.io import atomic_write_text
+from asyncrl.policy import (
+    completion_logprobs, encode_prompts, load_model, load_tokenizer, pack, resolve_device, resolve_model_path,
+)
+from asyncrl.rewards import completion_tokens, shaped_reward
+from asyncrl.tasks import check_prompt_lengths, make_task
 from asyncrl.tasks.base import Task
 
 
@@ -76,8 +88,6 @@ def evaluate(model, tokenizer, task: Task, *, max_new_tokens: int, limit: int | 
 
 def _completion_stats(metrics: dict, rows: list[dict], comps, length_penalty: float,
                       missing_eos_penalty: float) -> None:
-    from asyncrl.generator import completion_tokens, shaped_reward
-
     n = max(1, len(comps))
     toks = [completion_tokens(c.ids, c.finished) for c in comps]
     metrics["completion_tokens_mean"] = sum(toks) / n
@@ -118,8 +128,6 @@ def sampled_kl(model, ref_model, tokenizer, prompts: list[str], *, samples_per_p
 
 
 def _hf_engine(model, tokenizer, max_new_tokens: int) -> Engine:
-    from asyncrl.engines.hf import HFEngine
-
     return HFEngine(model, tokenizer, max_new_tokens=max_new_tokens, temperature=1.0)
 
 
@@ -147,17 +155,12 @@ REPORT = "eval_report.json"
 EXAMPLES = "eval_examples.jsonl"
 
 
-def resolve_checkpoint(checkpoint: str) -> tuple[str, "Path | None"]:
+def resolve_checkpoint(checkpoint: str) -> tuple[str, Path | None]:
     """CHECKPOINT -> (model path for ``load_model``, the run's checkpoint folder or None).
 
     Accepts a ``save_pretrained`` folder, a run checkpoint folder (``<run>/checkpoints/step_N``), a
     run folder (its latest checkpoint) or a ``.gguf`` file; anything else is a one-line ValueError.
     """
-    from pathlib import Path
-
-    from asyncrl.checkpoint import TRAINER_STATE, find_checkpoint
-    from asyncrl.policy import resolve_model_path
-
     p = Path(checkpoint)
     if not p.exists():
         raise ValueError(f"checkpoint not found: {checkpoint}")
@@ -172,10 +175,6 @@ def resolve_checkpoint(checkpoint: str) -> tuple[str, "Path | None"]:
 def eval_config(checkpoint: str, overrides: dict):
     """The config for ``asyncrl eval``: a run checkpoint's own ``config.yaml`` (same task, template,
     max_new_tokens, ...) when it has one, then the command-line flags; ``model`` = the checkpoint."""
-    from pathlib import Path
-
-    from asyncrl.config import ConfigError, load_config
-
     path, run_ckpt = resolve_checkpoint(checkpoint)
     base = run_ckpt / "config.yaml" if run_ckpt is not None and (run_ckpt / "config.yaml").is_file() else None
     if base is None and "task" not in overrides:
@@ -183,10 +182,6 @@ def eval_config(checkpoint: str, overrides: dict):
     cfg = load_config(base, {**overrides, "model": path, "resume": None, "output_dir": overrides.get("output_dir")})
     if base is not None and "reference_model" not in overrides and cfg.reference_model is None:
         # The run's initial policy is the reference of kl_ref / ref_perplexity (tasks with wants_kl).
-        import yaml
-
-        from asyncrl.policy import resolve_model_path
-
         run = yaml.safe_load(base.read_text()) or {}
         try:
             cfg.reference_model = resolve_model_path(run.get("model"), run.get("task", cfg.task))
@@ -209,15 +204,6 @@ def eval_checkpoint(cfg) -> dict:
     """Greedy evaluation of ``cfg.model`` on ``cfg.task``; writes ``<output_dir>/eval_report.json``
     (metrics, ``n``, the settings that shaped the numbers) and ``eval_examples.jsonl`` (one row per
     example), each atomically. Returns the report."""
-    import json
-    import time
-    from pathlib import Path
-
-    from asyncrl.engines import make_engine
-    from asyncrl.io import atomic_write_text
-    from asyncrl.policy import load_model, load_tokenizer, resolve_device, resolve_model_path
-    from asyncrl.tasks import check_prompt_lengths, make_task
-
     task = make_task(cfg)  # first: bad task settings fail before the model is loaded
     check_prompt_lengths(task, cfg, cfg.model, train=False)
     device = resolve_device(cfg.device)

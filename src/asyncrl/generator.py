@@ -1,6 +1,6 @@
 """The generator role: prompts -> engine (K samples each) -> task reward -> ``Group``s.
 
-Reward shaping for every task happens here, after the task's reward (see :func:`shaped_reward`):
+Reward shaping for every task happens here, after the task's reward (see :func:`asyncrl.rewards.shaped_reward`):
 ``length_penalty`` per completion token and ``missing_eos_penalty`` for a completion cut at
 ``max_new_tokens``. ``Sample.reward`` (what the losses and the tba buffer see, and ``reward_mean``
 in metrics.jsonl) is the shaped value; evaluation reports the task's own metrics, unshaped.
@@ -8,12 +8,14 @@ in metrics.jsonl) is the shaped value; evaluation reports the task's own metrics
 
 from __future__ import annotations
 
+import sys
 import time
-from asyncrl.engines.base import Engine
+
 import torch
 
+from asyncrl.engines.base import Engine
 from asyncrl.policy import completion_logprobs, encode_prompts, pack
-from asyncrl.rewards import component_sums
+from asyncrl.rewards import component_sums, completion_tokens, shaped_reward
 from asyncrl.tasks.base import RewardError, Task, checked_rewards
 from asyncrl.types import GenStats, Group, Prompt, Sample
 
@@ -21,21 +23,6 @@ from asyncrl.types import GenStats, Group, Prompt, Sample
 # reward_errors=skip: this many requests in a row with every group dropped means the reward function
 # is broken, not unlucky; stop instead of generating forever.
 MAX_FAILED_REQUESTS = 3
-
-
-def completion_tokens(ids: list[int], finished: bool) -> int:
-    """Tokens of a completion that count for ``length_penalty``: EOS (the last id when finished) excluded."""
-    return len(ids) - 1 if finished and ids else len(ids)
-
-
-def shaped_reward(reward: float, num_tokens: int, finished: bool, length_penalty: float = 0.0,
-                  missing_eos_penalty: float = 0.0) -> float:
-    """``reward - length_penalty * num_tokens - (missing_eos_penalty if no EOS)``.
-
-    The missing-EOS penalty is subtracted, as TRL's ``missing_eos_penalty`` does (Noukhovitch et al.
-    2025 penalise TL;DR summaries that do not end); ``num_tokens`` excludes the EOS token.
-    """
-    return reward - length_penalty * num_tokens - (0.0 if finished else missing_eos_penalty)
 
 
 class Generator:
@@ -112,8 +99,6 @@ class Generator:
     def _note_errors(self, errors: dict[int, str]) -> None:
         first = errors[min(errors)]
         if not self._warned:  # once per generator: enough to find the bug, not enough to flood the log
-            import sys
-
             print(f"asyncrl: warning: skipping groups with reward errors (counted in reward_errors_total); "
                   f"first: {first}", file=sys.stderr, flush=True)
             self._warned = True

@@ -1,8 +1,10 @@
-"""Atomic file writes: a crash mid-write never leaves a truncated config or checkpoint."""
+"""Atomic file writes (a crash mid-write never leaves a truncated config or checkpoint), and what
+asyncrl writes into a run folder."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,3 +49,34 @@ def atomic_dir(final: Path, fill) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# --- the run folder --------------------------------------------------------------------------------
+
+# Files asyncrl writes at the top of a run folder (train, sft, rm, eval of a run checkpoint).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "generations.jsonl", "summary.json", "eval_report.json",
+             "eval_examples.jsonl", "wandb_id")
+_TMP = r"\..+\.(tmp|old)"  # atomic_write / atomic_dir leftovers: .NAME.xxxx.tmp, .NAME.old
+# Folders asyncrl writes there, each with the pattern of every name asyncrl puts inside it.
+RUN_DIRS = {
+    "checkpoints": re.compile(rf"^(latest|step_\d+|{_TMP})$"),
+    "tb": re.compile(r"^events\.out\.tfevents\..+$"),
+    # wandb's files when WANDB_DIR is unset (metrics.Reporters): run folders and its logs
+    "wandb": re.compile(r"^(latest-run|(offline-)?run-\d{8}_\d{6}-[\w-]+|debug(-internal|-cli\.[\w.-]+)?\.log)$"),
+    "eval": re.compile(rf"^([\w.-]+-[\w]+|{_TMP})$"),  # <step_N>-<task>/ from asyncrl eval of a run checkpoint
+}
+EVAL_FILES = re.compile(rf"^(eval_report\.json|eval_examples\.jsonl|{_TMP})$")  # inside eval/<step_N>-<task>/
+RUN_ENTRIES = RUN_FILES + tuple(RUN_DIRS)  # every name asyncrl writes at the top of a run folder
+
+
+def foreign_entry(folder: Path) -> str | None:
+    """The first entry of a run sub-folder (checkpoints/, tb/, wandb/, eval/) that asyncrl did not write."""
+    pattern = RUN_DIRS[folder.name]
+    for e in sorted(folder.iterdir()):
+        if not pattern.match(e.name):
+            return e.name
+        if folder.name == "eval" and e.is_dir():
+            bad = next((x.name for x in sorted(e.iterdir()) if not EVAL_FILES.match(x.name)), None)
+            if bad is not None:
+                return f"{e.name}/{bad}"
+    return None

@@ -8,6 +8,7 @@ forward per micro-batch, every time a sample is trained on.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -18,27 +19,10 @@ from asyncrl.buffer import BufferBatch
 from asyncrl.config import Config
 from asyncrl.losses.common import LossInputs, mismatch_metrics, mismatch_sums, seq_sum
 from asyncrl.losses.registry import make_loss
+from asyncrl.lora import adapter_snapshot, is_peft
+from asyncrl.optim import make_optimizer
 from asyncrl.policy import Packed, autocast, completion_logprobs, default_dtype, pack
-
-
-def lr_lambda(cfg: Config):
-    def f(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-        if cfg.lr_schedule == "linear":
-            return 1.0 - frac
-        return 0.5 * (1.0 + math.cos(math.pi * frac))
-
-    return f
-
-
-def make_optimizer(params, cfg: Config):
-    """AdamW with linear warmup then the configured decay; shared by every training command."""
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+from asyncrl.weights import snapshot
 
 
 def flatten(batch: BufferBatch):
@@ -132,8 +116,6 @@ class Learner:
         asyncrl takes one optimizer step per batch, so with ``sync_every 1`` the latest sync is the
         current weights and no copy is kept (prox = stopgrad of the policy's own forward)."""
         if self._prox_model is None:
-            import copy
-
             self._prox_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         else:
             self._prox_model.load_state_dict(self.model.state_dict())
@@ -220,10 +202,7 @@ class Learner:
     def weights(self) -> dict[str, Tensor]:
         """A CPU snapshot of the policy weights, safe to hand to other threads/processes, in the
         generators' dtype (bf16 on GPU: half the bytes to move; fp32 on CPU); tied tensors are
-        copied once (``transport.snapshot``). With LoRA, the adapter tensors only (``lora.py``)."""
-        from asyncrl.lora import adapter_snapshot, is_peft
-        from asyncrl.runtime.transport import snapshot
-
+        copied once (:func:`asyncrl.weights.snapshot`). With LoRA, the adapter tensors only (``lora.py``)."""
         if is_peft(self.model):
             return adapter_snapshot(self.model, default_dtype(self.device))
         return snapshot(self.model, default_dtype(self.device))

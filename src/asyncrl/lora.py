@@ -19,33 +19,32 @@ frozen base model wrapped by peft (``LoraConfig`` + ``get_peft_model``), built b
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+from asyncrl.errors import one_line
+from asyncrl.policy import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_folder, load_model, resolve_model_path
 
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "ReferenceView", "adapter_factors", "adapter_snapshot",
+           "is_adapter_folder", "is_peft", "load_adapter_state", "load_policy", "lora_config", "merged_copy", "wrap"]
 
-def is_adapter_folder(path: str | Path) -> bool:
-    """A folder peft's ``save_pretrained`` wrote (an adapter, no full model of its own)."""
-    p = Path(path)
-    return p.is_dir() and (p / ADAPTER_CONFIG).is_file() and not (p / "config.json").is_file()
+# peft is optional (asyncrl[lora]): imported where an adapter is built or read, never by full fine-tuning.
 
 
 def is_peft(model) -> bool:
     """A peft-wrapped model. Without peft installed nothing is (full fine-tuning needs no peft)."""
     try:
-        from peft import PeftModel
+        from peft import PeftModel  # optional: see the note at the top
     except ImportError:
         return False
     return isinstance(model, PeftModel)
 
 
 def _require_peft() -> None:
-    import importlib.util
-
     if importlib.util.find_spec("peft") is None:
         raise ValueError("lora_rank needs the peft package: pip install 'asyncrl[lora]'")
 
@@ -54,7 +53,7 @@ def lora_config(cfg, base_path: str):
     """The ``LoraConfig`` of ``cfg`` (``lora_rank``, ``lora_alpha``, ``lora_dropout``,
     ``lora_target_modules``); ``base_path`` is recorded in the saved ``adapter_config.json``."""
     _require_peft()
-    from peft import LoraConfig
+    from peft import LoraConfig  # optional: see the note at the top
 
     targets = cfg.lora_target_modules
     if targets == ["all-linear"]:
@@ -68,13 +67,12 @@ def wrap(model, cfg, base_path: str):
     """``model`` (a plain causal LM) -> a peft model with a fresh adapter; only the adapter
     requires grad. A target name the model does not have is a one-line ValueError (peft's)."""
     _require_peft()
-    from peft import get_peft_model
+    from peft import get_peft_model  # optional: see the note at the top
 
     try:
         return get_peft_model(model, lora_config(cfg, base_path))
     except ValueError as e:
-        first = (str(e).strip().splitlines() or ["?"])[0]
-        raise ValueError(f"lora_target_modules={cfg.lora_target_modules}: {first[:200]}") from None
+        raise ValueError(f"lora_target_modules={cfg.lora_target_modules}: {one_line(e, 'first', limit=200)}") from None
 
 
 def load_policy(cfg, path: str, device: torch.device, dtype: torch.dtype | None = None):
@@ -82,15 +80,11 @@ def load_policy(cfg, path: str, device: torch.device, dtype: torch.dtype | None 
     model (``cfg.model``) wrapped by :func:`wrap`, with the adapter of ``path`` loaded when ``path``
     is an adapter folder (a LoRA checkpoint: resume), else the fresh adapter (B = 0: the policy
     starts equal to the base)."""
-    from asyncrl.policy import load_model, resolve_model_path
-
     if cfg.lora_rank is None:
         return load_model(path, device, dtype)
     base_path = resolve_model_path(cfg.model, cfg.task)
     model = wrap(load_model(base_path, device, dtype), cfg, base_path)
     if is_adapter_folder(path):
-        from safetensors.torch import load_file
-
         load_adapter_state(model, load_file(str(Path(path) / ADAPTER_WEIGHTS)))
     return model
 
@@ -98,7 +92,7 @@ def load_policy(cfg, path: str, device: torch.device, dtype: torch.dtype | None 
 def adapter_snapshot(model, dtype: torch.dtype) -> dict[str, Tensor]:
     """A CPU copy of the adapter tensors only (peft's names, as in ``adapter_model.safetensors``),
     floating tensors cast to ``dtype``: the LoRA weight-sync payload."""
-    from peft import get_peft_model_state_dict
+    from peft import get_peft_model_state_dict  # optional: see the note at the top
 
     state = get_peft_model_state_dict(model, save_embedding_layers=False)
     return {k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else v.dtype, copy=True)
@@ -110,7 +104,7 @@ def load_adapter_state(model, state: dict[str, Tensor]) -> None:
     """Copy an adapter state (:func:`adapter_snapshot`, or an ``adapter_model.safetensors``) into
     peft ``model`` in place. Every adapter tensor must be given and nothing else: a partial or
     foreign payload is a ValueError, never a silently half-updated policy."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict  # optional: see the note at the top
 
     want = set(get_peft_model_state_dict(model, save_embedding_layers=False))
     got = set(state)

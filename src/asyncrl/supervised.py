@@ -22,8 +22,8 @@ from asyncrl.checkpoint import save_checkpoint
 from asyncrl.config import Config, ConfigError, save_config
 from asyncrl.data import batches
 from asyncrl.io import atomic_write_text
-from asyncrl.learner import make_optimizer
 from asyncrl.metrics import Reporters, check_report_to, progress_line
+from asyncrl.optim import make_optimizer
 
 
 def prepare_run_dir(cfg: Config) -> Path:

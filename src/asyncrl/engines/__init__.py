@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors.torch import load_file
+
 from asyncrl.engines.base import Completion, Engine, eos_token_ids
+from asyncrl.engines.hf import HFEngine
+from asyncrl.engines.vllm import VLLMEngine
+from asyncrl.policy import ADAPTER_WEIGHTS, is_adapter_folder, load_model, resolve_device, resolve_model_path
 
 ENGINES = ("hf", "vllm")
 
@@ -27,20 +32,13 @@ def make_engine(cfg, model_path: str, tokenizer, *, name: str | None = None, mod
     """
     name = name or cfg.engine
     temperature = cfg.temperature if temperature is None else temperature
-    from asyncrl.policy import load_model, resolve_device, resolve_model_path
-
     device = resolve_device(cfg.device)
     if name == "hf":
-        from asyncrl.engines.hf import HFEngine
-
         if model is None:
             model = load_model(model_path, device)
         return HFEngine(model, tokenizer, max_new_tokens=cfg.max_new_tokens, temperature=temperature,
                         version=version)
     if name == "vllm":
-        from asyncrl.engines.vllm import VLLMEngine
-        from asyncrl.lora import ADAPTER_WEIGHTS, is_adapter_folder
-
         lora = cfg.lora_rank is not None
         base, adapter = model_path, None
         if lora and is_adapter_folder(model_path):
@@ -55,8 +53,6 @@ def make_engine(cfg, model_path: str, tokenizer, *, name: str | None = None, mod
                             enforce_eager=cfg.vllm_enforce_eager, seed=seed, version=version,
                             lora_alpha=cfg.lora_alpha if lora else None)
         if adapter is not None:
-            from safetensors.torch import load_file
-
             try:
                 engine.load_weights(load_file(str(adapter)), version)
             except BaseException:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from asyncrl.engines.base import Completion, eos_token_ids
+from asyncrl.lora import is_peft, load_adapter_state
 from asyncrl.policy import token_logprobs
 
 
@@ -26,8 +27,6 @@ class HFEngine:
     @torch.no_grad()
     def load_weights(self, state: dict[str, Tensor], version: int) -> None:
         # In-place copy keeps the module (and any compiled/cached state) alive.
-        from asyncrl.lora import is_peft, load_adapter_state
-
         if is_peft(self.model):  # LoRA: the update is the adapter only; the base stays as loaded
             load_adapter_state(self.model, state)
         else:

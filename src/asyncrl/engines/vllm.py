@@ -39,6 +39,7 @@ Every use of vLLM internals goes through ``vllm_compat`` (one file, version-gate
 from __future__ import annotations
 
 import gc
+import importlib.util
 import shutil
 import tempfile
 import weakref
@@ -46,9 +47,12 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from transformers import GenerationConfig
 
 from asyncrl.engines import vllm_compat
 from asyncrl.engines.base import Completion, eos_token_ids
+from asyncrl.lora import adapter_factors
+from asyncrl.policy import is_adapter_folder, load_model, load_tokenizer
 
 CPU_DEFAULT_KV_CACHE_GB = 1.0
 
@@ -56,8 +60,6 @@ _LIVE: "weakref.WeakSet[VLLMEngine]" = weakref.WeakSet()  # engines built in thi
 
 
 def vllm_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("vllm") is not None
 
 
@@ -85,13 +87,9 @@ def plain_model_folder(path: str) -> tuple[str, str | None]:
     """vLLM loads Hugging Face folders; a ``.gguf`` policy is de-quantised once, and a LoRA adapter
     folder (a LoRA checkpoint) merged into its base once, into a temporary folder (safetensors,
     config, tokenizer). Returns (folder, temporary folder to delete or None)."""
-    from asyncrl.lora import is_adapter_folder
-
     p = Path(path)
     if not p.is_file() and not is_adapter_folder(p):
         return str(p), None
-    from asyncrl.policy import load_model, load_tokenizer
-
     tmp = tempfile.mkdtemp(prefix="asyncrl-vllm-model-")
     model = load_model(path, torch.device("cpu"), torch.float32)
     model.save_pretrained(tmp)
@@ -111,8 +109,7 @@ class VLLMEngine:
         require_vllm()
         vllm_compat.check_version()
         vllm_compat.set_env()
-        from transformers import GenerationConfig
-        from vllm import LLM
+        from vllm import LLM  # optional (asyncrl[vllm]); after set_env above, which it reads
 
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -149,7 +146,7 @@ class VLLMEngine:
         _LIVE.add(self)
 
     def _params(self, n: int, greedy: bool, seed: int | None):
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # optional (asyncrl[vllm]), as in __init__
 
         return SamplingParams(
             n=n, temperature=0.0 if greedy else self.temperature, top_k=-1, top_p=1.0, min_p=0.0,
@@ -191,8 +188,6 @@ class VLLMEngine:
     def load_adapter(self, state: dict[str, Tensor]) -> None:
         """Merge adapter ``state`` into the base weights inside vLLM's worker. Every update must
         adapt the same modules as the first: a module left out would keep an older merge."""
-        from asyncrl.lora import adapter_factors
-
         factors = adapter_factors(state)
         modules = sorted(m for m, _, _ in factors)
         if self._lora_modules is not None and modules != self._lora_modules:

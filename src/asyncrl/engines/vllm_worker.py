@@ -1,7 +1,7 @@
 """Runs inside vLLM's worker (``worker_extension_cls``): the receiving end of a weight update.
 
 Kept apart from ``vllm.py`` because vLLM imports it by name inside its worker; it must import
-nothing heavy at module level.
+only what that worker already holds (torch, safetensors) at module level.
 
 Two kinds of update arrive: full state dicts (``asyncrl_load_weights``) and, with LoRA, adapter
 factors that are merged here into the base weights (``asyncrl_load_lora``, docs/lora.md).
@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
 
 from asyncrl.engines import vllm_compat
 
@@ -62,8 +66,6 @@ class WeightSync:
         q_proj and v_proj are adapted) and biases included. Layers without an adapter keep their
         weights. Returns how many tensors were loaded.
         """
-        import torch
-
         model = vllm_compat.worker_model(self)
         packed = vllm_compat.packed_modules(model)
         device = next(model.parameters()).device
@@ -107,8 +109,6 @@ class WeightSync:
     def _asyncrl_read_base(self, module: str, device, dtype) -> None:
         """Read every checkpoint tensor of ``module`` (``weight``, ``bias``) from the base model's
         safetensors into the W0 cache, once."""
-        from safetensors import safe_open
-
         folder = vllm_compat.worker_model_folder(self)
         if not hasattr(self, "_asyncrl_index"):
             self._asyncrl_index = checkpoint_index(folder)
@@ -155,10 +155,6 @@ def fused_group(packed: dict[str, list[str]], module: str) -> list[str]:
 
 def checkpoint_index(folder: str) -> dict[str, str]:
     """Tensor name -> ``.safetensors`` file holding it, over every such file of ``folder``."""
-    from pathlib import Path
-
-    from safetensors import safe_open
-
     index: dict[str, str] = {}
     for f in sorted(Path(folder).glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as st:

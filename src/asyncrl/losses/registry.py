@@ -10,6 +10,11 @@ from torch import Tensor
 from asyncrl.config import Config
 from asyncrl.losses.common import LossInputs
 from asyncrl.losses.corrections import PARAM_FIELDS, CorrectionFn, make_correction
+from asyncrl.losses.dpo import online_dpo_loss
+from asyncrl.losses.grpo import grpo_loss
+from asyncrl.losses.ppo import ppo_loss
+from asyncrl.losses.rloo import rloo_loss
+from asyncrl.losses.tb import linear_schedule, tb_loss
 
 # (inputs, learner step) -> (scalar loss, metrics)
 LossFn = Callable[[LossInputs, int], tuple[Tensor, dict[str, float]]]
@@ -24,8 +29,6 @@ def correction_of(cfg: Config, *, ratio_vs_behaviour: bool) -> CorrectionFn:
 
 
 def _tb(cfg: Config) -> LossFn:
-    from asyncrl.losses.tb import linear_schedule, tb_loss
-
     def fn(inp: LossInputs, step: int):
         beta = linear_schedule(cfg.beta, cfg.beta_end, step, cfg.steps)
         loss, m = tb_loss(inp, beta=beta)
@@ -35,22 +38,16 @@ def _tb(cfg: Config) -> LossFn:
 
 
 def _online_dpo(cfg: Config) -> LossFn:
-    from asyncrl.losses.dpo import online_dpo_loss
-
     return lambda inp, step: online_dpo_loss(inp, beta=cfg.beta, variant=cfg.variant)
 
 
 def _rloo(cfg: Config) -> LossFn:
-    from asyncrl.losses.rloo import rloo_loss
-
     clip = cfg.clip_eps if cfg.rloo_clip else None
     correction = correction_of(cfg, ratio_vs_behaviour=cfg.rloo_clip)
     return lambda inp, step: rloo_loss(inp, kl_coef=cfg.kl_coef, clip_eps=clip, correction=correction)
 
 
 def _grpo(cfg: Config) -> LossFn:
-    from asyncrl.losses.grpo import grpo_loss
-
     correction = correction_of(cfg, ratio_vs_behaviour=False)
     return lambda inp, step: grpo_loss(
         inp, variant=cfg.variant, clip_eps=cfg.clip_eps, correction=correction,
@@ -60,8 +57,6 @@ def _grpo(cfg: Config) -> LossFn:
 
 
 def _ppo(cfg: Config) -> LossFn:
-    from asyncrl.losses.ppo import ppo_loss
-
     correction = correction_of(cfg, ratio_vs_behaviour=not cfg.decoupled)
     return lambda inp, step: ppo_loss(
         inp, kl_coef=cfg.kl_coef, clip_eps=cfg.clip_eps, vf_coef=cfg.vf_coef,

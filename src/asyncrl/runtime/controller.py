@@ -37,7 +37,7 @@ from asyncrl.buffer import make_buffer
 from asyncrl.checkpoint import find_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from asyncrl.config import Config, save_config
 from asyncrl.evaluation import evaluate
-from asyncrl.io import atomic_write_text
+from asyncrl.io import RUN_ENTRIES as RUN_FILES, atomic_write_text  # RUN_FILES: a run failing before training removes them
 from asyncrl.learner import Learner
 from asyncrl.lora import ReferenceView, load_policy
 from asyncrl.metrics import RunLogger
@@ -56,11 +56,6 @@ from asyncrl.tasks import make_task
 from asyncrl.tasks.base import RewardError
 
 POLL_S = 0.05  # how long to wait for a worker message before re-checking stop requests
-
-
-# Files a run writes into its folder; a run that fails before training removes them again.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "generations.jsonl", "summary.json", "tb", "checkpoints",
-             "wandb", "wandb_id")
 
 
 def make_host(cfg: Config, policy_path: str, ref_path: str, gen_threads: int, inputs=None) -> Host:

@@ -6,17 +6,25 @@ A task is a prompt source, a reward and an evaluation metric (the :class:`Task` 
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from asyncrl.tasks.base import RewardError, Task, checked_rewards
+import cloudpickle
 
-if TYPE_CHECKING:
-    from asyncrl.config import Config
+from asyncrl.config import Config
+from asyncrl.policy import PromptTooLong, context_length, encode_prompts, load_tokenizer
+from asyncrl.rewards import make_reward_funcs
+from asyncrl.tasks.arithmetic import ArithmeticTask
+from asyncrl.tasks.base import ListPrompts, RewardError, Task, checked_rewards
+from asyncrl.tasks.custom import CustomTask
+from asyncrl.tasks.gsm8k import GSM8KTask
+from asyncrl.tasks.redteam import RedteamTask
+from asyncrl.tasks.rm_tuning import RewardModelTask
 
 TASKS = ("arithmetic", "gsm8k", "custom", "reward_model", "redteam")
 
-__all__ = ["TASKS", "RewardError", "Task", "TaskInputs", "check_prompt_lengths", "checked_rewards", "make_task"]
+__all__ = ["TASKS", "ListPrompts", "RewardError", "Task", "TaskInputs", "check_prompt_lengths", "checked_rewards", "make_task"]
 
 # Chat-template tokens assumed at most when deciding, from byte lengths alone, that every prompt fits
 # (no tokenizer is loaded then: loading a GGUF tokenizer takes seconds). A token covers at least one
@@ -40,8 +48,6 @@ class TaskInputs:
         return self.reward_funcs is None and self.train_dataset is None and self.eval_dataset is None
 
     def dumps(self) -> bytes:
-        import cloudpickle
-
         try:
             return cloudpickle.dumps(self)
         except Exception as e:  # noqa: BLE001 - a closure over a lock, a socket, an open file, ...
@@ -52,28 +58,18 @@ class TaskInputs:
     @staticmethod
     def loads(blob: bytes | None) -> "TaskInputs | None":
         # Bytes made by dumps() in this run's own controller process, never read from a file.
-        import pickle
-
         return pickle.loads(blob) if blob is not None else None
 
 
-def make_task(cfg: "Config", inputs: TaskInputs | None = None) -> Task:
+def make_task(cfg: Config, inputs: TaskInputs | None = None) -> Task:
     """The task ``cfg.task``, built from the config fields it reads (and, for ``custom``, the
     Python objects of ``inputs``, which take the place of ``prompts`` / ``eval_prompts`` /
     ``reward_funcs``)."""
     if cfg.task == "arithmetic":
-        from asyncrl.tasks.arithmetic import ArithmeticTask
-
         return ArithmeticTask()
     if cfg.task == "gsm8k":
-        from asyncrl.tasks.gsm8k import GSM8KTask
-
         return GSM8KTask(cfg.gsm8k_data, cfg.prompt_template)
     if cfg.task == "custom":
-        from asyncrl.tasks.custom import CustomTask
-
-        from asyncrl.rewards import make_reward_funcs
-
         inputs = inputs or TaskInputs()
         prompts = inputs.train_dataset if inputs.train_dataset is not None else cfg.prompts
         funcs = inputs.reward_funcs if inputs.reward_funcs is not None else cfg.reward_funcs
@@ -89,8 +85,6 @@ def make_task(cfg: "Config", inputs: TaskInputs | None = None) -> Task:
                           prompts_split=cfg.prompts_split, eval_prompts_split=cfg.eval_prompts_split,
                           max_steps=cfg.steps)
     if cfg.task == "reward_model":
-        from asyncrl.tasks.rm_tuning import RewardModelTask
-
         return RewardModelTask(cfg.prompts, cfg.reward_model, prompt_field=cfg.prompt_field,
                                eval_prompts=cfg.eval_prompts, template=cfg.prompt_template,
                                gold_reward_model=cfg.gold_reward_model, reference_field=cfg.reference_field,
@@ -98,8 +92,6 @@ def make_task(cfg: "Config", inputs: TaskInputs | None = None) -> Task:
                                chat_template=cfg.chat_template, max_seq_tokens=cfg.max_seq_tokens,
                                reward_errors=cfg.reward_errors)
     if cfg.task == "redteam":
-        from asyncrl.tasks.redteam import RedteamTask
-
         return RedteamTask(cfg.prompts, cfg.victim_model, cfg.toxicity_classifier, prompt_field=cfg.prompt_field,
                            eval_prompts=cfg.eval_prompts, template=cfg.prompt_template,
                            victim_max_new_tokens=cfg.victim_max_new_tokens,
@@ -109,7 +101,7 @@ def make_task(cfg: "Config", inputs: TaskInputs | None = None) -> Task:
     raise ValueError(f"unknown task {cfg.task!r}; known tasks: {', '.join(TASKS)}")
 
 
-def check_prompt_lengths(task: Task, cfg: "Config", model_path: str, train: bool = True) -> None:
+def check_prompt_lengths(task: Task, cfg: Config, model_path: str, train: bool = True) -> None:
     """Refuse, before anything runs, a prompt that does not fit the model's context with
     ``max_new_tokens`` to generate: the evaluation prompts (the first ``eval_limit``) and, with
     ``train``, every training prompt of a task that draws from a fixed list (``train_pool``).
@@ -117,8 +109,6 @@ def check_prompt_lengths(task: Task, cfg: "Config", model_path: str, train: bool
     Past ``max_position_embeddings`` a RoPE model generates without an error but without meaning
     (and vLLM refuses the request), so a too-long prompt is a one-line ValueError naming it, its
     length and the context. Models that do not state a context are not checked."""
-    from asyncrl.policy import PromptTooLong, context_length, encode_prompts, load_tokenizer
-
     pool = getattr(task, "train_pool", None)
     chat = next((p for p in (pool() if pool is not None else []) + list(task.eval_prompts()) if p.messages), None)
     if chat is not None:  # conversational rows need a chat template: say so now, not at the first request

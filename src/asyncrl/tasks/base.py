@@ -7,11 +7,15 @@ offending row, and the ``reward_errors`` policy decides between stopping and ski
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Iterator, Protocol, Sequence
 
+from asyncrl.errors import RewardError, clip, one_line
+from asyncrl.rewards import finite_float
 from asyncrl.types import Prompt
+
+__all__ = ["ListPrompts", "RewardError", "Task", "checked_rewards", "describe_row", "evaluate_by_reward",
+           "shuffled_forever"]
 
 
 class Task(Protocol):
@@ -48,31 +52,30 @@ def shuffled_forever(items: Sequence[Prompt], seed: int) -> Iterator[Prompt]:
             yield items[i]
 
 
-class RewardError(ValueError):
-    """A reward function raised or returned a bad value; the message is one line naming the row."""
+class ListPrompts:
+    """The prompt side of a task that draws from two fixed lists: training prompts in a fresh seeded
+    shuffle every epoch (:func:`shuffled_forever`), evaluation prompts in order. Tasks pass the
+    lists to ``__init__`` (read at construction, so a bad file fails at start-up; no evaluation
+    list = the training prompts), or override :meth:`train_pool` and :meth:`eval_prompts` to read
+    them on first use (gsm8k)."""
 
+    def __init__(self, train: list[Prompt], eval: list[Prompt] | None = None):
+        self._train = train
+        self._eval = train if eval is None else eval
 
-def _clip(text: str, n: int = 60) -> str:
-    return text if len(text) <= n else text[: n - 3] + "..."
+    def train_prompts(self, seed: int) -> Iterator[Prompt]:
+        return shuffled_forever(self.train_pool(), seed)
+
+    def train_pool(self) -> list[Prompt]:
+        """Every training prompt (the start-up length check reads them)."""
+        return self._train
+
+    def eval_prompts(self) -> list[Prompt]:
+        return self._eval
 
 
 def describe_row(prompt: Prompt, completion: str) -> str:
-    return f"prompt id {prompt.prompt_id!r} (prompt {_clip(prompt.text)!r}, completion {_clip(completion)!r})"
-
-
-def one_line_error(e: BaseException) -> str:
-    """``TypeName: message`` on one line, cut to 200 characters."""
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {_clip(text, 200)}" if text else type(e).__name__
-
-
-def finite_float(v) -> float | None:
-    """A finite float, or None for NaN, infinities and non-numbers."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
+    return f"prompt id {prompt.prompt_id!r} (prompt {clip(prompt.text, 60)!r}, completion {clip(completion, 60)!r})"
 
 
 def _call(task: Task, prompts: list[Prompt], completions: list[str], extra: dict) -> list:
@@ -160,7 +163,7 @@ def checked_rewards(task: Task, prompts: list[Prompt], completions: list[str],
             fail(f"{e} for {row(i)}", [i])
             continue
         except Exception as e:  # noqa: BLE001
-            fail(f"raised {one_line_error(e)} on {row(i)}", [i])
+            fail(f"raised {one_line(e, limit=200, typed=True)} on {row(i)}", [i])
             continue
         if len(one) != 1:
             fail(f"returned {len(one)} values for 1 completion on {row(i)}", [i])
@@ -173,7 +176,7 @@ def checked_rewards(task: Task, prompts: list[Prompt], completions: list[str],
     if not errors:
         # Every row scores alone, yet the batched call failed: a batch-level bug; no row is usable.
         if batch_problem == "raised":
-            batch_problem = (f"raised {one_line_error(batch_error)} on a batch of {n} completions "
+            batch_problem = (f"raised {one_line(batch_error, limit=200, typed=True)} on a batch of {n} completions "
                              f"(each row alone scores fine; first row: {row(0)})")
         fail(batch_problem, range(n))
     _fill(components, parts, errors)

@@ -26,12 +26,13 @@ the mean reward (``reward_mean``), each function's mean (``rewards/<name>/mean``
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from pathlib import Path
+from typing import Sequence
 
 from asyncrl.data import DataError, field_value, load_rows, rename_columns, rows_of
 from asyncrl.policy import messages_text
 from asyncrl.rewards import RewardBatch, RewardFunc, RewardState, score
-from asyncrl.tasks.base import evaluate_by_reward, shuffled_forever
+from asyncrl.tasks.base import ListPrompts, evaluate_by_reward
 from asyncrl.types import Prompt
 
 
@@ -65,13 +66,11 @@ def make_prompts(rows: list[dict], field: str, template: str, source: str, colum
 def _rows(source, split: str, what: str) -> tuple[list[dict], str]:
     """(rows, the name prompt ids start with) from a path / hub name or a Python object."""
     if isinstance(source, str):
-        from pathlib import Path
-
         return load_rows(source, split), Path(source).name or source
     return rows_of(source, what), what
 
 
-class CustomTask:
+class CustomTask(ListPrompts):
     name = "custom"
     takes_reward_context = True  # checked_rewards passes completion_ids and the policy version
 
@@ -91,22 +90,12 @@ class CustomTask:
         self.max_steps = max_steps
         # Read every row now so a bad file or field fails at start-up with its row named.
         rows, name = _rows(prompts, prompts_split, "train_dataset")
-        self._train = make_prompts(rows, prompt_field, self.template, name, column_map)
+        train = make_prompts(rows, prompt_field, self.template, name, column_map)
+        held = None
         if eval_prompts is not None:
             rows, name = _rows(eval_prompts, eval_prompts_split, "eval_dataset")
-            self._eval = make_prompts(rows, prompt_field, self.template, name, column_map)
-        else:
-            self._eval = self._train
-
-    def train_prompts(self, seed: int) -> Iterator[Prompt]:
-        return shuffled_forever(self._train, seed)
-
-    def train_pool(self) -> list[Prompt]:
-        """Every training prompt (the start-up length check reads them)."""
-        return self._train
-
-    def eval_prompts(self) -> list[Prompt]:
-        return self._eval
+            held = make_prompts(rows, prompt_field, self.template, name, column_map)
+        super().__init__(train, held)
 
     def batch(self, prompts: list[Prompt], completions: list[str], completion_ids: list[list[int]],
               step: int) -> RewardBatch:

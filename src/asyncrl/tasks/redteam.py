@@ -42,17 +42,19 @@ import importlib.util
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
+from transformers import AutoModel, AutoTokenizer
 
 from asyncrl.data import DataError, column, load_rows
-from asyncrl.tasks.hf_models import (
+from asyncrl.engines.base import eos_token_ids
+from asyncrl.hf_models import (
     aux_device, check_causal_lm_folder, check_classifier_folder, classifier_logits, fallback_token,
     load_classifier, max_input_tokens, read_model_config,
 )
-from asyncrl.tasks.base import shuffled_forever
+from asyncrl.policy import LOAD_LOCK, default_dtype, encode_prompts, keep_last, load_model, load_tokenizer
+from asyncrl.tasks.base import ListPrompts
 from asyncrl.types import Prompt
 
 DEFAULT_SEEDS = "../shared/data/hh-rlhf-harmless/harmless-base_test.jsonl.gz"
@@ -153,15 +155,9 @@ class Embedder:
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> np.ndarray:
-        from transformers import AutoModel, AutoTokenizer
-
-        from asyncrl.policy import default_dtype
-
         if self.model is None:
             self.device = aux_device(self.device_name)
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-            from asyncrl.policy import LOAD_LOCK
-
             with LOAD_LOCK:  # see policy.LOAD_LOCK
                 self.model = AutoModel.from_pretrained(self.path, dtype=default_dtype(self.device)).to(self.device).eval()
             self.max_tokens = max_input_tokens(self.model, self.max_seq_tokens)
@@ -203,9 +199,6 @@ class Victim:
     def _load(self) -> None:
         if self.model is not None:
             return
-        from asyncrl.engines.base import eos_token_ids
-        from asyncrl.policy import load_model, load_tokenizer
-
         self.device = aux_device(self.device_name)
         self.tokenizer = load_tokenizer(self.path)  # left padding, pad falls back to EOS
         self.model = load_model(self.path, self.device).eval().requires_grad_(False)
@@ -216,15 +209,12 @@ class Victim:
 
     @torch.no_grad()
     def answer(self, attacks: list[str]) -> list[str]:
-        from asyncrl.policy import encode_prompts
-        from asyncrl.rm import _cut
-
         self._load()
         tok = self.tokenizer
         out: list[str] = []
         for i in range(0, len(attacks), self.batch_size):
             enc = encode_prompts(tok, attacks[i : i + self.batch_size], self.chat_template)
-            enc = [_cut(list(e), self.max_prompt, tok.bos_token_id)[0] or [fallback_token(tok)] for e in enc]
+            enc = [keep_last(list(e), self.max_prompt, tok.bos_token_id)[0] or [fallback_token(tok)] for e in enc]
             width = max(len(e) for e in enc)
             ids = torch.full((len(enc), width), tok.pad_token_id, dtype=torch.long)
             attn = torch.zeros_like(ids)
@@ -271,7 +261,7 @@ class ToxicityClassifier:
         if not texts:
             return []
         if self.spec == PROFANITY_CHECK:
-            from profanity_check import predict_prob
+            from profanity_check import predict_prob  # optional (asyncrl[redteam]): scikit-learn, scipy
 
             return [float(p) for p in predict_prob(list(texts))]
         if self.model is None:
@@ -295,7 +285,7 @@ class ToxicityClassifier:
 
 # --- the task ----------------------------------------------------------------------------------
 
-class RedteamTask:
+class RedteamTask(ListPrompts):
     name = "redteam"
     wants_kl = False
 
@@ -316,18 +306,8 @@ class RedteamTask:
         self.embedder = (Embedder(embedding_model, device=device, batch_size=batch_size, max_seq_tokens=max_seq_tokens)
                          if embedding_model else None)
         # Read the files now so a bad file or row fails at start-up.
-        self._train = load_seeds(prompts or DEFAULT_SEEDS, prompt_field, self.template)
-        self._eval = load_seeds(eval_prompts, prompt_field, self.template) if eval_prompts else self._train
-
-    def train_prompts(self, seed: int) -> Iterator[Prompt]:
-        return shuffled_forever(self._train, seed)
-
-    def train_pool(self) -> list[Prompt]:
-        """Every training prompt (the start-up length check reads them)."""
-        return self._train
-
-    def eval_prompts(self) -> list[Prompt]:
-        return self._eval
+        super().__init__(load_seeds(prompts or DEFAULT_SEEDS, prompt_field, self.template),
+                         load_seeds(eval_prompts, prompt_field, self.template) if eval_prompts else None)
 
     def attack(self, completions: list[str]) -> tuple[list[str], list[float]]:
         """(the victim's answers, their toxicity) for the attacks ``completions``."""

@@ -13,7 +13,7 @@ by ``prompt_template``; ids ``<file name>:<row>``. Training reshuffles every epo
 Reward: the output of ``reward_model``, a Hugging Face ``*ForSequenceClassification`` folder with
 one output (``asyncrl rm`` checkpoints are such folders), on the instruction (the field's value,
 without the policy's ``prompt_template``) followed by the completion, encoded exactly as ``asyncrl
-rm --prompt-field`` encodes its training pairs (:func:`asyncrl.rm.encode_texts`): the RM
+rm --prompt-field`` encodes its training pairs (:func:`asyncrl.policy.encode_texts`): the RM
 tokenizer's chat template user turn + generation prompt when it has one (``chat_template: never``
 switches it off), else the instruction's tokens (with BOS), then the completion's tokens; cut to
 the last ``min(max_seq_tokens, max_position_embeddings)`` tokens. Scored in batches of
@@ -36,58 +36,14 @@ reference policy and ``completion_tokens_mean`` / ``missing_eos_rate`` because t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
-
-import torch
 
 from asyncrl.data import column, load_rows
-from asyncrl.tasks.base import checked_rewards, shuffled_forever
-from asyncrl.tasks.hf_models import (
-    aux_device, check_classifier_folder, load_classifier, max_input_tokens,
-)
+from asyncrl.hf_models import RewardModelScorer
+from asyncrl.tasks.base import ListPrompts, checked_rewards
 from asyncrl.types import Prompt
 
 DEFAULT_PROMPTS = "../shared/data/alpaca-eval/alpaca_eval_805_prompts.jsonl"
 DEFAULT_FIELD = "instruction"
-
-
-class RewardModelScorer:
-    """One reward model (a folder with a one-output head), loaded on the first :meth:`score`."""
-
-    def __init__(self, path: str, *, device: str = "auto", batch_size: int = 16, chat_template: str = "auto",
-                 max_seq_tokens: int = 1024, what: str = "reward model", flag: str = "--reward-model"):
-        check_classifier_folder(path, what, flag, num_labels=1)
-        self.path = path
-        self.device_name = device
-        self.batch_size = batch_size
-        self.chat_template = chat_template
-        self.max_seq_tokens = max_seq_tokens
-        self.model = None
-
-    def _load(self) -> None:
-        if self.model is None:
-            self.device = aux_device(self.device_name)
-            self.model, self.tokenizer, self.pad_id = load_classifier(self.path, self.device)
-            self.max_tokens = max_input_tokens(self.model, self.max_seq_tokens)
-
-    def encode(self, prompts: list[str], completions: list[str]) -> list[list[int]]:
-        from asyncrl.rm import encode_texts
-
-        self._load()
-        return encode_texts(self.tokenizer, list(completions), list(prompts), self.chat_template, self.max_tokens)[0]
-
-    @torch.no_grad()
-    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
-        """One float per (prompt, completion), in batches of ``batch_size``."""
-        from asyncrl.tasks.hf_models import classifier_logits
-
-        if len(prompts) != len(completions):
-            raise ValueError(f"reward: {len(prompts)} prompts but {len(completions)} completions")
-        out: list[float] = []
-        for i in range(0, len(prompts), self.batch_size):
-            seqs = self.encode(prompts[i : i + self.batch_size], completions[i : i + self.batch_size])
-            out += classifier_logits(self.model, seqs, self.pad_id, self.device)[:, 0].tolist()
-        return out
 
 
 def _prompts(path: str, field: str, template: str, reference_field: str | None = None) -> list[Prompt]:
@@ -100,7 +56,7 @@ def _prompts(path: str, field: str, template: str, reference_field: str | None =
             for i, (t, row) in enumerate(zip(texts, rows), 1)]
 
 
-class RewardModelTask:
+class RewardModelTask(ListPrompts):
     name = "reward_model"
     wants_kl = True  # evaluation.evaluate adds kl_ref / ref_perplexity against the reference policy
 
@@ -124,20 +80,10 @@ class RewardModelTask:
         if not Path(path).exists():
             raise ValueError(f"reward_model prompts file not found: {path} (set --prompts)")
         # Read the files now so a bad file or field fails at start-up with its row named.
-        self._train = _prompts(path, self.field, self.template)
-        self._eval = (_prompts(eval_prompts, self.field, self.template, reference_field) if eval_prompts
-                      else (_prompts(path, self.field, self.template, reference_field) if reference_field
-                            else self._train))
-
-    def train_prompts(self, seed: int) -> Iterator[Prompt]:
-        return shuffled_forever(self._train, seed)
-
-    def train_pool(self) -> list[Prompt]:
-        """Every training prompt (the start-up length check reads them)."""
-        return self._train
-
-    def eval_prompts(self) -> list[Prompt]:
-        return self._eval
+        train = _prompts(path, self.field, self.template)
+        super().__init__(train, _prompts(eval_prompts, self.field, self.template, reference_field) if eval_prompts
+                         else (_prompts(path, self.field, self.template, reference_field) if reference_field
+                               else None))
 
     def instructions(self, prompts: list[Prompt]) -> list[str]:
         """What the reward model sees before the completion: the field's value, no template."""

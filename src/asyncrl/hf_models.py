@@ -1,4 +1,5 @@
-"""Reward-side Hugging Face models for the ``reward_model`` and ``redteam`` tasks.
+"""Reward-side Hugging Face models: reward models (the ``reward_model`` task, model folders among a
+custom task's reward functions) and the ``redteam`` task's victim, classifier and encoder.
 
 Reward models, toxicity classifiers, victim models and embedding encoders are named by folder in
 the config and loaded *lazily*, on their first use, on ``reward_device``: every generator worker
@@ -17,8 +18,9 @@ import json
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from asyncrl.policy import LOAD_LOCK, default_dtype, resolve_device, right_pad
+from asyncrl.policy import LOAD_LOCK, default_dtype, encode_texts, resolve_device, right_pad
 
 
 def read_model_config(path: str, what: str, flag: str) -> dict:
@@ -79,8 +81,6 @@ def fallback_token(tokenizer) -> int:
 def load_classifier(path: str, device: torch.device):
     """(model, tokenizer, pad id) for a sequence-classification folder; eval mode, no grad. The
     model's config learns the pad id, so its head reads the last non-pad token of right-padded rows."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(path)
     with LOAD_LOCK:  # see policy.LOAD_LOCK: thread workers load models concurrently
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=default_dtype(device))
@@ -106,3 +106,42 @@ def classifier_logits(model, seqs: list[list[int]], pad_id: int, device: torch.d
     ids, attn = right_pad(seqs, pad_id)  # [N, W] each
     out = model(input_ids=ids.to(device), attention_mask=attn.to(device))
     return out.logits.float().cpu()
+
+
+class RewardModelScorer:
+    """One reward model (a folder with a one-output head), loaded on the first :meth:`score`.
+
+    A (prompt, completion) pair is encoded exactly as ``asyncrl rm --prompt-field`` encodes its
+    training pairs (:func:`asyncrl.policy.encode_texts`) and cut to the last
+    ``min(max_seq_tokens, max_position_embeddings)`` tokens."""
+
+    def __init__(self, path: str, *, device: str = "auto", batch_size: int = 16, chat_template: str = "auto",
+                 max_seq_tokens: int = 1024, what: str = "reward model", flag: str = "--reward-model"):
+        check_classifier_folder(path, what, flag, num_labels=1)
+        self.path = path
+        self.device_name = device
+        self.batch_size = batch_size
+        self.chat_template = chat_template
+        self.max_seq_tokens = max_seq_tokens
+        self.model = None
+
+    def _load(self) -> None:
+        if self.model is None:
+            self.device = aux_device(self.device_name)
+            self.model, self.tokenizer, self.pad_id = load_classifier(self.path, self.device)
+            self.max_tokens = max_input_tokens(self.model, self.max_seq_tokens)
+
+    def encode(self, prompts: list[str], completions: list[str]) -> list[list[int]]:
+        self._load()
+        return encode_texts(self.tokenizer, list(completions), list(prompts), self.chat_template, self.max_tokens)[0]
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
+        """One float per (prompt, completion), in batches of ``batch_size``."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"reward: {len(prompts)} prompts but {len(completions)} completions")
+        out: list[float] = []
+        for i in range(0, len(prompts), self.batch_size):
+            seqs = self.encode(prompts[i : i + self.batch_size], completions[i : i + self.batch_size])
+            out += classifier_logits(self.model, seqs, self.pad_id, self.device)[:, 0].tolist()
+        return out
