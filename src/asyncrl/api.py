@@ -120,7 +120,7 @@ def run_train(cfg: Config, inputs: TaskInputs | None = None) -> dict:
     clear_run_folder(run_dir, own)  # only once every check passed
     print(f"asyncrl: run folder {run_dir}", flush=True)
     if cfg.runtime == "ray" and cfg.ray_learner == "actor":
-        from asyncrl.runtime.ray_host import run_in_learner_actor
+        from asyncrl.runtime.ray_learner import run_in_learner_actor
 
         summary = run_in_learner_actor(cfg, run_dir, inputs)  # the actor builds its own task
     else:
