@@ -51,7 +51,7 @@ class Worker(Protocol):
 class Host(Protocol):
     name: str
     depth: int | None  # requests one worker may hold; None = unbounded (inline: served on send)
-    publisher: WeightPublisher
+    publisher: WeightPublisher  # made and owned by the host; closed once, by close()
 
     def start(self, worker_id: int, start_version: int) -> Worker:
         """Start a worker under ``worker_id`` (never reused); it reports ``WorkerReady``."""
@@ -62,7 +62,7 @@ class Host(Protocol):
         ...
 
     def close(self) -> None:
-        """Stop every worker and release what the host started."""
+        """Stop every worker and release what the host started, its publisher included."""
         ...
 
 
