@@ -467,7 +467,7 @@ def main() -> None:
 
     from asyncrl.config import Config
     from asyncrl.policy import resolve_model_path
-    from asyncrl.runtime.worker import build_generator
+    from asyncrl.runtime.worker import WorkerSpec, build_generator
 
     cfg = Config()  # the default job: arithmetic, 16 prompts x 8, tb, reference_on generator
     path = resolve_model_path(None, cfg.task)
@@ -478,7 +478,7 @@ def main() -> None:
           f"median (min-max)", flush=True)
     gen = pool = None
     if parts & {"gen", "learner", "phases", "roles"}:
-        gen = build_generator(cfg, path, 0)  # reference_on generator: samples carry ref log-probs
+        gen = build_generator(WorkerSpec.of(cfg, path))  # reference_on generator: samples carry ref log-probs
         pad_id = gen.tokenizer.pad_token_id
         need = max([*args.prompts, cfg.prompts_per_step]) if parts & {"learner"} else cfg.prompts_per_step
         pool = []
@@ -486,7 +486,7 @@ def main() -> None:
             pool += gen.generate(min(64, need - len(pool)))[0]
     if "gen" in parts:
         print("(a) generation", flush=True)
-        gen_noref = build_generator(job(cfg, reference_on="learner"), path, 0)
+        gen_noref = build_generator(WorkerSpec.of(job(cfg, reference_on="learner"), path))
         res["generation"] = bench_generation(args, gen, gen_noref, cfg)
     if "learner" in parts:
         print("(b) learner step (tokens = non-pad prompt+completion, as learner_tokens_per_s)", flush=True)

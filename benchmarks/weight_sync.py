@@ -38,7 +38,7 @@ CPU = torch.device("cpu")
 
 def queue_receiver(spec, inbox, outbox) -> None:
     """A process receiver, as ``workers: process`` runs one (one torch thread: the machine is shared)."""
-    from asyncrl.runtime.transport import make_receiver
+    from asyncrl.runtime.transports import make_receiver
 
     torch.set_num_threads(1)
     engine = build_engine(build_llama(spec))
@@ -59,7 +59,7 @@ def make_ray_receiver_cls():
     @ray.remote(num_cpus=0)
     class Receiver:
         def __init__(self, spec):
-            from asyncrl.runtime.transport import make_receiver
+            from asyncrl.runtime.transports import make_receiver
 
             torch.set_num_threads(1)
             self.engine = build_engine(build_llama(spec))
@@ -95,7 +95,7 @@ def timed_publishes(learner, publisher, send, wait, repeats: int) -> list[dict]:
 def bench_queue(spec, n: int, learner, repeats: int) -> list[dict]:
     import torch.multiprocessing as mp
 
-    from asyncrl.runtime.transport import make_publisher
+    from asyncrl.runtime.transports import make_publisher
 
     ctx = mp.get_context("spawn")
     outbox = ctx.Queue()
@@ -125,7 +125,7 @@ def bench_queue(spec, n: int, learner, repeats: int) -> list[dict]:
 def bench_object_store(spec, n: int, learner, repeats: int) -> list[dict]:
     import ray
 
-    from asyncrl.runtime.transport import make_publisher
+    from asyncrl.runtime.transports import make_publisher
 
     from asyncrl.runtime.ray_host import resolved
 

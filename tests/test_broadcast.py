@@ -23,7 +23,8 @@ from asyncrl.runtime.broadcast import (
     ALIGN, BroadcastManifest, BroadcastPublisher, BroadcastReceiver, BroadcastSpec, build_layout, unpack,
 )
 from asyncrl.runtime.messages import WeightsUpdate
-from asyncrl.runtime.transport import make_receiver, snapshot
+from asyncrl.runtime.transport import snapshot
+from asyncrl.runtime.transports import make_receiver
 
 BUCKET = 64 << 10  # small buckets, so every test moves several per publish
 

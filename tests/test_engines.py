@@ -186,11 +186,11 @@ def test_eos_and_length(engine, tok):
 
 
 def test_generator_tags_samples_with_the_engine_version(engine, tok, original_state):
-    from asyncrl.generator import Generator
+    from asyncrl.generator import Generator, GeneratorSettings
     from asyncrl.tasks import make_task
 
     task = make_task(Config(task="arithmetic"))
-    gen = Generator(engine, task, tok, samples_per_prompt=2, seed=0, temperature=TEMPERATURE)
+    gen = Generator(engine, task, tok, GeneratorSettings(samples_per_prompt=2, seed=0, temperature=TEMPERATURE))
     engine.load_weights(original_state, version=5)
     groups, stats = gen.generate(3)
     assert stats.version == 5 and {s.version for g in groups for s in g.samples} == {5}

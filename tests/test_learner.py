@@ -7,7 +7,7 @@ from asyncrl.buffer import BufferBatch
 from asyncrl.config import Config
 from asyncrl.learner import Learner
 from asyncrl.policy import BUILTIN_MODELS, load_model
-from asyncrl.runtime.worker import build_generator
+from asyncrl.runtime.worker import WorkerSpec, build_generator
 
 BASE = str(BUILTIN_MODELS["arithmetic"])
 CPU = torch.device("cpu")
@@ -15,7 +15,7 @@ CPU = torch.device("cpu")
 
 def _batch(cfg: Config, n_prompts: int, reference_on: str) -> BufferBatch:
     torch.manual_seed(0)
-    gen = build_generator(cfg.model_copy(update={"reference_on": reference_on}), BASE, 0)
+    gen = build_generator(WorkerSpec.of(cfg.model_copy(update={"reference_on": reference_on}), BASE))
     groups, _ = gen.generate(n_prompts)
     return BufferBatch(groups=groups, staleness=[0] * (n_prompts * cfg.samples_per_prompt), dropped=0)
 

@@ -19,7 +19,7 @@ from asyncrl.learner import Learner
 from asyncrl.lora import ReferenceView, adapter_snapshot, is_peft, load_adapter_state, load_policy
 from asyncrl.policy import BUILTIN_MODELS, completion_logprobs, load_model, load_tokenizer, pack
 from asyncrl.runtime.transport import distinct_bytes, snapshot
-from asyncrl.runtime.worker import build_generator
+from asyncrl.runtime.worker import WorkerSpec, build_generator
 
 from conftest import read_jsonl
 
@@ -137,7 +137,7 @@ def test_checkpoint_is_a_peft_adapter_and_reloads_the_same_policy(tmp_path):
 def test_generator_reference_logprobs_come_from_its_own_model_with_the_adapter_off():
     cfg = Config(samples_per_prompt=2, **LORA)
     torch.manual_seed(0)
-    gen = build_generator(cfg, BASE, 0)
+    gen = build_generator(WorkerSpec.of(cfg, BASE))
     assert gen.ref_model.model is gen.engine.model  # no second copy of the weights
     _perturb(gen.engine.model)
     groups, _ = gen.generate(3)

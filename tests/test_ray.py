@@ -27,7 +27,8 @@ from asyncrl.config import Config, load_config  # noqa: E402
 from asyncrl.policy import BUILTIN_MODELS, load_model  # noqa: E402
 from asyncrl.runtime.controller import Controller  # noqa: E402
 from asyncrl.runtime.messages import GenerateRequest, RequestDone, WorkerError, WorkerLost, WorkerReady  # noqa: E402
-from asyncrl.runtime.ray_host import ObjectRefBox, ObjectStoreReceiver, RayHost  # noqa: E402
+from asyncrl.runtime.object_store import ObjectRefBox, ObjectStoreReceiver  # noqa: E402
+from asyncrl.runtime.ray_host import RayHost  # noqa: E402
 from asyncrl.runtime.transport import distinct_bytes, snapshot  # noqa: E402
 
 from conftest import assert_accounting, read_jsonl, run_killing_a_busy_worker, wait_for_rows, write_jsonl  # noqa: E402
@@ -132,7 +133,7 @@ def test_host_serves_two_actors_from_one_put_and_reports_a_killed_actor(capsys):
 def test_object_store_weights_equal_the_published_ones_and_tied_tensors_travel_once():
     ray.init(address="local", num_cpus=1, include_dashboard=False)
     try:
-        from asyncrl.runtime.ray_host import ObjectStorePublisher, resolved
+        from asyncrl.runtime.object_store import ObjectStorePublisher, resolved
 
         state = _weights()
         assert state["lm_head.weight"] is state["model.embed_tokens.weight"]  # tied in the tiny model

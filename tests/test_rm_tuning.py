@@ -13,7 +13,7 @@ from asyncrl.cli import main
 from asyncrl.config import Config, ConfigError, load_config
 from asyncrl.engines.base import Completion
 from asyncrl.evaluation import evaluate, reference_stats
-from asyncrl.generator import Generator
+from asyncrl.generator import Generator, GeneratorSettings
 from asyncrl.rewards import completion_tokens, shaped_reward
 from asyncrl.policy import completion_logprobs, encode_prompts, load_model, load_tokenizer, pack
 from asyncrl.tasks import make_task
@@ -134,7 +134,7 @@ def test_penalties_apply_exactly(tiny_model_dir):
              Completion([eos], [0.0], True)]  # EOS at once: 0 tokens
 
     def rewards(**kw):
-        gen = Generator(_FixedEngine(comps), _ConstTask(), tok, samples_per_prompt=3, seed=0, **kw)
+        gen = Generator(_FixedEngine(comps), _ConstTask(), tok, GeneratorSettings(samples_per_prompt=3, seed=0, **kw))
         groups, _ = gen.generate(1)
         return [s.reward for s in groups[0].samples]
 

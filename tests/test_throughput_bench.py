@@ -9,7 +9,7 @@ from asyncrl.buffer import BufferBatch
 from asyncrl.config import Config
 from asyncrl.learner import Learner
 from asyncrl.policy import BUILTIN_MODELS, load_model
-from asyncrl.runtime.worker import build_generator
+from asyncrl.runtime.worker import WorkerSpec, build_generator
 
 BASE = str(BUILTIN_MODELS["arithmetic"])
 CPU = torch.device("cpu")
@@ -29,7 +29,7 @@ def test_timings_do_not_change_the_step(loss, reference_on, micro):
     cfg = Config(loss=loss, samples_per_prompt=4, prompts_per_step=2, warmup_steps=0, lr=1e-3,
                  reference_on=reference_on, micro_batch_prompts=micro)
     torch.manual_seed(0)
-    groups, _ = build_generator(cfg.model_copy(update={"reference_on": "generator"}), BASE, 0).generate(2)
+    groups, _ = build_generator(WorkerSpec.of(cfg.model_copy(update={"reference_on": "generator"}), BASE)).generate(2)
     batch = BufferBatch(groups=groups, staleness=[0] * 8)
     if reference_on == "learner":  # the learner's own reference model computes them
         batch = copy.deepcopy(batch)

@@ -7,7 +7,8 @@ import pickle
 import torch
 
 from asyncrl.runtime.messages import WeightsUpdate
-from asyncrl.runtime.transport import distinct_bytes, make_publisher, make_receiver, snapshot
+from asyncrl.runtime.transport import distinct_bytes, snapshot
+from asyncrl.runtime.transports import make_publisher, make_receiver
 
 
 def _tied_llama():

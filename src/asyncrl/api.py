@@ -141,7 +141,7 @@ def _run_train(cfg: Config, inputs: TaskInputs | None) -> dict:
     clear_run_folder(run_dir, own)  # only once every check passed
     log.info("run folder %s", run_dir)
     if cfg.runtime == "ray" and cfg.ray_learner == "actor":
-        from asyncrl.runtime.ray_host import run_in_learner_actor  # ray: optional (asyncrl[ray])
+        from asyncrl.runtime.ray_learner import run_in_learner_actor  # ray: optional (asyncrl[ray])
 
         summary = run_in_learner_actor(cfg, run_dir, inputs)  # the actor builds its own task
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -25,25 +26,44 @@ from asyncrl.types import GenStats, Group, Prompt, Sample
 MAX_FAILED_REQUESTS = 3
 
 
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """The generator's own settings, read from the config in one place
+    (:func:`asyncrl.runtime.worker.build_generator`)."""
+
+    samples_per_prompt: int  # K completions per prompt (one group)
+    seed: int  # seed of the task's training-prompt stream
+    chat_template: str = "auto"
+    temperature: float = 1.0  # for the reference log-probs; the engine samples at its own
+    reward_errors: str = "stop"  # "stop" or "skip" (see checked_rewards)
+    length_penalty: float = 0.0
+    missing_eos_penalty: float = 0.0
+
+
 class Generator:
-    def __init__(self, engine: Engine, task: Task, tokenizer, *, samples_per_prompt: int, seed: int,
-                 chat_template: str = "auto", ref_model=None, temperature: float = 1.0,
-                 reward_errors: str = "stop", length_penalty: float = 0.0, missing_eos_penalty: float = 0.0):
+    def __init__(self, engine: Engine, task: Task, tokenizer, settings: GeneratorSettings, *, ref_model=None,
+                 rng: torch.Generator | None = None):
+        """``rng``: the random state this generator samples from, shared with its engine (the hf
+        engine borrows the process RNG around each sampling call and gives it back unchanged); its
+        state travels in the worker's ``GeneratorState``. None: the engine samples from the process
+        RNG as it finds it (tests that build a Generator around their own engine)."""
         self.engine = engine
-        self.length_penalty = length_penalty
-        self.missing_eos_penalty = missing_eos_penalty
-        self.reward_errors = reward_errors
+        self.settings = settings
+        self.length_penalty = settings.length_penalty
+        self.missing_eos_penalty = settings.missing_eos_penalty
+        self.reward_errors = settings.reward_errors
         self._failed_requests = 0  # consecutive requests whose every group was dropped
         self._warned = False
         self.ref_model = ref_model  # frozen initial policy; None = the learner computes reference log-probs
-        self.temperature = temperature
+        self.temperature = settings.temperature
         self.task = task
         self.tokenizer = tokenizer
-        self.k = samples_per_prompt
-        self.chat_template = chat_template
-        self._prompt_seed = seed
+        self.k = settings.samples_per_prompt
+        self.chat_template = settings.chat_template
+        self.rng = rng
+        self._prompt_seed = settings.seed
         self._prompts_drawn = 0
-        self._prompts = task.train_prompts(seed)
+        self._prompts = task.train_prompts(settings.seed)
 
     def stream_state(self) -> tuple[int, int]:
         """(prompt-stream seed, prompts drawn): where the training-prompt stream stands."""

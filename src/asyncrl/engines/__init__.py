@@ -21,14 +21,15 @@ ENGINES = ("hf", "vllm")
 
 
 def make_engine(cfg, model_path: str, tokenizer, *, name: str | None = None, model=None,
-                temperature: float | None = None, seed: int = 0, version: int = 0) -> Engine:
+                temperature: float | None = None, seed: int = 0, version: int = 0, generator=None) -> Engine:
     """The engine ``name`` (default ``cfg.engine``) for the policy at ``model_path``.
 
     ``hf`` samples with the given live ``model`` (loaded from ``model_path`` when None), so the
     learner's own model can be evaluated without a copy; ``vllm`` loads ``model_path`` into vLLM
     with the ``vllm_*`` settings. With ``lora_rank`` the ``vllm`` engine takes adapter updates; when
     ``model_path`` is a LoRA checkpoint (resume) it loads the run's base model and that adapter. ``temperature`` defaults to ``cfg.temperature`` (evaluation
-    passes 1.0); ``seed`` seeds the engine's sampler.
+    passes 1.0); ``seed`` seeds the engine's sampler (vllm); ``generator``: the ``torch.Generator``
+    the hf engine samples from (None: the process RNG).
     """
     name = name or cfg.engine
     temperature = cfg.temperature if temperature is None else temperature
@@ -37,7 +38,7 @@ def make_engine(cfg, model_path: str, tokenizer, *, name: str | None = None, mod
         if model is None:
             model = load_model(model_path, device)
         return HFEngine(model, tokenizer, max_new_tokens=cfg.max_new_tokens, temperature=temperature,
-                        version=version)
+                        version=version, generator=generator)
     if name == "vllm":
         lora = cfg.lora_rank is not None
         base, adapter = model_path, None

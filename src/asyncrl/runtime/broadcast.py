@@ -88,6 +88,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from asyncrl.runtime.messages import WeightsUpdate
+from asyncrl.runtime.transport import WeightPublisher, WeightReceiver
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +298,7 @@ class _Snapshot:
     tensors: list[Tensor]  # distinct tensors, in layout.entries order
 
 
-class BroadcastPublisher:
+class BroadcastPublisher(WeightPublisher):
     """Learner side of the ``broadcast`` transport (see the module docstring for the protocol).
 
     ``world``: the worker ids to expect (an int ``n`` means ``0..n-1``); more can join later through
@@ -635,7 +636,7 @@ def _heartbeat(ref: weakref.ref, host: str, port: int, key: str, every_s: float,
         return
 
 
-class BroadcastReceiver:
+class BroadcastReceiver(WeightReceiver):
     """Worker side of the ``broadcast`` transport; ``spec`` is ``publisher.receiver_spec(id)``."""
 
     max_attempts = 5  # consecutive failed copies of one update before receive() gives up
@@ -643,7 +644,7 @@ class BroadcastReceiver:
     def __init__(self, spec: BroadcastSpec | None):
         if not isinstance(spec, BroadcastSpec):
             raise ValueError("the broadcast transport needs a receiver spec in every worker: the host must "
-                             f"pass publisher.receiver_spec(worker_id) as transport_spec (got {spec!r})")
+                             f"put publisher.receiver_spec(worker_id) in the WorkerSpec (got {spec!r})")
         self.spec = spec
         self.device = torch.device(spec.device)
         _check_backend(spec.backend, self.device)

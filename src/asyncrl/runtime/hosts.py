@@ -8,16 +8,21 @@ A host starts workers (and restarts them under a fresh worker id after a loss), 
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import queue
+import sys
 import threading
 import time
+import types
 from collections import deque
 from typing import Protocol
 
 from asyncrl.config import Config
 from asyncrl.runtime.messages import FromWorker, StopWorker, ToWorker, WorkerLost, WorkerReady
-from asyncrl.runtime.transport import DirectPublisher, DirectReceiver, WeightPublisher, make_publisher
+from asyncrl.runtime.spec import WorkerSpec
+from asyncrl.runtime.transport import DirectPublisher, DirectReceiver, WeightPublisher
+from asyncrl.runtime.transports import make_publisher
 from asyncrl.runtime.worker import GeneratorService, build_generator, error_message, worker_loop
 
 # Requests a thread/process worker may hold (one running, one queued) so it never idles waiting
@@ -46,7 +51,7 @@ class Worker(Protocol):
 class Host(Protocol):
     name: str
     depth: int | None  # requests one worker may hold; None = unbounded (inline: served on send)
-    publisher: WeightPublisher
+    publisher: WeightPublisher  # made and owned by the host; closed once, by close()
 
     def start(self, worker_id: int, start_version: int) -> Worker:
         """Start a worker under ``worker_id`` (never reused); it reports ``WorkerReady``."""
@@ -57,21 +62,25 @@ class Host(Protocol):
         ...
 
     def close(self) -> None:
-        """Stop every worker and release what the host started."""
+        """Stop every worker and release what the host started, its publisher included."""
         ...
 
 
 class _LocalWorker:
     """A worker in a thread or a spawned process, fed through its own inbox queue."""
 
-    def __init__(self, kind: str, args: tuple, ctx):
+    def __init__(self, kind: str, spec: WorkerSpec, outbox, ctx):
         self.kind = kind
-        self.worker_id = args[3]
+        self.worker_id = spec.worker_id
         self.inbox = ctx.Queue() if kind == "process" else queue.Queue()
         runner = ctx.Process if kind == "process" else threading.Thread
-        inbox_args = args + (self.inbox,)
-        self._runner = runner(target=_run_local, args=inbox_args, daemon=True, name=f"asyncrl-gen-{self.worker_id}")
-        self._runner.start()
+        self._runner = runner(target=_run_local, args=(spec, outbox, self.inbox), daemon=True,
+                              name=f"asyncrl-gen-{self.worker_id}")
+        if kind == "process":
+            with main_module_hidden():
+                self._runner.start()
+        else:
+            self._runner.start()
 
     def send(self, msg: ToWorker) -> None:
         self.inbox.put(msg)
@@ -130,10 +139,43 @@ class PipeOutbox:
         self.conn.send(msg)
 
 
-def _run_local(cfg_dict, model_path, ref_path, worker_id, start_version, transport, spec, threads, inputs, outbox,
-               inbox):
-    worker_loop(cfg_dict, model_path, ref_path, worker_id, start_version, transport, spec, inbox, outbox, threads,
-                inputs)
+def _run_local(spec: WorkerSpec, outbox, inbox) -> None:
+    worker_loop(spec, inbox, outbox)
+
+
+# Serialises main_module_hidden between threads that start worker processes.
+_SPAWN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def main_module_hidden():
+    """Start spawned processes that do not re-run the caller's main module.
+
+    multiprocessing's spawn makes each child import ``__main__`` again (from its ``__spec__`` name,
+    else its ``__file__``: ``multiprocessing.spawn.get_preparation_data``) so that pickled references
+    to ``__main__`` resolve. A worker needs none of that: its target lives in this package and
+    the user's objects travel by value (cloudpickle, ``TaskInputs.dumps``). Re-running it breaks
+    ``asyncrl.train`` called from a script without an ``if __name__ == "__main__":`` guard (the
+    child trains again and multiprocessing refuses to spawn while bootstrapping) and from standard
+    input (no file ``<stdin>`` to run). So while ``Process.start`` takes its snapshot, ``__main__`` is
+    an empty module with neither ``__spec__`` nor ``__file__``, which spawn treats as an interactive
+    session (``python -c``, a notebook: nothing to import).
+
+    Why this and not the alternatives: copying ``Popen._launch`` to drop the two keys from the
+    preparation data would tie us to a private function's body in each Python version; starting
+    workers as ``python -m`` subprocesses would lose what spawn gives the workers (inherited
+    queues, the shared authkey that torch needs to pass shared-memory tensors). The swap lasts
+    only while the child's start-up data is written (milliseconds, under a lock)."""
+    with _SPAWN_LOCK:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if main is None:
+                del sys.modules["__main__"]
+            else:
+                sys.modules["__main__"] = main
 
 
 class LocalHost:
@@ -167,17 +209,15 @@ class LocalHost:
         self._lost: set[int] = set()
 
     def start(self, worker_id: int, start_version: int) -> Worker:
-        # broadcast: where the worker's receiver finds the publisher's store (transports that carry
-        # weights in the message itself need nothing)
-        spec = self.publisher.receiver_spec(worker_id) if hasattr(self.publisher, "receiver_spec") else None
+        spec = WorkerSpec(self.cfg_dict, self.policy_path, self.ref_path, worker_id, start_version,
+                          transport=self.publisher.name, receiver_spec=self.publisher.receiver_spec(worker_id),
+                          threads=self.threads, inputs=self.inputs)
         if self.name == "process":
             reader, writer = self._ctx.Pipe(duplex=False)
             outbox = PipeOutbox(writer)
         else:
             outbox = self._outbox
-        args = (self.cfg_dict, self.policy_path, self.ref_path, worker_id, start_version, self.publisher.name,
-                spec, self.threads, self.inputs, outbox)
-        w = _LocalWorker(self.name, args, self._ctx)
+        w = _LocalWorker(self.name, spec, outbox, self._ctx)
         if self.name == "process":
             writer.close()  # the child has its own copy: once it exits, the read end sees end of file
             self._readers[reader] = worker_id
@@ -227,11 +267,15 @@ class LocalHost:
         return None
 
     def close(self) -> None:
-        for w in self.workers.values():
-            w.stop()
-        for conn in self._readers:
-            conn.close()
-        self._readers.clear()
+        """Stop every worker, then close the publisher (this host's; closed here only)."""
+        try:
+            for w in self.workers.values():
+                w.stop()
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        finally:
+            self.publisher.close()
 
 
 class _InlineWorker:
@@ -271,14 +315,16 @@ class InlineHost:
     depth = None
 
     def __init__(self, cfg: Config, policy_path: str, ref_path: str, inputs=None):
-        self.cfg, self.policy_path, self.ref_path = cfg, policy_path, ref_path
+        self.cfg_dict, self.policy_path, self.ref_path = cfg.model_dump(), policy_path, ref_path
         self.inputs = inputs  # asyncrl.train's TaskInputs, used as they are (same process)
         self.publisher = DirectPublisher("inprocess")
         self._replies: deque = deque()
         self._workers: dict[int, _InlineWorker] = {}
 
     def start(self, worker_id: int, start_version: int) -> Worker:
-        gen = build_generator(self.cfg, self.policy_path, worker_id, self.ref_path, start_version, inputs=self.inputs)
+        spec = WorkerSpec(self.cfg_dict, self.policy_path, self.ref_path, worker_id, start_version,
+                          transport=self.publisher.name, inputs=self.inputs)
+        gen = build_generator(spec)
         self._replies.append(WorkerReady(worker_id))
         worker = self._workers[worker_id] = _InlineWorker(GeneratorService(gen, DirectReceiver(), worker_id),
                                                           self._replies)
@@ -288,5 +334,8 @@ class InlineHost:
         return self._replies.popleft() if self._replies else None
 
     def close(self) -> None:
-        for w in self._workers.values():
-            w.stop()
+        try:
+            for w in self._workers.values():
+                w.stop()
+        finally:
+            self.publisher.close()

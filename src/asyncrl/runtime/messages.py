@@ -41,13 +41,15 @@ class GeneratorState:
 
     prompt_seed: int  # seed of the task's training-prompt stream
     prompts_drawn: int  # prompts taken from that stream so far
-    torch_rng: Any = None  # the worker process's torch CPU RNG (uint8 tensor); None where the
-    # generator shares its process with the learner (inline, thread: the controller saves that one)
-    cuda_rng: Any = None  # list of per-device CUDA RNG states, or None
+    rng: Any = None  # the state of the generator's own torch.Generator (uint8 tensor; on the
+    # generator's device), which its hf engine samples from; None = keep the freshly seeded one
+    # Checkpoints written before generators had their own torch.Generator: a process worker's
+    # process RNG (which only its sampling drew from), read on restore; never written now.
+    torch_rng: Any = None  # the process's torch CPU RNG state
+    cuda_rng: Any = None  # list of per-device CUDA RNG states
 
     def to_dict(self) -> dict:
-        return {"prompt_seed": self.prompt_seed, "prompts_drawn": self.prompts_drawn,
-                "torch_rng": self.torch_rng, "cuda_rng": self.cuda_rng}
+        return {"prompt_seed": self.prompt_seed, "prompts_drawn": self.prompts_drawn, "rng": self.rng}
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ exactly as it drives local threads or processes:
   ``WeightsUpdate`` -> ``load``, ``GenerateRequest`` -> ``generate``; the host waits on the
   returned refs (``ray.wait``) and turns each into the worker's reply, or into ``WorkerLost`` when
   the actor died (killed, node lost, out of memory);
-- weights go through the object store (:class:`ObjectStorePublisher`): one ``ray.put`` per
-  publish, read by every generator;
+- each actor is built from the same :class:`~asyncrl.runtime.spec.WorkerSpec` as a local worker
+  (``setup(spec)``);
+- weights go through the object store (``object_store.py``): one ``ray.put`` per publish, read
+  by every generator;
 - ``reward_actor: true`` loads the reward-side models once, in one actor every generator calls
   (:class:`RemoteRewardTask`);
 - ``ray_learner: actor`` runs the whole controller and learner inside an actor
-  (:func:`run_in_learner_actor`).
+  (``ray_learner.py``, which imports this module; this one never imports the controller).
 
 Ray is imported lazily: ``import asyncrl`` works without it. See docs/distributed.md.
 """
@@ -24,18 +26,18 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from asyncrl.config import Config
 from asyncrl.runtime.hosts import WORKER_DEPTH
+from asyncrl.runtime.object_store import ObjectRefBox, ObjectStorePublisher, ray_module, resolved
+from asyncrl.runtime.spec import WorkerSpec
+from asyncrl.runtime.transport import WeightPublisher
+from asyncrl.runtime.transports import make_receiver
+from asyncrl.runtime.worker import GeneratorService, build_generator, error_message
 from asyncrl.runtime.messages import (
     FromWorker, GenerateRequest, RequestDone, RestoreGenerator, StopWorker, ToWorker, WeightsUpdate, WorkerError,
     WorkerLost,
@@ -56,82 +58,7 @@ FORWARDED_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TOKE
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by `ray job submit` for the job's driver
 
 
-def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise ValueError("runtime=ray needs Ray: pip install 'asyncrl[ray]'") from None
-    return ray
-
-
-# --- weights through the object store --------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ObjectRefBox:
-    """A weights ``ObjectRef`` inside a ``WeightsUpdate``. Ray resolves an ``ObjectRef`` passed
-    directly as an actor-call argument in the caller's scheduling path; wrapped, it reaches the
-    generator as a ref, and the generator's receiver reads it when it handles the message, in
-    order with its other calls. On the learner side, until the ``ray.put`` is done, ``ref`` is the
-    ``Future`` of that put (the host holds such an update back, see ``RayHost._flush``)."""
-
-    ref: Any
-    nbytes: int  # distinct bytes of the state dict (tied tensors once)
-
-    @property
-    def ready(self) -> bool:
-        return not isinstance(self.ref, Future) or self.ref.done()
-
-    def resolved(self) -> "ObjectRefBox":
-        """The box with the put's ``ObjectRef`` (waits for the put; raises what it raised)."""
-        return ObjectRefBox(self.ref.result(), self.nbytes) if isinstance(self.ref, Future) else self
-
-
-class ObjectStorePublisher:
-    """``object_store``: one ``ray.put`` per publish; every generator ``ray.get``s that object
-    (Ray moves it to each node once and generators on a node read their node's copy).
-
-    The put copies the snapshot into the object store (0.7-0.8 s at 135M parameters on a 2-core
-    CPU, docs/benchmarks.md), so it runs in a background thread: ``publish`` returns at once and
-    the host sends the update to each generator when the put is done, holding back later messages
-    to that generator so they stay in order."""
-
-    name = "object_store"
-
-    def __init__(self):
-        self.puts = 0  # ray.put calls made, for tests and metrics
-        self._latest = None  # keeps the latest weights alive for generators started later
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="asyncrl-ray-put")
-
-    def publish(self, state, version: int) -> WeightsUpdate:
-        from asyncrl.runtime.transport import distinct_bytes
-
-        ray = _ray()
-        # the snapshot's shared tensors are pickled once, aliases kept
-        fut = self._pool.submit(ray.put, state)
-        self.puts += 1
-        # Dropping the previous ref lets Ray free it once every generator that was sent it has
-        # loaded it (refs inside in-flight call arguments are counted by Ray itself).
-        self._latest = fut
-        return WeightsUpdate(version, ObjectRefBox(fut, distinct_bytes(state)))
-
-    def close(self) -> None:
-        self._latest = None
-        self._pool.shutdown(wait=True)
-
-
-def resolved(update: WeightsUpdate) -> WeightsUpdate:
-    """``update`` as it can be sent to an actor: its put finished, the box holding the ref."""
-    box = update.payload
-    return update if not isinstance(box, ObjectRefBox) or not isinstance(box.ref, Future) else \
-        WeightsUpdate(update.version, box.resolved())
-
-
-class ObjectStoreReceiver:
-    def receive(self, update: WeightsUpdate):
-        box = update.payload
-        if not isinstance(box, ObjectRefBox):
-            raise TypeError(f"object_store receiver got a {type(box).__name__} payload, expected ObjectRefBox")
-        return _ray().get(box.resolved().ref)
+_ray = ray_module  # ``import ray``, or a one-line error (Ray is optional)
 
 
 # --- actors --------------------------------------------------------------------------------------
@@ -150,22 +77,18 @@ class _GeneratorActor:
         self.worker_id = worker_id
         self.service = None
 
-    def setup(self, cfg_dict: dict, policy_path: str, ref_path: str | None, start_version: int, threads: int,
-              transport: str, transport_spec, reward_actor, inputs: bytes | None = None
-              ) -> tuple[WorkerReady, str, str] | WorkerError:
-        """Build the generator; (ready, node id, node IP) or the build's error."""
+    def setup(self, spec: WorkerSpec) -> tuple[WorkerReady, str, str] | WorkerError:
+        """Build the generator of ``spec`` (the same spec a local worker gets; ``reward_actor`` set
+        when the task's reward-side models live in the shared reward actor); (ready, node id, node
+        IP) or the build's error."""
         try:
             import torch
 
-            from asyncrl.runtime.transport import make_receiver
-            from asyncrl.runtime.worker import GeneratorService, build_generator
-
-            torch.set_num_threads(threads)
-            cfg = Config(**cfg_dict)
-            task = RemoteRewardTask(cfg, reward_actor) if reward_actor is not None else None
-            gen = build_generator(cfg, policy_path, self.worker_id, ref_path, start_version, task=task, inputs=inputs)
-            self.service = GeneratorService(gen, make_receiver(transport, transport_spec), self.worker_id,
-                                            owns_rng=True)
+            if spec.threads:
+                torch.set_num_threads(spec.threads)
+            task = RemoteRewardTask(Config(**spec.config), spec.reward_actor) if spec.reward_actor is not None else None
+            gen = build_generator(spec, task=task)
+            self.service = GeneratorService(gen, make_receiver(spec.transport, spec.receiver_spec), self.worker_id)
             return (WorkerReady(self.worker_id), *_node())
         except BaseException as e:  # noqa: BLE001 - reported to the controller, which decides
             return _error(self.worker_id, e)
@@ -192,8 +115,6 @@ class _GeneratorActor:
 
 
 def _error(worker_id: int, e: BaseException) -> WorkerError:
-    from asyncrl.runtime.worker import error_message
-
     return error_message(worker_id, e)
 
 
@@ -255,29 +176,6 @@ class RemoteRewardTask:
             raise RewardActorUnavailable(f"the shared reward actor is gone: {_last_line(e)}") from e
 
 
-class _LearnerActor:
-    """Runs the controller (and so the learner) in an actor; ``max_concurrency=2`` lets
-    ``request_stop`` arrive while ``run`` is busy."""
-
-    def __init__(self):
-        self.controller = None
-        self._stop: str | None = None  # the signal's name once the driver asked to stop
-
-    def run(self, cfg_dict: dict, run_dir: str, inputs: bytes | None = None) -> dict:
-        from asyncrl.runtime.controller import Controller
-        from asyncrl.tasks import TaskInputs
-
-        self.controller = Controller(Config(**cfg_dict), Path(run_dir), inputs=TaskInputs.loads(inputs))
-        if self._stop:  # the signal arrived while the controller was being built
-            self.controller.request_stop(self._stop)
-        return self.controller.run()
-
-    def request_stop(self, signame: str = "SIGINT") -> None:
-        self._stop = signame
-        if self.controller is not None:
-            self.controller.request_stop(signame)
-
-
 _CLASSES: dict[str, Any] = {}
 
 
@@ -286,8 +184,7 @@ def _actor_classes() -> dict[str, Any]:
     ``asyncrl``) never needs Ray."""
     if not _CLASSES:
         ray = _ray()
-        _CLASSES.update(generator=ray.remote(_GeneratorActor), reward=ray.remote(_RewardActor),
-                        learner=ray.remote(_LearnerActor))
+        _CLASSES.update(generator=ray.remote(_GeneratorActor), reward=ray.remote(_RewardActor))
     return _CLASSES
 
 
@@ -407,7 +304,7 @@ class RayHost:
     depth = WORKER_DEPTH
 
     @staticmethod
-    def _make_publisher(cfg: Config):
+    def _make_publisher(cfg: Config) -> WeightPublisher:
         if cfg.weight_transport != "broadcast":
             return ObjectStorePublisher()
         from asyncrl.policy import resolve_device
@@ -511,16 +408,16 @@ class RayHost:
             bundle = self._free_bundle()
             self._slots[bundle] = worker_id
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=bundle)
-        # broadcast: where the actor's receiver finds the publisher's store
-        spec = self.publisher.receiver_spec(worker_id) if hasattr(self.publisher, "receiver_spec") else None
+        spec = WorkerSpec(self.cfg_dict, self.policy_path, self.ref_path, worker_id, start_version,
+                          transport=self.publisher.name, receiver_spec=self.publisher.receiver_spec(worker_id),
+                          threads=self.threads, inputs=self.inputs, reward_actor=self.reward_actor)
         name = f"asyncrl-gen-{worker_id}-{self._token}"
         # max_restarts=0: a dead generator is replaced by the controller under a fresh id (with the
         # latest weights and its requests re-dispatched), not silently restarted by Ray.
         actor = _actor_classes()["generator"].options(name=name, max_restarts=0, **opts).remote(worker_id)
         w = RayWorker(self, worker_id, actor, bundle, name)
         self.workers[worker_id] = w
-        ref = actor.setup.remote(self.cfg_dict, self.policy_path, self.ref_path, start_version, self.threads,
-                                 self.publisher.name, spec, self.reward_actor, self.inputs)
+        ref = actor.setup.remote(spec)
         self._pending[ref] = (worker_id, "setup")
         return w
 
@@ -672,64 +569,4 @@ def _fmt(resources: dict) -> str:
                            if not k.startswith(("node:", "bundle_group"))) + "}"
 
 
-# --- the learner in an actor -----------------------------------------------------------------------
-
-def run_in_learner_actor(cfg: Config, run_dir, inputs=None) -> dict:
-    """``ray_learner: actor``: run ``Controller(cfg, run_dir).run()`` inside one actor reserving
-    ``learner_num_cpus`` / ``learner_num_gpus`` and return its summary. The driver only waits: a
-    first Ctrl-C or SIGTERM asks the controller to stop after the current step (final checkpoint,
-    summary with ``interrupted`` and ``signal``), a second one kills the actor (RunAborted). Exceptions the controller raises are
-    re-raised here as themselves, so the CLI reports them exactly as in the driver mode."""
-    owns = ensure_ray(cfg, learner_actor=True)
-    ray = _ray()
-    actor = None
-    presses = 0
-    old_handlers = {}
-
-    def on_signal(signum, frame):  # Ctrl-C or SIGTERM (what schedulers send), as in the driver mode
-        nonlocal presses
-        presses += 1
-        name = signal.Signals(signum).name
-        if presses > 1:
-            from asyncrl.runtime.controller import RunAborted
-
-            raise RunAborted(name)
-        print(f"\n{name}: stopping after this step and writing a final checkpoint "
-              "(send it again to abort without saving)", flush=True)
-        actor.request_stop.remote(name)
-
-    try:
-        actor = _actor_classes()["learner"].options(
-            name=f"asyncrl-learner-{uuid.uuid4().hex[:8]}", num_cpus=cfg.learner_num_cpus,
-            num_gpus=cfg.learner_num_gpus, max_concurrency=2, max_restarts=0).remote()
-        # Absolute paths: the actor may run on another node, in another working directory.
-        run_dir = str(Path(run_dir).resolve())
-        ref = actor.run.remote({**config_for_actors(cfg), "output_dir": run_dir}, run_dir,
-                               inputs.dumps() if inputs is not None else None)
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old_handlers[sig] = signal.signal(sig, on_signal)
-        while not ray.wait([ref], timeout=0.5)[0]:
-            pass
-        try:
-            return ray.get(ref)
-        except ray.exceptions.RayTaskError as e:
-            if e.cause is not None:
-                raise e.cause from None
-            raise
-        except ray.exceptions.RayActorError as e:
-            raise RuntimeError(f"the learner actor died: {_last_line(e)}") from None
-    finally:
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-        if actor is not None:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001
-                pass
-        if owns and ray.is_initialized():
-            ray.shutdown()
-
-
-__all__ = ["ObjectRefBox", "ObjectStorePublisher", "ObjectStoreReceiver", "RayHost", "RayWorker",
-           "RemoteRewardTask", "RewardActorUnavailable", "ensure_ray", "run_in_learner_actor"]
+__all__ = ["RayHost", "RayWorker", "RemoteRewardTask", "RewardActorUnavailable", "config_for_actors", "ensure_ray"]

@@ -23,24 +23,27 @@ from asyncrl.runtime.messages import (
     FromWorker, GenerateRequest, GeneratorState, RequestDone, RestoreGenerator, StopWorker, WeightsUpdate,
     WorkerError, WorkerReady,
 )
+from asyncrl.runtime.spec import WorkerSpec
 from asyncrl.runtime.transport import WeightReceiver
+from asyncrl.runtime.transports import make_receiver
 from asyncrl.tasks.base import RewardError
 
 PARENT_CHECK_S = 1.0  # how often an idle worker process checks that its controller still lives
 
 
-def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str | None = None,
-                    start_version: int = 0, task=None, inputs=None):
-    """The generator role for worker ``worker_id``. ``task`` overrides ``make_task(cfg)`` (the Ray
-    runtime passes a task whose reward-side models live in one shared actor); ``inputs``: the
-    :class:`asyncrl.tasks.TaskInputs` given to :func:`asyncrl.train`, or their cloudpickled bytes."""
+def build_generator(spec: WorkerSpec, task=None):
+    """The generator role for ``spec`` (one worker): the one place a generator's config fields are
+    read. ``task`` overrides ``make_task(cfg)`` (the Ray runtime passes a task whose reward-side
+    models live in one shared actor)."""
     from asyncrl.engines import make_engine
-    from asyncrl.generator import Generator
+    from asyncrl.generator import Generator, GeneratorSettings
     from asyncrl.policy import load_model, load_tokenizer, resolve_device
-    from asyncrl.tasks import make_task
+    from asyncrl.tasks import TaskInputs, make_task
 
     from asyncrl.lora import ReferenceView, load_policy
 
+    cfg = Config(**spec.config)
+    model_path, worker_id = spec.model_path, spec.worker_id
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(model_path)
     # LoRA, hf engine: the engine samples with base + adapter, unmerged, and the reference is that
@@ -50,51 +53,54 @@ def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str 
     ref = None
     if cfg.reference and cfg.reference_on == "generator":
         ref = ReferenceView(policy) if policy is not None else (
-            load_model(ref_path or model_path, device).eval().requires_grad_(False))
+            load_model(spec.ref_path or model_path, device).eval().requires_grad_(False))
     # A resumed run continues with fresh prompt and sampling streams instead of replaying the first ones.
-    offset = 100_003 * start_version
+    offset = 100_003 * spec.start_version
     sample_seed = cfg.seed * 7919 + worker_id + offset
-    engine = make_engine(cfg, model_path, tokenizer, seed=sample_seed, model=policy)
-    torch.manual_seed(sample_seed)
-    if isinstance(inputs, bytes):
-        from asyncrl.tasks import TaskInputs
-
-        inputs = TaskInputs.loads(inputs)
-    return Generator(engine, task if task is not None else make_task(cfg, inputs), tokenizer,
-                     samples_per_prompt=cfg.samples_per_prompt,
-                     seed=cfg.seed * 1000 + worker_id + offset, chat_template=cfg.chat_template, ref_model=ref,
-                     temperature=cfg.temperature, reward_errors=cfg.reward_errors,
-                     length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty)
+    # The generator's own random state, on the device it samples on: the hf engine draws from it
+    # (never from the process RNG, which inline and thread generators share with the learner); the
+    # vllm engine seeds its sampler with the same number.
+    rng = torch.Generator(device).manual_seed(sample_seed)
+    engine = make_engine(cfg, model_path, tokenizer, seed=sample_seed, model=policy, generator=rng)
+    inputs = TaskInputs.loads(spec.inputs) if isinstance(spec.inputs, bytes) else spec.inputs
+    settings = GeneratorSettings(
+        samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed * 1000 + worker_id + offset,
+        chat_template=cfg.chat_template, temperature=cfg.temperature, reward_errors=cfg.reward_errors,
+        length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty)
+    return Generator(engine, task if task is not None else make_task(cfg, inputs), tokenizer, settings,
+                     ref_model=ref, rng=rng)
 
 
 class GeneratorService:
     """A generator plus the receiving half of the weight transport; hosts feed it messages.
 
-    ``owns_rng``: the worker has a process of its own (process workers, Ray actors), so the
-    process's torch RNG, which ``hf`` sampling draws from, is this generator's alone and travels in
-    its state. Inline and thread workers share the learner's process; the controller saves that RNG.
+    The generator's random state is its own ``torch.Generator`` (``generator.rng``), whatever hosts
+    it, so it travels in its :class:`GeneratorState` for every worker kind and a resume continues
+    it exactly; the process RNG (the learner's, for inline and thread workers) is never touched.
     """
 
-    def __init__(self, generator, receiver: WeightReceiver, worker_id: int, owns_rng: bool = False):
+    def __init__(self, generator, receiver: WeightReceiver, worker_id: int):
         self.generator = generator
         self.receiver = receiver
         self.worker_id = worker_id
-        self.owns_rng = owns_rng
         self._load_s = 0.0  # weight loading since the last reply
 
     def state(self) -> GeneratorState:
         seed, drawn = self.generator.stream_state()
-        if not self.owns_rng:
-            return GeneratorState(seed, drawn)
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-        return GeneratorState(seed, drawn, torch.get_rng_state(), cuda)
+        rng = self.generator.rng
+        return GeneratorState(seed, drawn, rng.get_state() if rng is not None else None)
 
     def restore(self, state: GeneratorState) -> None:
         self.generator.restore_stream(state.prompt_seed, state.prompts_drawn)
-        if self.owns_rng and state.torch_rng is not None:
-            torch.set_rng_state(state.torch_rng)
-            if state.cuda_rng is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state.cuda_rng)
+        rng = self.generator.rng
+        if rng is None:
+            return
+        if state.rng is not None:
+            rng.set_state(state.rng)
+        elif rng.device.type == "cpu" and state.torch_rng is not None:  # an older checkpoint: see GeneratorState
+            rng.set_state(state.torch_rng)
+        elif rng.device.type == "cuda" and state.cuda_rng:
+            rng.set_state(state.cuda_rng[rng.device.index or 0])
 
     def load(self, update: WeightsUpdate) -> None:
         t0 = time.perf_counter()
@@ -108,8 +114,11 @@ class GeneratorService:
         return done
 
     def close(self) -> None:
-        """Release the engine (vLLM's engine core and memory); the service is not used again."""
-        self.generator.engine.close()
+        """Release the engine (vLLM's engine core and memory) and the receiver; not used again."""
+        try:
+            self.generator.engine.close()
+        finally:
+            self.receiver.close()
 
     def handle(self, msg) -> RequestDone | None:
         if isinstance(msg, WeightsUpdate):
@@ -131,11 +140,9 @@ def error_message(worker_id: int, exc: BaseException) -> WorkerError:
     return WorkerError(worker_id, "".join(traceback.format_exception(exc)))
 
 
-def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, start_version: int,
-                transport: str, transport_spec, inbox, outbox, threads: int | None, inputs=None) -> None:
+def worker_loop(spec: WorkerSpec, inbox, outbox) -> None:
     """Body of a thread or process worker: build, say ready, then serve the inbox in order."""
-    from asyncrl.runtime.transport import make_receiver
-
+    worker_id = spec.worker_id
     own_process = threading.current_thread() is threading.main_thread()
     # The spawning controller, as multiprocessing knows it (its pid and a sentinel that becomes
     # ready when it exits): not os.getppid() here, which is already 1 when the controller was
@@ -148,12 +155,10 @@ def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, 
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     service = None
     try:
-        if threads:  # None in thread mode: the thread pool is per process, owned by the learner
-            torch.set_num_threads(threads)
-        cfg = Config(**cfg_dict)
-        service = GeneratorService(build_generator(cfg, model_path, worker_id, ref_path, start_version,
-                                                   inputs=inputs),
-                                   make_receiver(transport, transport_spec), worker_id, owns_rng=own_process)
+        if spec.threads:  # None in thread mode: the thread pool is per process, owned by the learner
+            torch.set_num_threads(spec.threads)
+        service = GeneratorService(build_generator(spec), make_receiver(spec.transport, spec.receiver_spec),
+                                   worker_id)
         outbox.put(WorkerReady(worker_id))
         while True:
             try:
@@ -191,4 +196,4 @@ def default_threads(cfg: Config) -> tuple[int, int]:
     return cfg.learner_threads or learner, cfg.generator_threads or gen
 
 
-__all__ = ["FromWorker", "GeneratorService", "build_generator", "default_threads", "error_message", "worker_loop"]
+__all__ = ["FromWorker", "GeneratorService", "WorkerSpec", "build_generator", "default_threads", "error_message", "worker_loop"]
