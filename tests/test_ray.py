@@ -8,6 +8,7 @@ and shuts it down, so no Ray process outlives it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -71,7 +72,8 @@ def _weights():
 
 # --- the host --------------------------------------------------------------------------------------
 
-def test_host_serves_two_actors_from_one_put_and_reports_a_killed_actor(capsys):
+def test_host_serves_two_actors_from_one_put_and_reports_a_killed_actor(caplog):
+    caplog.set_level(logging.INFO, logger="asyncrl")
     cfg = Config(runtime="ray", num_generators=2, max_lag=1, **SMALL)
     host = RayHost(cfg, BASE, BASE)
     try:
@@ -79,7 +81,8 @@ def test_host_serves_two_actors_from_one_put_and_reports_a_killed_actor(capsys):
         ready = _messages(host, 2)
         assert all(isinstance(m, WorkerReady) for m in ready) and sorted(m.worker_id for m in ready) == [0, 1]
         # each generator says where it runs
-        assert {int(m.group(1)) for m in READY_LINE.finditer(capsys.readouterr().out)} == {0, 1}
+        logged = "".join(f"asyncrl: {m}\n" for m in caplog.messages)
+        assert {int(m.group(1)) for m in READY_LINE.finditer(logged)} == {0, 1}
         update = host.publisher.publish(_weights(), 7)
         assert isinstance(update.payload, ObjectRefBox) and host.publisher.puts == 1
         for w in (w0, w1):

@@ -8,7 +8,7 @@ in metrics.jsonl) is the shaped value; evaluation reports the task's own metrics
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass
 
@@ -23,6 +23,8 @@ from asyncrl.types import GenStats, Group, Prompt, Sample
 
 # reward_errors=skip: this many requests in a row with every group dropped means the reward function
 # is broken, not unlucky; stop instead of generating forever.
+log = logging.getLogger(__name__)
+
 MAX_FAILED_REQUESTS = 3
 
 
@@ -119,8 +121,7 @@ class Generator:
     def _note_errors(self, errors: dict[int, str]) -> None:
         first = errors[min(errors)]
         if not self._warned:  # once per generator: enough to find the bug, not enough to flood the log
-            print(f"asyncrl: warning: skipping groups with reward errors (counted in reward_errors_total); "
-                  f"first: {first}", file=sys.stderr, flush=True)
+            log.warning("skipping groups with reward errors (counted in reward_errors_total); first: %s", first)
             self._warned = True
         if self._failed_requests >= MAX_FAILED_REQUESTS:
             raise RewardError(f"every group had a reward error in {MAX_FAILED_REQUESTS} requests in a row "

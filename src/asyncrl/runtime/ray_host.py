@@ -24,6 +24,7 @@ Ray is imported lazily: ``import asyncrl`` works without it. See docs/distribute
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -46,6 +47,8 @@ from asyncrl.runtime.messages import (
 
 # Tasks whose reward-side models (reward model, victim, toxicity classifier) can live in the shared
 # reward actor; the others score in plain Python and have nothing worth sharing.
+log = logging.getLogger(__name__)
+
 REWARD_ACTOR_TASKS = ("reward_model", "redteam")
 # How long to wait for the cluster to fit every generator's bundle before giving up. Long enough
 # for an autoscaler to add nodes; a local Ray this run started is checked at once instead.
@@ -391,8 +394,8 @@ class RayHost:
                 raise ValueError(f"runtime=ray: the cluster could not fit {n} generator bundles of {_fmt(spec)} "
                                    f"({self.cfg.placement_strategy}) within {PLACEMENT_TIMEOUT_S:.0f}s; available: "
                                    f"{_fmt(ray.available_resources())}")
-            print(f"asyncrl: waiting {waited:.0f}s for the cluster to fit {n} generator bundles of {_fmt(spec)} "
-                  f"({self.cfg.placement_strategy}); available now: {_fmt(ray.available_resources())}", flush=True)
+            log.info("waiting %.0fs for the cluster to fit %d generator bundles of %s (%s); available now: %s",
+                     waited, n, _fmt(spec), self.cfg.placement_strategy, _fmt(ray.available_resources()))
             told = True
 
     # --- Host protocol ---
@@ -460,7 +463,7 @@ class RayHost:
             if call == "setup":
                 ready, w.node_id, w.node_ip = reply
                 where = f", bundle {w.bundle}" if w.bundle is not None else ""
-                print(f"asyncrl: generator {wid} ready on node {w.node_id[:12]} ({w.node_ip}{where})", flush=True)
+                log.info("generator %d ready on node %s (%s%s)", wid, w.node_id[:12], w.node_ip, where)
                 return ready
             if reply is None:  # a load that went fine
                 continue

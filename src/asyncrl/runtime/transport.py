@@ -30,7 +30,6 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from asyncrl.runtime.messages import WeightsUpdate
