@@ -453,3 +453,28 @@ def test_stop_on_signals_off_the_main_thread_installs_nothing():
     t.start()
     t.join()
     assert seen == [before]
+
+
+# --- the run leaves the caller's process as it found it -------------------------------------------------
+
+@pytest.mark.e2e
+def test_a_run_restores_the_callers_thread_count_and_random_state(tmp_path):
+    """The controller sets the learner's threads and seeds torch for the run; the caller gets its
+    own back (the summary is what a run returns, so nothing else of the run is lost)."""
+    from asyncrl.runtime.controller import Controller
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    mine = torch.get_num_threads()
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    cfg = Config(steps=2, prompts_per_step=2, samples_per_prompt=2, eval_every=0, eval_limit=4, max_new_tokens=4,
+                 workers="inline", max_lag=0, save_every=0, save_every_minutes=None, learner_threads=3)
+    try:
+        summary = Controller(cfg, tmp_path / "run").run()
+        assert summary["steps"] == 2
+        assert torch.get_num_threads() == mine
+        assert torch.equal(torch.rand(3), expected)
+    finally:
+        torch.set_num_threads(threads)
