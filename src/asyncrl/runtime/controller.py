@@ -119,6 +119,9 @@ class Controller:
         states are put back on return (the run sets both for the learner)."""
         fresh = not self.run_dir.exists()
         before = set(self.run_dir.iterdir()) if self.run_dir.is_dir() else set()
+        # The run seeds torch and sets the learner's thread count for itself; the caller gets its own
+        # back. Restoring happens after the final checkpoint (which saved the run's random state),
+        # so it changes nothing the run computed or wrote.
         threads, rng = torch.get_num_threads(), rng_state()
         self._trained = False
         self._logger: RunLogger | None = None
