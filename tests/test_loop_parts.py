@@ -281,8 +281,8 @@ def _evaluator(monkeypatch, now, **cfg):
     monkeypatch.setattr(evaluator_mod.time, "perf_counter", now)
     clock = TrainClock(now=now)
     learner, logger = FakeLearner(), FakeLogger()
-    ev = Evaluator(cfg, SimpleNamespace(), learner, None, torch.device("cpu"), policy_path="p", base_path="b", logger=logger,
-                   clock=clock)
+    ev = Evaluator(cfg, SimpleNamespace(), learner, None, torch.device("cpu"), policy_path="p", base_path="b",
+                   logger=logger, clock=clock)
     return ev, learner, logger, clock
 
 
@@ -374,7 +374,8 @@ def test_metrics_row_keys_order_and_values():
 
 
 def test_metrics_row_reward_parts_and_an_empty_request():
-    replies = [_stats(reward_components={"fmt": (1.0, 2), "acc": (0.0, 0)}), _stats(reward_components={"fmt": (2.0, 2)})]
+    replies = [_stats(reward_components={"fmt": (1.0, 2), "acc": (0.0, 0)}),
+               _stats(reward_components={"fmt": (2.0, 2)})]
     assert list(reward_parts(replies)) == ["rewards/fmt/mean", "rewards/acc/mean"]
     parts = reward_parts(replies)
     assert parts["rewards/fmt/mean"] == 0.75 and parts["rewards/acc/mean"] != parts["rewards/acc/mean"]  # NaN
