@@ -28,6 +28,7 @@ from asyncrl.cli import main
 from asyncrl.config import Config
 from asyncrl.runtime import controller as controller_mod
 from asyncrl.runtime.controller import Controller, RunAborted
+from asyncrl.signals import SignalStop
 
 from conftest import read_jsonl, wait_for_rows
 
@@ -96,10 +97,11 @@ def test_a_second_signal_aborts_without_the_final_checkpoint(tmp_path, monkeypat
 
 def test_the_signal_handler_stops_first_and_aborts_second():
     ctl = Controller(Config(), Path("unused"))
-    ctl._on_signal(signal.SIGTERM, None)
+    handler = SignalStop(ctl.request_stop)  # what Controller.run installs (asyncrl.signals.stop_on_signals)
+    handler(signal.SIGTERM)
     assert ctl._stop_requested and ctl.stop_signal == "SIGTERM"
     with pytest.raises(RunAborted, match="second SIGINT"):
-        ctl._on_signal(signal.SIGINT, None)
+        handler(signal.SIGINT)
 
 
 # --- numerical guards ------------------------------------------------------------------------------

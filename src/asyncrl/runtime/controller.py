@@ -1,15 +1,25 @@
 """The controller: one training loop for every runtime (local inline/thread/process, Ray).
 
-Read top to bottom, a run is:
+A run is four methods, read top to bottom (the parts they call have their own modules and tests):
 
-1. set up the task, learner, replay buffer and a ``Host`` for the generators (``make_host``);
-2. start ``num_generators`` workers, publish the initial weights, evaluate at step 0;
-3. loop until ``steps``: dispatch what the ``Scheduler``'s lag gate allows, take a completed
-   request (any completion order the bound allows) into the buffer, train on a batch, publish
-   weights every ``sync_every`` steps, log one metrics row, evaluate / checkpoint on cadence;
-   while no request can be taken, handle worker messages: replies, and lost workers (replaced
-   under a fresh id, sent the latest weights; their requests re-dispatched);
-4. final evaluation, final checkpoint, ``summary.json``.
+1. ``_setup``: the task, learner, replay buffer, a resume's state (``RunStats``, the generators'
+   states, the training clock), a ``Host`` for the generators (``make_host``), the ``Scheduler``,
+   the ``WorkerPool``, the ``Evaluator`` and the ``CheckpointCadence``;
+2. ``_start``: start ``num_generators`` workers and wait until each is ready, publish the initial
+   weights, evaluate at step 0;
+3. ``_train``: until ``steps``: send what the scheduler's lag gate allows, wait for a completed
+   request (any completion order the bound allows) while the pool handles worker messages
+   (replies; lost workers replaced in their slot and sent the latest weights, their requests
+   re-dispatched), then ``_train_step``: train on a batch from the buffer, publish weights every
+   ``sync_every`` steps, log one metrics row (``metrics_row.step_row``), evaluate / checkpoint on
+   cadence;
+4. ``_finish``: (after the pool stopped the workers) final evaluation, final checkpoint,
+   ``summary.json`` (``summary.build_summary``).
+
+The parts: ``stats.RunStats`` (every count and time total; the checkpoint's ``counters``),
+``pool.WorkerPool`` (workers, slots, replies, restarts, publishing), ``evaluator.Evaluator`` and
+``evaluator.TrainClock`` (evaluation pauses the training clock), ``metrics_row``,
+``cadence.CheckpointCadence``, ``summary``; Ctrl-C / SIGTERM go through ``asyncrl.signals``.
 
 Checkpoints (``checkpoint.py``) hold everything a resume needs to continue exactly: weights,
 optimizer, LR schedule, counters, the replay buffer, every random state and each generator's
@@ -19,14 +29,14 @@ first step leaves no run folder behind. See docs/reliability.md.
 
 The scheduler owns the bound (see ``scheduler.py``); the host owns where workers run
 (``hosts.py``, ``ray_host.py``); the weight transport owns how weights travel (``transport.py``).
+A run changes neither the caller's torch thread count nor its global random states: ``run()``
+puts both back when it returns.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -36,22 +46,24 @@ import yaml
 from asyncrl.buffer import make_buffer
 from asyncrl.checkpoint import find_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from asyncrl.config import Config, save_config
-from asyncrl.evaluation import evaluate
 from asyncrl.io import RUN_ENTRIES as RUN_FILES, atomic_write_text  # RUN_FILES: a run failing before training removes them
 from asyncrl.learner import Learner
 from asyncrl.lora import ReferenceView, load_policy
 from asyncrl.metrics import RunLogger
-from asyncrl.engines import make_engine
 from asyncrl.engines.vllm import require_vllm
 from asyncrl.errors import RunAborted, RunFailed  # noqa: F401 - RunAborted: re-exported
-from asyncrl.policy import TRAIN_DTYPE, autocast, load_model, load_tokenizer, resolve_device, resolve_model_path
+from asyncrl.policy import TRAIN_DTYPE, load_model, load_tokenizer, resolve_device, resolve_model_path
+from asyncrl.runtime.cadence import CheckpointCadence
+from asyncrl.runtime.evaluator import Evaluator, TrainClock
 from asyncrl.runtime.hosts import Host, InlineHost, LocalHost, Worker
-from asyncrl.runtime.messages import (
-    GeneratorState, RequestDone, RestoreGenerator, WeightsUpdate, WorkerError, WorkerLost, WorkerReady,
-)
+from asyncrl.runtime.messages import FromWorker, GeneratorState, RequestDone
+from asyncrl.runtime.metrics_row import step_row
+from asyncrl.runtime.pool import WorkerPool
 from asyncrl.runtime.scheduler import Scheduler
-from asyncrl.runtime.transport import distinct_bytes
+from asyncrl.runtime.stats import RunStats
+from asyncrl.runtime.summary import build_summary
 from asyncrl.runtime.worker import default_threads
+from asyncrl.signals import stop_on_signals
 from asyncrl.tasks import make_task
 from asyncrl.tasks.base import RewardError
 
@@ -84,7 +96,7 @@ class Controller:
         # Tests and the Ray learner actor look at these while a run is going.
         self.host: Host | None = None
         self.scheduler: Scheduler | None = None
-        self.workers: dict[int, Worker] = {}
+        self.workers: dict[int, Worker] = {}  # the pool's own dict once the run is set up
 
     def request_stop(self, signame: str | None = None) -> None:
         """Finish the current step, write a final checkpoint and return (what Ctrl-C does);
@@ -93,53 +105,67 @@ class Controller:
         if signame is not None and self.stop_signal is None:
             self.stop_signal = signame
 
-    # --- Ctrl-C / SIGTERM: the first finishes the current step, saves and exits; a second aborts ---
-    def _on_signal(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self._stop_requested:
-            raise RunAborted(name)
-        self._stop_requested = True
-        self.stop_signal = name
-        print(f"\n{name}: stopping after this step and writing a final checkpoint "
-              f"(send it again to abort without saving)", flush=True)
-
     def run(self) -> dict:
         """Train; returns the summary (also written to ``summary.json``).
 
         A failure before the first training step (bad model, missing package, a worker that
         cannot start) removes what this call wrote to the run folder, and the folder itself when
-        this call created it, then re-raises."""
-        run_dir = self.run_dir
-        fresh = not run_dir.exists()
-        before = set(run_dir.iterdir()) if run_dir.is_dir() else set()
-        in_main = threading.current_thread() is threading.main_thread()
-        handlers = {}
-        if in_main:  # the handlers stay until run() returns: a signal during the final save is a 2nd press
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                handlers[sig] = signal.signal(sig, self._on_signal)
+        this call created it, then re-raises. The caller's torch thread count and global random
+        states are put back on return (the run sets both for the learner)."""
+        fresh = not self.run_dir.exists()
+        before = set(self.run_dir.iterdir()) if self.run_dir.is_dir() else set()
+        # The run seeds torch and sets the learner's thread count for itself; the caller gets its own
+        # back. Restoring happens after the final checkpoint (which saved the run's random state),
+        # so it changes nothing the run computed or wrote.
+        threads, rng = torch.get_num_threads(), rng_state()
         self._trained = False
         self._logger: RunLogger | None = None
-        try:
-            return self._run()
-        except BaseException:
-            if self._logger is not None:  # before the clean-up below: wandb writes into the run folder
-                self._logger.close(failed=True)
-            if not self._trained and not self.cfg.resume:
-                if fresh:
-                    shutil.rmtree(run_dir, ignore_errors=True)
-                elif run_dir.is_dir():
-                    for name in RUN_FILES:
-                        path = run_dir / name
-                        if path.exists() and path not in before:
-                            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
-            raise
-        finally:
-            for sig, h in handlers.items():
-                signal.signal(sig, h)
+        # The handlers stay until run() returns: a signal during the final save is a 2nd press.
+        with stop_on_signals(self.request_stop):
+            try:
+                return self._run()
+            except BaseException:
+                if self._logger is not None:  # before the clean-up below: wandb writes into the run folder
+                    self._logger.close(failed=True)
+                if not self._trained and not self.cfg.resume:
+                    self._remove_run_files(fresh, before)
+                raise
+            finally:
+                torch.set_num_threads(threads)
+                set_rng_state(rng)
+
+    def _remove_run_files(self, fresh: bool, before: set[Path]) -> None:
+        """Remove what this run wrote (the folder too when it made it)."""
+        if fresh:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            return
+        for name in RUN_FILES:
+            path = self.run_dir / name
+            if path.exists() and path not in before:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
 
     def _run(self) -> dict:
+        self._setup()
+        interrupted = False
+        try:
+            self._start()
+            self._train()
+        except KeyboardInterrupt:  # Ctrl-C before the handler was installed, or off the main thread
+            interrupted = True
+        except (RunFailed, RewardError) as e:
+            if not self._trained:
+                raise  # nothing trained yet: no checkpoint, the run folder goes (see run())
+            self._failure = str(e)  # between steps: the state is consistent, so the final checkpoint is written
+        finally:
+            self._clock.stop()  # training ends here; stopping workers is teardown
+            self._pool.close()
+        return self._finish(interrupted or self._stop_requested)
+
+    # --- set-up ------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        """Everything before the first worker starts."""
         cfg = self.cfg
-        t_setup = time.perf_counter()
+        self._t_setup = time.perf_counter()
         # First, so a bad task setting (missing data, unimportable reward) or a missing engine
         # package fails before anything is written.
         task = self._task if self._task is not None else make_task(cfg, self.inputs)
@@ -152,376 +178,199 @@ class Controller:
         torch.manual_seed(cfg.seed)
         device = resolve_device(cfg.device)
         base_path = resolve_model_path(cfg.model, cfg.task)
-        policy_path, trainer_state = base_path, None
+        self._policy_path, self._trainer_state = base_path, None
         if cfg.resume:
             ckpt = find_checkpoint(cfg.resume)
-            policy_path, trainer_state = str(ckpt), load_trainer_state(ckpt)
-        tokenizer = load_tokenizer(policy_path)
+            self._policy_path, self._trainer_state = str(ckpt), load_trainer_state(ckpt)
+        self._learner, self._tokenizer = self._load_learner(device, base_path)
+        self._buffer = make_buffer(
+            cfg.buffer, max_lag=cfg.max_lag, group_size=cfg.samples_per_prompt, recency_prob=cfg.recency_prob,
+            inv_temp=cfg.inv_temp, per_prompt_capacity=cfg.per_prompt_capacity, capacity=cfg.buffer_capacity,
+            seed=cfg.seed,
+        )
+        self._stats, resumed_states, wall0 = self._restore()
+        self.host = make_host(cfg, self._policy_path, base_path, gen_threads, self.inputs)
+        self.scheduler = Scheduler(cfg.max_lag, cfg.prompts_per_step, self.host.depth)
+        self._logger = RunLogger(self.run_dir, cfg.steps, self._learner.version,
+                                 resume=self._trainer_state is not None, cfg=cfg)
+        self._config_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+        self._pool = WorkerPool(self.host, self.scheduler, self._stats, num_generators=cfg.num_generators,
+                                max_restarts=cfg.max_generator_restarts, version=lambda: self._learner.version,
+                                note=self._logger.progress.note, resumed_states=resumed_states)
+        self.workers = self._pool.workers
+        self._clock = TrainClock(wall0)
+        self._cadence = CheckpointCadence(cfg.save_every, cfg.save_every_minutes, cfg.steps)
+        self._evaluator = Evaluator(cfg, task, self._learner, self._tokenizer, device, policy_path=self._policy_path,
+                                    base_path=base_path, logger=self._logger, clock=self._clock)
+        self._failure: str | None = None  # why the run stopped early (non-finite updates, a user error)
+        self._skipped_in_a_row = 0
+        self._published = self._learner.version  # the version the workers were last sent
+        self._setup_s = 0.0  # set-up seconds, once every worker is ready
+
+    def _load_learner(self, device, base_path: str) -> tuple[Learner, object]:
+        """The learner (and the tokenizer) from ``self._policy_path`` (a resume's checkpoint)."""
+        cfg = self.cfg
+        tokenizer = load_tokenizer(self._policy_path)
         # fp32 master weights; bf16 autocast on GPU. With LoRA: base + adapter (resumed from policy_path's).
-        model = load_policy(cfg, policy_path, device, TRAIN_DTYPE)
+        model = load_policy(cfg, self._policy_path, device, TRAIN_DTYPE)
         # The reference is always the *initial* policy, also after a resume; with LoRA that is the
         # learner's own model with the adapter disabled (no second copy).
         ref = None
         if cfg.reference and cfg.reference_on == "learner":
             ref = ReferenceView(model) if cfg.lora_rank else load_model(base_path, device)
-        learner = Learner(cfg, model, ref, tokenizer.pad_token_id, device)
-        # Tasks that report kl_ref / ref_perplexity (wants_kl) evaluate against the initial policy (or
-        # reference_model); loaded at the first evaluation, reusing the learner's copy when it has one.
-        wants_kl = bool(getattr(task, "wants_kl", False))
-        eval_ref_path = resolve_model_path(cfg.reference_model, cfg.task) if cfg.reference_model else base_path
-        eval_ref = ref if (wants_kl and ref is not None and not cfg.reference_model) else None
-        if wants_kl and cfg.lora_rank and not cfg.reference_model:
-            eval_ref = ReferenceView(model)
-        eval_engine_name = cfg.eval_engine or cfg.engine
-        eval_engine = None  # built at the first evaluation when it is not the learner's own model
-        # Run totals (carried over by a resume); `run` below counts this process's part only.
-        counters = {"samples_seen": 0, "dropped": 0, "reward_errors": 0, "generator_restarts": 0,
-                    "requests_redispatched": 0, "skipped_updates": 0}
-        buffer = make_buffer(
-            cfg.buffer, max_lag=cfg.max_lag, group_size=cfg.samples_per_prompt, recency_prob=cfg.recency_prob,
-            inv_temp=cfg.inv_temp, per_prompt_capacity=cfg.per_prompt_capacity, capacity=cfg.buffer_capacity,
-            seed=cfg.seed,
-        )
-        resumed_gen_states: list[GeneratorState | None] = []  # per generator slot, from the checkpoint
-        wall0 = 0.0  # training wall-clock before this process (a resume continues the clock)
-        if trainer_state is not None:
-            learner.load_state_dict(trainer_state["learner"])
-            counters.update(trainer_state.get("counters", {}))
-            if trainer_state.get("buffer", {}).get("kind") == cfg.buffer:
-                buffer.load_state_dict(trainer_state["buffer"])
-            resumed_gen_states = [GeneratorState(**g) if g is not None else None
-                                  for g in trainer_state.get("generators", [])]
-            wall0 = float(trainer_state.get("wall_time_s", 0.0))
-        start_version = learner.version  # the version of policy_path's weights
-        run = {"generated": 0, "discarded": 0, "restarts": 0, "seen0": counters["samples_seen"],
-               "redispatched0": counters["requests_redispatched"], "restored": len(buffer), "sync_bytes": 0}
-        host = self.host = make_host(cfg, policy_path, base_path, gen_threads, self.inputs)
-        sched = self.scheduler = Scheduler(cfg.max_lag, cfg.prompts_per_step, host.depth)
-        logger = self._logger = RunLogger(self.run_dir, cfg.steps, learner.version,
-                                          resume=trainer_state is not None, cfg=cfg)
-        config_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+        return Learner(cfg, model, ref, tokenizer.pad_token_id, device), tokenizer
 
-        interrupted = False
-        failure: str | None = None  # why the run stopped early (restarts, non-finite updates, a user error)
-        totals = {"gen_time_s": 0.0, "score_time_s": 0.0, "gen_tokens": 0, "train_time_s": 0.0, "wait_time_s": 0.0,
-                  "sync_time_s": 0.0, "eval_time_s": 0.0, "weight_load_s": 0.0, "sync_bytes": 0}
-        step = learner.version
-        t0 = time.perf_counter()
-        eval_s = 0.0
-        setup_s = 0.0
-        end_wall: float | None = None
-        slot_of: dict[int, int] = {}  # worker id -> generator slot (a replacement takes the lost one's)
-        gen_states: dict[int, GeneratorState] = {}  # slot -> generator state after its last trained request
-        skipped_in_a_row = 0
-        last_save_t = time.perf_counter()
-        latest: WeightsUpdate | None = None  # what a (re)started worker is sent before any request
-        pending_stats: list = []  # GenStats of replies accepted since the last learner step
-        ready: set[int] = set()  # workers that reported ready and take requests
-        started = False  # every initial worker was ready once; failures before that are not restarted
-        next_worker_id = 0
+    def _restore(self) -> tuple[RunStats, list[GeneratorState | None], float]:
+        """A resume's learner and buffer state; returns the run statistics, the generator state
+        per slot and the training seconds before this process (a fresh run: zeros, [], 0)."""
+        state = self._trainer_state
+        if state is None:
+            return RunStats.resumed(), [], 0.0
+        self._learner.load_state_dict(state["learner"])
+        if state.get("buffer", {}).get("kind") == self.cfg.buffer:
+            self._buffer.load_state_dict(state["buffer"])
+        generators = [GeneratorState(**g) if g is not None else None for g in state.get("generators", [])]
+        stats = RunStats.resumed(state.get("counters", {}), restored=len(self._buffer))
+        return stats, generators, float(state.get("wall_time_s", 0.0))
 
-        def wall() -> float:  # evaluation pauses the clock: it is not part of training
-            if end_wall is not None:
-                return end_wall
-            return wall0 + time.perf_counter() - t0 - eval_s
+    # --- start: workers ready, initial weights, step-0 evaluation ----------------------------------
+    def _start(self) -> None:
+        self._pool.start()
+        while not self._pool.all_ready():
+            self._poll()
+            if self._stop_requested:
+                raise KeyboardInterrupt
+        if self._trainer_state is not None and "rng" in self._trainer_state:
+            # After the workers are built: building an inline generator seeds this process.
+            set_rng_state(self._trainer_state["rng"])
+        self._pool.started = True
+        self._setup_s = time.perf_counter() - self._t_setup
+        self._clock.restart()
+        self._stats.sync_time_s += self._publish()
+        if self._learner.version == 0:
+            self._evaluator.run(0)
+        self._trained = True  # from here on a failure keeps the run folder and checkpoints
 
-        def checkpoint(step: int):
-            nonlocal last_save_t
-            state = {"learner": learner.state_dict(), "counters": counters, "buffer": buffer.state_dict(),
-                     "generators": [gen_states[i].to_dict() if i in gen_states else None
-                                    for i in range(cfg.num_generators)],
-                     "rng": rng_state(), "wall_time_s": wall()}
-            path = save_checkpoint(self.run_dir, step, learner.model, tokenizer, state, config_yaml,
-                                   keep=cfg.keep_checkpoints, protect=Path(policy_path),
-                                   save_merged=bool(cfg.lora_rank and cfg.lora_save_merged))
-            last_save_t = time.perf_counter()
-            return path
+    # --- the loop ----------------------------------------------------------------------------------
+    @property
+    def failure(self) -> str | None:
+        """Why the run stops early: too many worker losses, non-finite updates, a user error."""
+        return self._failure or self._pool.failure
 
-        eval_history: list[dict] = []  # this process's evaluations, for the summary
+    def _running(self) -> bool:
+        return not self._stop_requested and self.failure is None
 
-        def run_eval(step: int) -> float | None:
-            nonlocal eval_s, eval_ref, eval_engine
-            w = wall()  # the training time at which this evaluation's weights were reached
-            te = time.perf_counter()
-            if wants_kl and eval_ref is None:
-                eval_ref = load_model(eval_ref_path, device).eval().requires_grad_(False)
-            engine = None  # hf: evaluate the learner's own model, no copy
-            if eval_engine_name != "hf":
-                if eval_engine is None:
-                    # It holds policy_path's weights: those of the version this process started at,
-                    # not necessarily the current one (a resumed run's first evaluation comes later).
-                    eval_engine = make_engine(cfg, policy_path, tokenizer, name=eval_engine_name, temperature=1.0,
-                                              seed=cfg.seed, version=start_version)
-                if eval_engine.version != learner.version:
-                    eval_engine.load_weights(learner.weights(), learner.version)
-                engine = eval_engine
-            with autocast(device):
-                metrics, rows = evaluate(learner.model, tokenizer, task, max_new_tokens=cfg.max_new_tokens,
-                                         limit=cfg.eval_limit, chat_template=cfg.chat_template, ref_model=eval_ref,
-                                         length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty,
-                                         engine=engine)
-            dt = time.perf_counter() - te
-            logger.log_eval({"step": step, "wall_time_s": w, **metrics, "n": len(rows),
-                             "eval_time_s": dt}, rows[: cfg.eval_log_generations])
-            eval_s += dt
-            eval_history.append({"step": step, **metrics})
-            return metrics.get("accuracy")
+    def _train(self) -> None:
+        while self._learner.version < self.cfg.steps and self._running():
+            self._pool.dispatch(self._learner.version, self._published)
+            tw = time.perf_counter()
+            done = self._wait_for_request()
+            if done is None:
+                break
+            self._train_step(done, wait_s=time.perf_counter() - tw)
 
-        def publish() -> float:
-            nonlocal latest
-            ts = time.perf_counter()
-            state = learner.weights()
-            # Bytes a transport moves for this publish (the adapter only, with LoRA).
-            run["sync_bytes"] = distinct_bytes(state)
-            totals["sync_bytes"] += run["sync_bytes"]
-            latest = host.publisher.publish(state, learner.version)
-            for wid in ready:
-                self.workers[wid].send(latest)
-            return time.perf_counter() - ts
+    def _poll(self) -> FromWorker | None:
+        """Handle the next worker message, if one comes within ``POLL_S``."""
+        msg = self.host.next_message(POLL_S)
+        if msg is not None:
+            self._pool.handle(msg)
+        return msg
 
-        def start_worker(slot: int) -> None:
-            nonlocal next_worker_id
-            wid, next_worker_id = next_worker_id, next_worker_id + 1
-            slot_of[wid] = slot
-            self.workers[wid] = host.start(wid, learner.version)
+    def _wait_for_request(self) -> RequestDone | None:
+        """The completed request to train on next; None when the run stops first."""
+        step = self._learner.version
+        taken = self.scheduler.take(step)
+        while taken is None and self._running():
+            msg = self._poll()
+            if msg is not None and not isinstance(msg, RequestDone):
+                # The workers changed (one lost, a replacement ready): re-dispatch now. A reply
+                # alone waits for the next step's dispatch, as before this scheduler existed:
+                # dispatching into the slot a reply frees would make one generator run max_lag
+                # ahead instead of one request (the default job's staleness 1 would become 2).
+                self._pool.dispatch(step, self._published)
+            taken = self.scheduler.take(step)
+        return taken[1] if taken is not None else None
 
-        def replace(wid: int, reason: str) -> None:
-            """A worker died or raised: re-dispatch its requests and start a fresh one."""
-            nonlocal failure
-            if wid not in self.workers:
-                return  # already replaced (e.g. a WorkerLost after its WorkerError)
-            lost = sched.remove_worker(wid)
-            self.workers.pop(wid).kill()
-            forget = getattr(host.publisher, "remove_worker", None)  # broadcast: leave it out of the group
-            if forget is not None:
-                forget(wid)
-            ready.discard(wid)
-            counters["generator_restarts"] += 1
-            run["restarts"] += 1  # the limit is per run: a resumed run starts over
-            logger.progress.note(f"generator {wid} lost ({reason.strip().splitlines()[-1]}); "
-                                 f"{len(lost)} request(s) to re-dispatch, starting a replacement")
-            if run["restarts"] > cfg.max_generator_restarts:
-                failure = (f"generator workers failed {run['restarts']} times, more than "
-                           f"max_generator_restarts={cfg.max_generator_restarts}; last: "
-                           f"{reason.strip().splitlines()[-1]}")
-                return
-            start_worker(slot_of[wid])
+    def _train_step(self, done: RequestDone, wait_s: float) -> None:
+        """Train on a batch once ``done``'s groups are in the buffer; log, evaluate, checkpoint."""
+        cfg, stats = self.cfg, self._stats
+        self._pool.record(done)
+        self._buffer.add(done.groups)
+        batch = self._buffer.sample(cfg.prompts_per_step, learner_version=self._learner.version)
+        stats.dropped += batch.dropped if batch is not None else 0
+        if batch is None:
+            return
+        m = self._learner.step(batch)
+        step = self._learner.version
+        skipped = m.pop("skipped_update")
+        self._count_skipped(step, skipped, m)
+        sync_s, sync_bytes = 0.0, 0
+        if step % cfg.sync_every == 0:
+            sync_s, sync_bytes = self._publish(), stats.last_sync_bytes
+        stats.samples_seen += sum(len(g.samples) for g in batch.groups)
+        stats.set_redispatched(self.scheduler.stats.redispatched)
+        stats.train_time_s += m["train_time_s"]
+        stats.wait_time_s += wait_s
+        stats.sync_time_s += sync_s
+        self._logger.log_step(step_row(
+            step=step, wall_s=self._clock.wall(), stats=stats, batch=batch, fresh=done.groups,
+            replies=self._pool.take_pending(), learner_metrics=m, skipped=skipped, sync_s=sync_s,
+            sync_bytes=sync_bytes, wait_s=wait_s, buffer_stats=self._buffer.stats()))
+        if self._evaluator.due(step):
+            self._evaluator.run(step)
+        if self._cadence.due(step, failed=self.failure is not None):
+            self._checkpoint(step)
 
-        def handle(msg) -> None:
-            if isinstance(msg, RequestDone):
-                run["generated"] += msg.samples
-                if not sched.complete(msg.worker_id, msg.request_id, msg):
-                    run["discarded"] += msg.samples  # a late or second reply: never trained twice
-                    counters["dropped"] += msg.samples
-                    return
-                pending_stats.append(msg.stats)
-                totals["gen_time_s"] += msg.stats.gen_time_s
-                totals["score_time_s"] += msg.stats.score_time_s
-                totals["gen_tokens"] += msg.stats.tokens
-                totals["weight_load_s"] += msg.weight_load_s
-                counters["reward_errors"] += msg.stats.reward_errors
-            elif isinstance(msg, WorkerReady):
-                if msg.worker_id not in self.workers:
-                    return
-                ready.add(msg.worker_id)
-                slot = slot_of[msg.worker_id]
-                if not started and slot < len(resumed_gen_states) and resumed_gen_states[slot] is not None:
-                    # A resumed run's first workers continue their slot's prompt stream and RNG.
-                    self.workers[msg.worker_id].send(RestoreGenerator(resumed_gen_states[slot]))
-                if latest is not None:
-                    self.workers[msg.worker_id].send(latest)
-                sched.add_worker(msg.worker_id)
-            elif isinstance(msg, WorkerError) and msg.user_error:
-                raise RunFailed(msg.message)
-            elif isinstance(msg, (WorkerError, WorkerLost)):
-                if not started:
-                    # Failing before the run even started (bad model, missing package): no restart loop.
-                    raise RunFailed(f"generator {msg.worker_id} failed to start:\n"
-                                    f"{msg.message if isinstance(msg, WorkerError) else msg.reason}")
-                replace(msg.worker_id, msg.message if isinstance(msg, WorkerError) else msg.reason)
+    def _count_skipped(self, step: int, skipped: bool, m: dict) -> None:
+        """A non-finite update is skipped and counted; ``max_skipped_updates`` in a row stop the run."""
+        self._stats.skipped_updates += int(skipped)
+        self._skipped_in_a_row = self._skipped_in_a_row + 1 if skipped else 0
+        if skipped:
+            self._logger.progress.note(f"step {step}: non-finite loss or gradient norm (loss {m['loss']}, "
+                                       f"grad_norm {m['grad_norm']}); update skipped "
+                                       f"({self._skipped_in_a_row} in a row)")
+        if self._skipped_in_a_row >= self.cfg.max_skipped_updates:
+            self._failure = (f"{self._skipped_in_a_row} updates in a row had a non-finite loss or gradient norm "
+                             f"(max_skipped_updates={self.cfg.max_skipped_updates}); the weights are those of "
+                             f"the last finite update")
 
-        try:
-            for slot in range(cfg.num_generators):
-                start_worker(slot)
-            while len(ready) < cfg.num_generators:
-                msg = host.next_message(POLL_S)
-                if msg is not None:
-                    handle(msg)
-                if self._stop_requested:
-                    raise KeyboardInterrupt
-            if trainer_state is not None and "rng" in trainer_state:
-                # After the workers are built: building an inline generator seeds this process.
-                set_rng_state(trainer_state["rng"])
-            started = True
-            setup_s = time.perf_counter() - t_setup
-            t0 = time.perf_counter()
-            totals["sync_time_s"] += publish()
-            published = step
-            if step == 0:
-                run_eval(0)
-            self._trained = True  # from here on a failure keeps the run folder and checkpoints
-            while step < cfg.steps and not self._stop_requested and failure is None:
-                for wid, req in sched.dispatch(step, published):
-                    self.workers[wid].send(req)
-                tw = time.perf_counter()
-                taken = sched.take(step)
-                while taken is None and not self._stop_requested and failure is None:
-                    msg = host.next_message(POLL_S)
-                    if msg is not None:
-                        handle(msg)
-                        if not isinstance(msg, RequestDone):
-                            # The workers changed (one lost, a replacement ready): re-dispatch now.
-                            # A reply alone waits for the next step's dispatch, as before this
-                            # scheduler existed: dispatching into the slot a reply frees would make
-                            # one generator run max_lag ahead instead of one request (the default
-                            # job's staleness 1 would become 2).
-                            for wid, req in sched.dispatch(step, published):
-                                self.workers[wid].send(req)
-                    taken = sched.take(step)
-                if taken is None:
-                    break
-                wait_s = time.perf_counter() - tw
-                done = taken[1]
-                groups = done.groups
-                if done.generator_state is not None:
-                    gen_states[slot_of[done.worker_id]] = done.generator_state
-                buffer.add(groups)
-                batch = buffer.sample(cfg.prompts_per_step, learner_version=step)
-                counters["dropped"] += batch.dropped if batch is not None else 0
-                if batch is None:
-                    continue
-                m = learner.step(batch)
-                step = learner.version
-                skipped = m.pop("skipped_update")
-                counters["skipped_updates"] += int(skipped)
-                skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
-                if skipped:
-                    logger.progress.note(f"step {step}: non-finite loss or gradient norm (loss {m['loss']}, "
-                                         f"grad_norm {m['grad_norm']}); update skipped "
-                                         f"({skipped_in_a_row} in a row)")
-                if skipped_in_a_row >= cfg.max_skipped_updates:
-                    failure = (f"{skipped_in_a_row} updates in a row had a non-finite loss or gradient norm "
-                               f"(max_skipped_updates={cfg.max_skipped_updates}); the weights are those of the "
-                               f"last finite update")
-                sync_s, sync_bytes = 0.0, 0
-                if step % cfg.sync_every == 0:
-                    sync_s = publish()
-                    sync_bytes = run["sync_bytes"]
-                    published = step
-                counters["samples_seen"] += sum(len(g.samples) for g in batch.groups)
-                counters["requests_redispatched"] = run["redispatched0"] + sched.stats.redispatched
-                gen_t = sum(s.gen_time_s for s in pending_stats)
-                gen_tok = sum(s.tokens for s in pending_stats)
-                fresh = [s.reward for g in groups for s in g.samples]
-                # Each reward function's mean over the fresh samples (custom task; TRL's rewards/<name>/mean).
-                parts: dict[str, list[float]] = {}
-                for st in pending_stats:
-                    for name, (total, count) in st.reward_components.items():
-                        acc = parts.setdefault(name, [0.0, 0])
-                        acc[0] += total
-                        acc[1] += count
-                reward_parts = {f"rewards/{k}/mean": (a / n if n else float("nan")) for k, (a, n) in parts.items()}
-                pending_stats.clear()
-                totals["train_time_s"] += m["train_time_s"]
-                totals["wait_time_s"] += wait_s
-                totals["sync_time_s"] += sync_s
-                rewards = [s.reward for g in batch.groups for s in g.samples]
-                row = {
-                    "step": step,
-                    "wall_time_s": wall(),
-                    "samples_seen": counters["samples_seen"],
-                    "reward_mean": sum(rewards) / len(rewards),
-                    # NaN (null in metrics.jsonl) when reward_errors=skip dropped every group of the request
-                    "fresh_reward_mean": sum(fresh) / len(fresh) if fresh else float("nan"),
-                    **reward_parts,
-                    "loss": m.pop("loss"),
-                    "kl": m.pop("kl"),
-                    "staleness_mean": batch.staleness_mean,
-                    "staleness_max": batch.staleness_max,
-                    "dropped_total": counters["dropped"],
-                    "reward_errors_total": counters["reward_errors"],
-                    "generator_restarts_total": counters["generator_restarts"],
-                    "requests_redispatched_total": counters["requests_redispatched"],
-                    "skipped_update": int(skipped),
-                    "skipped_updates_total": counters["skipped_updates"],
-                    "gen_tokens_per_s": gen_tok / gen_t if gen_t > 0 else 0.0,
-                    "learner_tokens_per_s": m.pop("learner_tokens_per_s"),
-                    "sync_time_s": sync_s,
-                    "sync_bytes": sync_bytes,
-                    "wait_time_s": wait_s,
-                    **m,
-                    **{f"buffer/{k}": v for k, v in buffer.stats().items()},
-                }
-                logger.log_step(row)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                    run_eval(step)
-                due = (cfg.save_every and step % cfg.save_every == 0) or (
-                    cfg.save_every_minutes and time.perf_counter() - last_save_t >= 60 * cfg.save_every_minutes)
-                if due and step < cfg.steps and failure is None:
-                    checkpoint(step)
-        except KeyboardInterrupt:  # Ctrl-C before the handler was installed, or off the main thread
-            interrupted = True
-        except (RunFailed, RewardError) as e:
-            if not self._trained:
-                raise  # nothing trained yet: no checkpoint, the run folder goes (see run())
-            failure = str(e)  # between steps: the state is consistent, so the final checkpoint is written
-        finally:
-            end_wall = wall()  # training ends here; stopping workers is teardown
-            host.close()
-            host.publisher.close()
-        interrupted = interrupted or self._stop_requested
-        counters["requests_redispatched"] = run["redispatched0"] + sched.stats.redispatched
-        # Replies completed but never trained on (the run ended first) count as dropped.
-        unconsumed = sum(r.samples for r in sched.unconsumed())
+    def _publish(self) -> float:
+        """Send the learner's current weights to the workers; returns the seconds it took."""
+        ts = time.perf_counter()
+        self._pool.publish(self._learner.weights(), self._learner.version)
+        self._published = self._learner.version
+        return time.perf_counter() - ts
+
+    def _checkpoint(self, step: int) -> Path:
+        learner = self._learner
+        state = {"learner": learner.state_dict(), "counters": self._stats.counters(),
+                 "buffer": self._buffer.state_dict(), "generators": self._pool.generator_states(),
+                 "rng": rng_state(), "wall_time_s": self._clock.wall()}
+        path = save_checkpoint(self.run_dir, step, learner.model, self._tokenizer, state, self._config_yaml,
+                               keep=self.cfg.keep_checkpoints, protect=Path(self._policy_path),
+                               save_merged=bool(self.cfg.lora_rank and self.cfg.lora_save_merged))
+        self._cadence.saved()
+        return path
+
+    # --- the end (the workers have stopped) --------------------------------------------------------
+    def _finish(self, interrupted: bool) -> dict:
+        """Final evaluation (unless stopped or failed), final checkpoint, ``summary.json``."""
+        step = self._learner.version
+        self._stats.set_redispatched(self.scheduler.stats.redispatched)
         final_acc = None
         try:
-            if not interrupted and failure is None:
-                final_acc = run_eval(step)
+            if not interrupted and self.failure is None:
+                final_acc = self._evaluator.run(step)
         finally:
-            if eval_engine is not None:
-                eval_engine.close()
-        ckpt = checkpoint(step)
-        logger.close()
-        totals["eval_time_s"] = eval_s
-        buffer_stats = buffer.stats()
-        summary = {
-            "steps": step,
-            "interrupted": interrupted,
-            "signal": self.stop_signal,
-            "failed": failure,
-            "final_accuracy": final_acc,
-            "wall_time_s": end_wall,
-            "setup_time_s": setup_s,
-            "samples_seen": counters["samples_seen"],
-            "dropped": counters["dropped"],
-            "reward_errors": counters["reward_errors"],
-            "generator_restarts": counters["generator_restarts"],
-            "requests_redispatched": counters["requests_redispatched"],
-            "skipped_updates": counters["skipped_updates"],
-            # This process's samples (a resumed run counts from the resume, and its buffer's
-            # restored samples as generated). fifo: generated = trained + in_buffer + dropped. tba
-            # replays, so there generated = in_buffer + evicted + dropped, and trained counts
-            # draws. dropped = too stale + late/duplicate replies + replies the run ended before
-            # training on.
-            "accounting": {
-                "samples_generated": run["generated"] + run["restored"],
-                "samples_restored": run["restored"],
-                "samples_trained": counters["samples_seen"] - run["seen0"],
-                "samples_in_buffer": len(buffer),
-                "samples_dropped": int(buffer_stats.get("dropped", 0)) + run["discarded"] + unconsumed,
-                "samples_evicted": int(sum(buffer_stats.get(k, 0) for k in ("evicted", "evicted_prompt_cap",
-                                                                             "duplicates"))),
-                "requests": {"dispatched": sched.stats.dispatched, "completed": sched.stats.completed,
-                             "taken": sched.stats.taken, "discarded": sched.stats.discarded,
-                             "taken_out_of_order": sched.stats.taken_out_of_order,
-                             "unconsumed": len(sched.unconsumed())},
-            },
-            "checkpoint": str(ckpt),
-            "run_dir": str(self.run_dir),
-            # every evaluation this process ran (step 0 / the resume step, each eval_every, the end)
-            "eval_history": [{k: (None if isinstance(v, float) and v != v else v) for k, v in e.items()}
-                             for e in eval_history],
-            **totals,
-        }
+            self._evaluator.close()
+        ckpt = self._checkpoint(step)
+        self._logger.close()
+        self._stats.eval_time_s = self._clock.paused_s
+        summary = build_summary(
+            steps=step, interrupted=interrupted, signal=self.stop_signal, failed=self.failure,
+            final_accuracy=final_acc, wall_time_s=self._clock.wall(), setup_time_s=self._setup_s,
+            stats=self._stats, scheduler=self.scheduler, buffer_len=len(self._buffer),
+            buffer_stats=self._buffer.stats(), checkpoint=str(ckpt), run_dir=str(self.run_dir),
+            eval_history=self._evaluator.history)
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary

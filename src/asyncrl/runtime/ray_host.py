@@ -33,6 +33,7 @@ from collections import deque
 from typing import Any
 
 from asyncrl.config import Config
+from asyncrl.errors import one_line
 from asyncrl.runtime.hosts import WORKER_DEPTH
 from asyncrl.runtime.object_store import ObjectRefBox, ObjectStorePublisher, ray_module, resolved
 from asyncrl.runtime.spec import WorkerSpec
@@ -176,7 +177,7 @@ class RemoteRewardTask:
                 raise e.cause from None  # the reward's own exception, as if it ran here
             raise
         except ray.exceptions.RayError as e:
-            raise RewardActorUnavailable(f"the shared reward actor is gone: {_last_line(e)}") from e
+            raise RewardActorUnavailable(f"the shared reward actor is gone: {one_line(e, "last")}") from e
 
 
 _CLASSES: dict[str, Any] = {}
@@ -261,12 +262,6 @@ def config_for_actors(cfg: Config) -> dict:
 
 def _cpu_if_auto(cfg: Config, field: str) -> dict:
     return {field: "cpu"} if getattr(cfg, field) == "auto" else {}
-
-
-def _last_line(e: BaseException) -> str:
-    """The informative line of a Ray error (they end with why the actor or task died)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
 
 
 # --- the host --------------------------------------------------------------------------------------
@@ -455,7 +450,7 @@ class RayHost:
                 # RayActorError / ActorDiedError (killed, node died, out of memory), worker crash:
                 # whatever the call was (setup, load or generate), the worker is gone.
                 self._finish(w, kill=True)
-                return WorkerLost(wid, f"ray actor {w.name} died during {call}: {_last_line(e)}")
+                return WorkerLost(wid, f"ray actor {w.name} died during {call}: {one_line(e, "last")}")
             if isinstance(reply, WorkerError):
                 # The worker is done after an error, as a thread or process worker exits.
                 self._finish(w, kill=True)

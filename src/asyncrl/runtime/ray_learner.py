@@ -4,16 +4,16 @@ driver only waiting. See docs/distributed.md. Ray is imported lazily (an optiona
 
 from __future__ import annotations
 
-import signal
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 from asyncrl.config import Config
-from asyncrl.runtime.controller import Controller, RunAborted
-from asyncrl.runtime.ray_host import _last_line, config_for_actors, ensure_ray
+from asyncrl.errors import one_line
+from asyncrl.runtime.controller import Controller
+from asyncrl.runtime.ray_host import config_for_actors, ensure_ray
 from asyncrl.runtime.object_store import ray_module as _ray
+from asyncrl.signals import stop_on_signals
 from asyncrl.tasks import TaskInputs
 
 
@@ -56,18 +56,10 @@ def run_in_learner_actor(cfg: Config, run_dir, inputs=None) -> dict:
     owns = ensure_ray(cfg, learner_actor=True)
     ray = _ray()
     actor = None
-    presses = 0
-    old_handlers = {}
 
-    def on_signal(signum, frame):  # Ctrl-C or SIGTERM (what schedulers send), as in the driver mode
-        nonlocal presses
-        presses += 1
-        name = signal.Signals(signum).name
-        if presses > 1:
-            raise RunAborted(name)
-        print(f"\n{name}: stopping after this step and writing a final checkpoint "
-              "(send it again to abort without saving)", flush=True)
-        actor.request_stop.remote(name)
+    def forward_stop(name: str) -> None:  # the first Ctrl-C / SIGTERM: the actor's controller stops
+        if actor is not None:
+            actor.request_stop.remote(name)
 
     try:
         actor = _learner_class().options(
@@ -77,11 +69,9 @@ def run_in_learner_actor(cfg: Config, run_dir, inputs=None) -> dict:
         run_dir = str(Path(run_dir).resolve())
         ref = actor.run.remote({**config_for_actors(cfg), "output_dir": run_dir}, run_dir,
                                inputs.dumps() if inputs is not None else None)
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old_handlers[sig] = signal.signal(sig, on_signal)
-        while not ray.wait([ref], timeout=0.5)[0]:
-            pass
+        with stop_on_signals(forward_stop):  # a second signal raises RunAborted (asyncrl.signals)
+            while not ray.wait([ref], timeout=0.5)[0]:
+                pass
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as e:
@@ -89,10 +79,8 @@ def run_in_learner_actor(cfg: Config, run_dir, inputs=None) -> dict:
                 raise e.cause from None
             raise
         except ray.exceptions.RayActorError as e:
-            raise RuntimeError(f"the learner actor died: {_last_line(e)}") from None
+            raise RuntimeError(f"the learner actor died: {one_line(e, 'last')}") from None
     finally:
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
         if actor is not None:
             try:
                 ray.kill(actor, no_restart=True)

@@ -1,0 +1,64 @@
+"""The metrics row of one learner step: a pure function of the step's results.
+
+One row per step goes to ``metrics.jsonl`` (and TensorBoard / W&B). The keys and their order are
+the file's format: ``step, wall_time_s, samples_seen, reward_mean, fresh_reward_mean``, the
+custom task's ``rewards/<name>/mean``, ``loss, kl``, staleness, the run totals (``*_total``),
+throughput and sync times, then the learner's other metrics and ``buffer/<stat>``.
+"""
+
+from __future__ import annotations
+
+from asyncrl.runtime.stats import RunStats
+from asyncrl.types import GenStats, Group
+
+
+def reward_parts(replies: list[GenStats]) -> dict[str, float]:
+    """Each reward function's mean over the fresh samples of ``replies`` (the custom task's
+    ``rewards/<name>/mean``, as TRL names it); NaN for a function that scored nothing."""
+    parts: dict[str, list[float]] = {}
+    for st in replies:
+        for name, (total, count) in st.reward_components.items():
+            acc = parts.setdefault(name, [0.0, 0])
+            acc[0] += total
+            acc[1] += count
+    return {f"rewards/{k}/mean": (a / n if n else float("nan")) for k, (a, n) in parts.items()}
+
+
+def step_row(*, step: int, wall_s: float, stats: RunStats, batch, fresh: list[Group], replies: list[GenStats],
+             learner_metrics: dict, skipped: bool, sync_s: float, sync_bytes: int, wait_s: float,
+             buffer_stats: dict) -> dict:
+    """The row of learner step ``step``. ``batch``: what it trained on (its groups and staleness);
+    ``fresh``: the groups of the request taken this step; ``replies``: the stats of the replies
+    accepted since the previous step; ``learner_metrics``: ``Learner.step``'s dict without
+    ``skipped_update`` (not modified); ``stats``: the run totals after this step."""
+    m = dict(learner_metrics)
+    gen_t = sum(s.gen_time_s for s in replies)
+    gen_tok = sum(s.tokens for s in replies)
+    fresh_rewards = [s.reward for g in fresh for s in g.samples]
+    rewards = [s.reward for g in batch.groups for s in g.samples]
+    return {
+        "step": step,
+        "wall_time_s": wall_s,
+        "samples_seen": stats.samples_seen,
+        "reward_mean": sum(rewards) / len(rewards),
+        # NaN (null in metrics.jsonl) when reward_errors=skip dropped every group of the request
+        "fresh_reward_mean": sum(fresh_rewards) / len(fresh_rewards) if fresh_rewards else float("nan"),
+        **reward_parts(replies),
+        "loss": m.pop("loss"),
+        "kl": m.pop("kl"),
+        "staleness_mean": batch.staleness_mean,
+        "staleness_max": batch.staleness_max,
+        "dropped_total": stats.dropped,
+        "reward_errors_total": stats.reward_errors,
+        "generator_restarts_total": stats.generator_restarts,
+        "requests_redispatched_total": stats.requests_redispatched,
+        "skipped_update": int(skipped),
+        "skipped_updates_total": stats.skipped_updates,
+        "gen_tokens_per_s": gen_tok / gen_t if gen_t > 0 else 0.0,
+        "learner_tokens_per_s": m.pop("learner_tokens_per_s"),
+        "sync_time_s": sync_s,
+        "sync_bytes": sync_bytes,
+        "wait_time_s": wait_s,
+        **m,
+        **{f"buffer/{k}": v for k, v in buffer_stats.items()},
+    }
