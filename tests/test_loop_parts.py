@@ -231,10 +231,11 @@ def test_pool_counts_replies_and_keeps_the_slots_generator_state():
     assert pool.generator_states() == [state.to_dict()]
 
 
-def test_pool_close_closes_host_and_publisher():
+def test_pool_close_closes_the_host_once_and_leaves_its_publisher_to_it():
     pool, host, _ = _pool()
     pool.close()
-    assert host.closed == 1 and host.publisher.closed == 1
+    # the host owns its publisher and closes it in host.close() (hosts.py); the pool must not close it twice
+    assert host.closed == 1 and host.publisher.closed == 0
 
 
 # --- the training clock and the evaluator -----------------------------------------------------------------

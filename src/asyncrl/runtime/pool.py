@@ -134,11 +134,11 @@ class WorkerPool:
         self.host.publisher.remove_worker(wid)  # broadcast: leave it out of the group; others: nothing
         self.ready.discard(wid)
         self.stats.add_restart()  # the limit is per process: a resumed run starts over
-        self._note(f"generator {wid} lost ({one_line(reason, "last")}); "
+        self._note(f"generator {wid} lost ({one_line(reason, 'last')}); "
                    f"{len(lost)} request(s) to re-dispatch, starting a replacement")
         if self.stats.restarts > self.max_restarts:
             self.failure = (f"generator workers failed {self.stats.restarts} times, more than "
-                            f"max_generator_restarts={self.max_restarts}; last: {one_line(reason, "last")}")
+                            f"max_generator_restarts={self.max_restarts}; last: {one_line(reason, 'last')}")
             return
         self._start(self.slot_of[wid])
 

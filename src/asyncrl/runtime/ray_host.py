@@ -177,7 +177,7 @@ class RemoteRewardTask:
                 raise e.cause from None  # the reward's own exception, as if it ran here
             raise
         except ray.exceptions.RayError as e:
-            raise RewardActorUnavailable(f"the shared reward actor is gone: {one_line(e, "last")}") from e
+            raise RewardActorUnavailable(f"the shared reward actor is gone: {one_line(e, 'last')}") from e
 
 
 _CLASSES: dict[str, Any] = {}
@@ -450,7 +450,7 @@ class RayHost:
                 # RayActorError / ActorDiedError (killed, node died, out of memory), worker crash:
                 # whatever the call was (setup, load or generate), the worker is gone.
                 self._finish(w, kill=True)
-                return WorkerLost(wid, f"ray actor {w.name} died during {call}: {one_line(e, "last")}")
+                return WorkerLost(wid, f"ray actor {w.name} died during {call}: {one_line(e, 'last')}")
             if isinstance(reply, WorkerError):
                 # The worker is done after an error, as a thread or process worker exits.
                 self._finish(w, kill=True)
