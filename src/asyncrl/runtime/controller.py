@@ -56,6 +56,7 @@ from asyncrl.policy import TRAIN_DTYPE, load_model, load_tokenizer, resolve_devi
 from asyncrl.runtime.cadence import CheckpointCadence
 from asyncrl.runtime.evaluator import Evaluator, TrainClock
 from asyncrl.runtime.hosts import Host, InlineHost, LocalHost, Worker
+from asyncrl.runtime.ray_host import RayHost  # imports no Ray until a RayHost is made
 from asyncrl.runtime.messages import FromWorker, GeneratorState, RequestDone
 from asyncrl.runtime.metrics_row import step_row
 from asyncrl.runtime.pool import WorkerPool
@@ -74,8 +75,6 @@ def make_host(cfg: Config, policy_path: str, ref_path: str, gen_threads: int, in
     """The host for ``cfg.runtime`` / ``cfg.workers``: the one place a runtime is chosen.
     ``inputs``: the Python objects given to :func:`asyncrl.train` (``TaskInputs``), or None."""
     if cfg.runtime == "ray":
-        from asyncrl.runtime.ray_host import RayHost
-
         return RayHost(cfg, policy_path, ref_path, inputs)
     if cfg.workers == "inline":
         return InlineHost(cfg, policy_path, ref_path, inputs)
@@ -241,7 +240,7 @@ class Controller:
             if self._stop_requested:
                 raise KeyboardInterrupt
         if self._trainer_state is not None and "rng" in self._trainer_state:
-            # After the workers are built: building an inline generator seeds this process.
+            # The learner's random state as saved (generators keep their own: GeneratorState.rng).
             set_rng_state(self._trainer_state["rng"])
         self._pool.started = True
         self._setup_s = time.perf_counter() - self._t_setup
