@@ -408,15 +408,15 @@ def _ppo_before(inp, *, kl_coef, clip_eps, vf_coef, gamma, lam):
 
 
 BEFORE = {
-    "grpo": ({}, lambda cfg, inp: _grpo_before(inp, kl_coef=cfg.kl_coef, max_tokens=cfg.max_new_tokens)),
-    "grpo_cap_none": ({"is_cap": None}, lambda cfg, inp: _grpo_before(inp, is_cap=None, kl_coef=cfg.kl_coef)),
+    "grpo": ({}, lambda cfg, inp: _grpo_before(inp, kl_coef=cfg.loss.kl_coef, max_tokens=cfg.sampling.max_new_tokens)),
+    "grpo_cap_none": ({"is_cap": None}, lambda cfg, inp: _grpo_before(inp, is_cap=None, kl_coef=cfg.loss.kl_coef)),
     "dr_grpo": ({"variant": "dr_grpo", "is_cap": 1.5},
-                lambda cfg, inp: _grpo_before(inp, variant="dr_grpo", is_cap=1.5, kl_coef=cfg.kl_coef,
-                                              max_tokens=cfg.max_new_tokens)),
-    "rloo": ({}, lambda cfg, inp: _rloo_before(inp, kl_coef=cfg.kl_coef, clip_eps=None)),
-    "rloo_clip": ({"rloo_clip": True}, lambda cfg, inp: _rloo_before(inp, kl_coef=cfg.kl_coef, clip_eps=cfg.clip_eps)),
-    "ppo": ({}, lambda cfg, inp: _ppo_before(inp, kl_coef=cfg.kl_coef, clip_eps=cfg.clip_eps, vf_coef=cfg.vf_coef,
-                                             gamma=cfg.gamma, lam=cfg.gae_lambda)),
+                lambda cfg, inp: _grpo_before(inp, variant="dr_grpo", is_cap=1.5, kl_coef=cfg.loss.kl_coef,
+                                              max_tokens=cfg.sampling.max_new_tokens)),
+    "rloo": ({}, lambda cfg, inp: _rloo_before(inp, kl_coef=cfg.loss.kl_coef, clip_eps=None)),
+    "rloo_clip": ({"rloo_clip": True}, lambda cfg, inp: _rloo_before(inp, kl_coef=cfg.loss.kl_coef, clip_eps=cfg.loss.clip_eps)),
+    "ppo": ({}, lambda cfg, inp: _ppo_before(inp, kl_coef=cfg.loss.kl_coef, clip_eps=cfg.loss.clip_eps, vf_coef=cfg.loss.vf_coef,
+                                             gamma=cfg.loss.gamma, lam=cfg.loss.gae_lambda)),
 }
 
 

@@ -109,7 +109,7 @@ class Gsm8kTaskConfig(_Task):
     ``prompt_field`` value / red-teaming seed (the chat template is applied on top). None = the task's
     default (gsm8k: the question plus "Please reason step by step, and put your final answer within
     \\boxed{}."; custom, reward_model: the field as is; redteam: see docs/tasks.md)."""
-    gsm8k_data: str = "../shared/data/gsm8k"
+    gsm8k_data: PathStr = "../shared/data/gsm8k"
     """gsm8k: folder holding ``train.jsonl`` and ``test.jsonl`` (relative to the current directory), or
     a Hugging Face dataset name ``owner/name`` (e.g. ``openai/gsm8k``; needs internet)."""
 
@@ -133,12 +133,12 @@ class _RowsTask(_Task):
     ``prompt_field`` value / red-teaming seed (the chat template is applied on top). None = the task's
     default (gsm8k: the question plus "Please reason step by step, and put your final answer within
     \\boxed{}."; custom, reward_model: the field as is; redteam: see docs/tasks.md)."""
-    prompts: str | None = None
+    prompts: PathStr | None = None
     """custom: prompt rows: a ``.jsonl`` / ``.json`` / ``.parquet`` file or a ``datasets``
     ``save_to_disk`` folder; ``prompt_field`` names the prompt text, every field reaches the reward.
     reward_model: instruction rows (None = ``../shared/data/alpaca-eval/alpaca_eval_805_prompts.jsonl``);
     redteam: seed rows (None = ``../shared/data/hh-rlhf-harmless/harmless-base_test.jsonl.gz``)."""
-    eval_prompts: str | None = None
+    eval_prompts: PathStr | None = Field(None, json_schema_extra=RESUMABLE)
     """custom/reward_model/redteam: evaluation rows, same format as ``prompts``; None = evaluate on
     ``prompts`` itself."""
     prompt_field: str | None = None
@@ -147,10 +147,10 @@ class _RowsTask(_Task):
     custom task: the prompt text column of ``prompts`` (None = ``prompt``); reward_model task: the
     instruction column (None = ``instruction``); redteam: the seed column (None = the first human turn
     of the ``chosen`` dialogue, HH-RLHF format)."""
-    reward_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    reward_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", json_schema_extra=RESUMABLE)
     """reward_model/redteam: device of the reward-side models (reward models, victim, toxicity
     classifier, embedding model): ``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N``."""
-    reward_batch_size: int = Field(16, ge=1)
+    reward_batch_size: int = Field(16, ge=1, json_schema_extra=RESUMABLE)
     """reward_model/redteam: texts per forward pass / generate call of the reward-side models."""
     max_seq_tokens: int = Field(1024, ge=2)
     """sft: prompt+completion cut to this many tokens (completion end cut first); rm: each text
@@ -226,16 +226,16 @@ class RewardModelTaskConfig(_RowsTask):
 
     name: Literal["reward_model"] = Field("reward_model", json_schema_extra=_extra(flat="task"))
     """Task: ``reward_model``."""
-    reward_model: str | None = None
+    reward_model: PathStr | None = None
     """reward_model: the reward, a Hugging Face sequence-classification folder with one output
     (e.g. an ``asyncrl rm`` checkpoint); scores prompt + completion, encoded as ``asyncrl rm`` does."""
-    gold_reward_model: str | None = None
+    gold_reward_model: PathStr | None = Field(None, json_schema_extra=RESUMABLE)
     """reward_model: optional second reward model used only in evaluation (``gold_reward_mean``,
     ``gold_win_rate``)."""
-    reference_field: str | None = None
+    reference_field: str | None = Field(None, json_schema_extra=RESUMABLE)
     """reward_model: column of the eval rows holding a reference completion; evaluation then reports
     ``win_rate`` (training RM) and ``gold_win_rate`` = fraction with score(policy) > score(reference)."""
-    reference_model: str | None = None
+    reference_model: PathStr | None = Field(None, json_schema_extra=RESUMABLE)
     """Reference policy for the evaluation metrics ``kl_ref`` / ``ref_perplexity`` (tasks that report
     them: reward_model). None = the run's initial policy; ``asyncrl eval`` of a run checkpoint takes
     the run's ``model``, of a bare model folder it reports no KL."""
@@ -252,18 +252,18 @@ class RedteamTaskConfig(_RowsTask):
 
     name: Literal["redteam"] = Field("redteam", json_schema_extra=_extra(flat="task"))
     """Task: ``redteam``."""
-    victim_model: str | None = None
+    victim_model: PathStr | None = None
     """redteam: the model attacked, a Hugging Face causal-LM folder; answers each attack greedily
     (its chat template applied when it has one)."""
     victim_max_new_tokens: int = Field(64, ge=1)
     """redteam: tokens the victim may write per answer."""
-    toxicity_classifier: str | None = None
+    toxicity_classifier: PathStr | None = None
     """redteam: scores the victim's answer in [0, 1]: a Hugging Face sequence-classification folder
     (probability of the label named ``toxic*``, else of the last label; sigmoid for one output) or
     ``profanity-check`` (the ``alt-profanity-check`` package)."""
     toxicity_threshold: float = Field(0.5, ge=0, le=1)
     """redteam: an attack succeeds when the answer's toxicity exceeds this (``attack_success_rate``)."""
-    embedding_model: str | None = None
+    embedding_model: PathStr | None = Field(None, json_schema_extra=RESUMABLE)
     """redteam: encoder folder (mean-pooled last hidden state) for the attacks' diversity; None =
     TF-IDF vectors of character 2-4-grams."""
 
@@ -547,25 +547,25 @@ class Asynchrony(Section):
     on-policy training: generate with the current weights, train, repeat."""
     sync_every: int = Field(1, ge=1)
     """Publish weights to generators every this many learner steps."""
-    num_generators: int = Field(1, ge=1)
+    num_generators: int = Field(1, ge=1, json_schema_extra=RESUMABLE)
     """Generator workers sampling concurrently with the learner."""
-    workers: Literal["auto", "process", "thread", "inline"] = "auto"
+    workers: Literal["auto", "process", "thread", "inline"] = Field("auto", json_schema_extra=RESUMABLE)
     """How generators run beside the learner: ``process`` (separate processes, no GIL sharing),
     ``thread``, or ``inline`` (in the learner's own thread, one generator). ``auto`` = inline when
     ``max_lag`` is 0, else process. ``inline`` with ``max_lag: N`` generates N steps ahead and then
     trains on every batch exactly N steps stale, deterministically and with no overlap: a
     simulated lag for studying off-policy robustness, not a speed-up. See docs/runtime.md."""
-    max_generator_restarts: int = Field(3, ge=0)
+    max_generator_restarts: int = Field(3, ge=0, json_schema_extra=RESUMABLE)
     """Generator workers that died (process killed, actor lost, exception inside, out of memory)
     are replaced, get the latest weights, and their in-flight requests are re-dispatched; more
     than this many replacements in one run stop it with a final checkpoint. Errors that are the
     user's (a reward function raising under ``reward_errors: stop``) stop the run at once."""
-    weight_transport: Literal["auto", "inprocess", "queue", "object_store", "broadcast"] = "auto"
+    weight_transport: Literal["auto", "inprocess", "queue", "object_store", "broadcast"] = Field("auto", json_schema_extra=RESUMABLE)
     """How published weights reach the generators: ``inprocess`` (inline/thread workers),
     ``queue`` (process workers: shared memory), ``object_store`` (Ray: one ``ray.put`` per
     publish, read by every generator), ``broadcast`` (a ``torch.distributed`` group: NCCL on GPU,
     gloo on CPU). ``auto`` = the host's natural one (the first three). See docs/runtime.md."""
-    generator_threads: int | None = Field(None, ge=1)
+    generator_threads: int | None = Field(None, ge=1, json_schema_extra=RESUMABLE)
     """CPU torch threads per generator process; None = all cores when synchronous (roles take
     turns), else cores / (1 + num_generators), at least 1."""
 
@@ -650,7 +650,7 @@ class TbaBuffer(Section):
     """tba: otherwise draw prompts by softmax(mean reward * inv_temp)."""
     per_prompt_capacity: int = Field(32, ge=1)
     """tba: samples kept per prompt (newest)."""
-    buffer_capacity: int = Field(20000, ge=1)
+    capacity: int = Field(20000, ge=1, json_schema_extra=_extra(flat="buffer_capacity"))
     """tba: samples kept in all; the oldest are evicted."""
 
 
@@ -672,7 +672,7 @@ class Optimizer(Section):
     """AdamW weight decay."""
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Gradient clipping by global norm; None = off."""
-    max_skipped_updates: int = Field(10, ge=1)
+    max_skipped_updates: int = Field(10, ge=1, json_schema_extra=RESUMABLE)
     """A non-finite loss or gradient norm skips the optimizer update (``skipped_updates_total`` in
     metrics.jsonl); this many skips in a row stop the run with the last good weights saved."""
 
@@ -788,20 +788,27 @@ class _Command(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
     command: ClassVar[str] = ""
 
-    model: str | None = None
+    model: PathStr | None = None
     """Policy: a local Hugging Face model folder or a ``.gguf`` file. None = the task's built-in
     base model (``arithmetic`` ships a tiny Llama)."""
-    output_dir: str | None = None
+    output_dir: str | None = Field(None, json_schema_extra=RESUMABLE)
     """Run folder. None = ``runs/<task>-<loss>-lag<max_lag>-<timestamp>``."""
     seed: int = 0
     """Seed for prompts, sampling, buffer and initialisation of new heads."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", json_schema_extra=RESUMABLE)
     """``auto`` = cuda when available. On GPU trained weights are fp32 with bf16 autocast and
     generator/reference weights bf16; on CPU all fp32."""
     chat_template: Literal["auto", "never"] = "auto"
     """``auto``: wrap prompts in the tokenizer's chat template when it has one."""
-    debug: bool = False
+    debug: bool = Field(False, json_schema_extra=RESUMABLE)
     """Show the full traceback of an error instead of the one-line message."""
+
+    def model_copy(self, *, update: dict | None = None, deep: bool = False):
+        """pydantic's copy; with ``update`` (flat names or nested keys) the copy is validated again,
+        so ``cfg.model_copy(update={"loss": "grpo"})`` is a grpo config, not a tb one with a new name."""
+        if not update:
+            return super().model_copy(deep=deep)
+        return model_copy_validated(self, update)
 
     @model_validator(mode="before")
     @classmethod
@@ -817,18 +824,18 @@ class Config(_Command):
 
     command: ClassVar[str] = "train"
 
-    resume: str | None = None
+    resume: PathStr | None = Field(None, json_schema_extra=RESUMABLE)
     """Resume from a checkpoint folder (``<run>/checkpoints/step_N``) or a run folder (latest).
     The checkpoint's ``config.yaml`` is the base; a config file and flags given with ``--resume``
     override it, and a change to a field that changes the algorithm is refused (docs/reliability.md)."""
-    resume_force: bool = False
+    resume_force: bool = Field(False, json_schema_extra=RESUMABLE)
     """Resume even when the config changes fields that change the algorithm (``loss``, ``lr``, ...)."""
-    overwrite: bool = False
+    overwrite: bool = Field(False, json_schema_extra=RESUMABLE)
     """Allow ``output_dir`` to be an existing, non-empty folder: asyncrl's own files in it (an old
     run's checkpoints, logs, ``summary.json``) are removed first; other files are left alone."""
-    steps: int = Field(900, ge=1)
+    steps: int = Field(900, ge=1, json_schema_extra=RESUMABLE)
     """Learner steps (optimizer updates) to run."""
-    learner_threads: int | None = Field(None, ge=1)
+    learner_threads: int | None = Field(None, ge=1, json_schema_extra=RESUMABLE)
     """CPU torch threads for the learner; None = all cores when synchronous, else the cores the
     generators leave free, at least 1 (see docs/runtime.md)."""
     task: TaskConfig = Field(default_factory=ArithmeticTaskConfig)
@@ -853,7 +860,7 @@ class Config(_Command):
     """Optimisation."""
     lora: Lora | None = None
     """LoRA; None = full fine-tuning."""
-    logging: Logging = Field(default_factory=Logging, json_schema_extra=RESUMABLE)
+    logging: Logging = Field(default_factory=Logging)
     """Logging."""
     checkpoint: Checkpointing = Field(default_factory=Checkpointing, json_schema_extra=RESUMABLE)
     """Checkpoints."""
@@ -960,7 +967,7 @@ class _SupervisedData(Section):
     path: PathStr | None = Field(None, json_schema_extra=_extra(flat="data"))
     """sft/rm: training rows: a ``.jsonl`` / ``.json`` file (``.gz`` too), or, with the ``datasets``
     package installed, a ``.parquet`` file or a ``save_to_disk`` folder."""
-    eval_data: str | None = None
+    eval_data: PathStr | None = None
     """sft/rm: held-out rows, same format as ``data``; None = hold out ``eval_holdout_rows`` rows."""
     eval_holdout_rows: int = Field(0, ge=0)
     """sft/rm: when ``eval_data`` is None, rows of ``data`` (seeded shuffle) kept out of training for
@@ -1014,16 +1021,16 @@ class RmData(_SupervisedData):
 
 
 class _Supervised(_Command):
-    resume: str | None = None
+    resume: PathStr | None = Field(None, json_schema_extra=RESUMABLE)
     """Resume from a checkpoint folder (``<run>/checkpoints/step_N``) or a run folder (latest).
     The checkpoint's ``config.yaml`` is the base; a config file and flags given with ``--resume``
     override it, and a change to a field that changes the algorithm is refused (docs/reliability.md)."""
-    overwrite: bool = False
+    overwrite: bool = Field(False, json_schema_extra=RESUMABLE)
     """Allow ``output_dir`` to be an existing, non-empty folder: asyncrl's own files in it (an old
     run's checkpoints, logs, ``summary.json``) are removed first; other files are left alone."""
-    steps: int = Field(900, ge=1)
+    steps: int = Field(900, ge=1, json_schema_extra=RESUMABLE)
     """Learner steps (optimizer updates) to run."""
-    learner_threads: int | None = Field(None, ge=1)
+    learner_threads: int | None = Field(None, ge=1, json_schema_extra=RESUMABLE)
     """CPU torch threads for the learner; None = all cores when synchronous, else the cores the
     generators leave free, at least 1 (see docs/runtime.md)."""
     optimizer: Optimizer = Field(default_factory=Optimizer)
@@ -1100,7 +1107,8 @@ def flat_name(cls: type, leaf: str) -> str:
 
 
 def _walk(cls: type, path: tuple[str, ...], union, kinds, resumable: bool):
-    for name, f in cls.model_fields.items():
+    # a kind's `name` first: the flags and docs of a union section start with what selects the kind
+    for name, f in sorted(cls.model_fields.items(), key=lambda item: item[0] != "name"):
         res = resumable or bool((f.json_schema_extra or {}).get("resume_may_change"))
         subs = _section_classes(f.annotation)
         if not subs:
@@ -1141,7 +1149,8 @@ def _kind_classes(cls: type, union: tuple[str, ...]) -> dict[str, type]:
     return {c.model_fields["name"].default: c for c in _section_classes(cls.model_fields[union[-1]].annotation)}
 
 
-def _set(d: dict, path: tuple[str, ...], value) -> None:
+def set_path(d: dict, path: tuple[str, ...], value) -> None:
+    """``d[path[0]]...[path[-1]] = value`` in a nested config dict, making sections on the way."""
     for key in path[:-1]:
         sub = d.get(key)
         if isinstance(sub, BaseModel):
@@ -1166,7 +1175,7 @@ def place(cls: type, data: dict) -> dict:
             else:
                 out[k] = v
         elif k in table:
-            _set(out, table[k].path, v)
+            set_path(out, table[k].path, v)
         else:
             out[k] = v
     return out
@@ -1226,8 +1235,9 @@ def nest(cls: type, data: dict, from_file: Iterable[str] = ()) -> dict:
             sec = sec.get(key) if isinstance(sec, dict) else None
         if not isinstance(sec, dict):
             continue  # absent (the default kind) or a section object
-        kind = sec.get("name", cls.model_fields[union[0]].get_default(call_default_factory=True).name
-                       if len(union) == 1 else None)
+        if "name" not in sec and len(union) == 1:  # settings without a kind: the default kind's
+            sec["name"] = cls.model_fields[union[0]].get_default(call_default_factory=True).name
+        kind = sec.get("name")
         chosen = kinds.get(kind)
         if chosen is None:
             continue  # unknown kind: pydantic's union_tag_invalid
@@ -1404,6 +1414,26 @@ def validated(data: dict, command: str = "train", from_file: Iterable[str] = ())
 def merged(cls: type, base: dict, top: dict) -> dict:
     """Flat-or-nested ``top`` over ``base`` in ``cls``'s nested shape (flags over a YAML file)."""
     return deep_merge(place(cls, base), place(cls, top))
+
+
+def overlay(cls: type, base: dict, top: dict) -> dict:
+    """Flat-or-nested ``top`` over a config's values ``base`` (a dump): as :func:`merged`, except
+    that where ``top`` picks another kind of a union (``--loss ppo`` over a grpo run) the base's
+    settings of that section are dropped, not carried into a kind that lacks them (the new kind's
+    defaults apply; its variant too)."""
+    base, top = place(cls, base), place(cls, top)
+    for name, f in cls.model_fields.items():
+        if f.discriminator and isinstance(top.get(name), dict) and "name" in top[name]:
+            old = base.get(name)
+            old_kind = old.get("name") if isinstance(old, dict) else getattr(old, "name", None)
+            if old_kind != top[name]["name"]:
+                base = {k: v for k, v in base.items() if k != name}
+    return deep_merge(base, top)
+
+
+def model_copy_validated(cfg: BaseModel, update: dict):
+    """``cfg`` with ``update`` (flat or nested keys) applied and validated again."""
+    return type(cfg).model_validate(overlay(type(cfg), cfg.model_dump(), update))
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None, command: str | None = None):

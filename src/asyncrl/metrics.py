@@ -56,7 +56,7 @@ def check_report_to(cfg: Config) -> None:
     """Start-up check, before the run folder exists: every ``report_to`` destination can be used."""
     from asyncrl.config import ConfigError
 
-    if "wandb" in cfg.report_to:
+    if "wandb" in cfg.logging.report_to:
         try:
             import wandb
         except ImportError:
@@ -86,10 +86,10 @@ class Reporters:
     run folder; ``WANDB_MODE=offline`` works without a network."""
 
     def __init__(self, cfg: Config | None, run_dir: Path, start_step: int = 0, resume: bool = False):
-        report_to = cfg.report_to if cfg is not None else ["tensorboard"]
+        report_to = cfg.logging.report_to if cfg is not None else ["tensorboard"]
         self._tb = None
         self._wandb = None
-        name = (cfg.run_name if cfg is not None else None) or Path(run_dir).resolve().name
+        name = (cfg.logging.run_name if cfg is not None else None) or Path(run_dir).resolve().name
         if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -140,7 +140,7 @@ class Reporters:
 
 
 class RunLogger:
-    """metrics.jsonl / eval.jsonl / generations.jsonl, the ``cfg.report_to`` destinations
+    """metrics.jsonl / eval.jsonl / generations.jsonl, the ``cfg.logging.report_to`` destinations
     (:class:`Reporters`; ``cfg=None``: TensorBoard only) and the console :class:`Progress`."""
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, resume: bool = False,
@@ -155,7 +155,7 @@ class RunLogger:
         self._metrics = open(self.run_dir / "metrics.jsonl", "a")
         self._eval = open(self.run_dir / "eval.jsonl", "a")
         self._gens = open(self.run_dir / "generations.jsonl", "a")
-        self.progress = Progress(total_steps, start_step, cfg.logging_steps if cfg is not None else 10,
+        self.progress = Progress(total_steps, start_step, cfg.logging.logging_steps if cfg is not None else 10,
                                  console=console)
         self._closed = False
 

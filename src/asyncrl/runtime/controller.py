@@ -64,15 +64,15 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "generations.jsonl", 
 
 
 def make_host(cfg: Config, policy_path: str, ref_path: str, gen_threads: int, inputs=None) -> Host:
-    """The host for ``cfg.runtime`` / ``cfg.workers``: the one place a runtime is chosen.
+    """The host for ``cfg.runtime.name`` / ``cfg.asynchrony.workers``: the one place a runtime is chosen.
     ``inputs``: the Python objects given to :func:`asyncrl.train` (``TaskInputs``), or None."""
-    if cfg.runtime == "ray":
+    if cfg.runtime.name == "ray":
         from asyncrl.runtime.ray_host import RayHost
 
         return RayHost(cfg, policy_path, ref_path, inputs)
-    if cfg.workers == "inline":
+    if cfg.asynchrony.workers == "inline":
         return InlineHost(cfg, policy_path, ref_path, inputs)
-    return LocalHost(cfg.workers, cfg, policy_path, ref_path, gen_threads, inputs)
+    return LocalHost(cfg.asynchrony.workers, cfg, policy_path, ref_path, gen_threads, inputs)
 
 
 class Controller:
@@ -148,7 +148,7 @@ class Controller:
         # First, so a bad task setting (missing data, unimportable reward) or a missing engine
         # package fails before anything is written.
         task = self._task if self._task is not None else make_task(cfg, self.inputs)
-        if "vllm" in (cfg.engine, cfg.eval_engine):
+        if "vllm" in (cfg.engine.name, cfg.engine.eval_engine):
             require_vllm()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
@@ -156,7 +156,7 @@ class Controller:
         torch.set_num_threads(learner_threads)
         torch.manual_seed(cfg.seed)
         device = resolve_device(cfg.device)
-        base_path = resolve_model_path(cfg.model, cfg.task)
+        base_path = resolve_model_path(cfg.model, cfg.task.name)
         policy_path, trainer_state = base_path, None
         if cfg.resume:
             ckpt = find_checkpoint(cfg.resume)
@@ -167,32 +167,32 @@ class Controller:
         # The reference is always the *initial* policy, also after a resume; with LoRA that is the
         # learner's own model with the adapter disabled (no second copy).
         ref = None
-        if cfg.reference and cfg.reference_on == "learner":
-            ref = ReferenceView(model) if cfg.lora_rank else load_model(base_path, device)
+        if cfg.loss.reference and cfg.loss.reference_on == "learner":
+            ref = ReferenceView(model) if cfg.lora else load_model(base_path, device)
         learner = Learner(cfg, model, ref, tokenizer.pad_token_id, device)
         # Tasks that report kl_ref / ref_perplexity (wants_kl) evaluate against the initial policy (or
         # reference_model); loaded at the first evaluation, reusing the learner's copy when it has one.
         wants_kl = bool(getattr(task, "wants_kl", False))
-        eval_ref_path = resolve_model_path(cfg.reference_model, cfg.task) if cfg.reference_model else base_path
-        eval_ref = ref if (wants_kl and ref is not None and not cfg.reference_model) else None
-        if wants_kl and cfg.lora_rank and not cfg.reference_model:
+        reference_model = getattr(cfg.task, "reference_model", None)  # only tasks with wants_kl have it
+        eval_ref_path = resolve_model_path(reference_model, cfg.task.name) if reference_model else base_path
+        eval_ref = ref if (wants_kl and ref is not None and not reference_model) else None
+        if wants_kl and cfg.lora and not reference_model:
             eval_ref = ReferenceView(model)
-        eval_engine_name = cfg.eval_engine or cfg.engine
+        eval_engine_name = cfg.engine.eval_engine or cfg.engine.name
         eval_engine = None  # built at the first evaluation when it is not the learner's own model
         # Run totals (carried over by a resume); `run` below counts this process's part only.
         counters = {"samples_seen": 0, "dropped": 0, "reward_errors": 0, "generator_restarts": 0,
                     "requests_redispatched": 0, "skipped_updates": 0}
         buffer = make_buffer(
-            cfg.buffer, max_lag=cfg.max_lag, group_size=cfg.samples_per_prompt, recency_prob=cfg.recency_prob,
-            inv_temp=cfg.inv_temp, per_prompt_capacity=cfg.per_prompt_capacity, capacity=cfg.buffer_capacity,
-            seed=cfg.seed,
+            cfg.buffer.name, max_lag=cfg.asynchrony.max_lag, group_size=cfg.batch.samples_per_prompt, seed=cfg.seed,
+            **cfg.buffer.model_dump(exclude={"name"}),  # the tba settings (none for fifo)
         )
         resumed_gen_states: list[GeneratorState | None] = []  # per generator slot, from the checkpoint
         wall0 = 0.0  # training wall-clock before this process (a resume continues the clock)
         if trainer_state is not None:
             learner.load_state_dict(trainer_state["learner"])
             counters.update(trainer_state.get("counters", {}))
-            if trainer_state.get("buffer", {}).get("kind") == cfg.buffer:
+            if trainer_state.get("buffer", {}).get("kind") == cfg.buffer.name:
                 buffer.load_state_dict(trainer_state["buffer"])
             resumed_gen_states = [GeneratorState(**g) if g is not None else None
                                   for g in trainer_state.get("generators", [])]
@@ -201,7 +201,7 @@ class Controller:
         run = {"generated": 0, "discarded": 0, "restarts": 0, "seen0": counters["samples_seen"],
                "redispatched0": counters["requests_redispatched"], "restored": len(buffer), "sync_bytes": 0}
         host = self.host = make_host(cfg, policy_path, base_path, gen_threads, self.inputs)
-        sched = self.scheduler = Scheduler(cfg.max_lag, cfg.prompts_per_step, host.depth)
+        sched = self.scheduler = Scheduler(cfg.asynchrony.max_lag, cfg.batch.prompts_per_step, host.depth)
         logger = self._logger = RunLogger(self.run_dir, cfg.steps, learner.version,
                                           resume=trainer_state is not None, cfg=cfg)
         config_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
@@ -234,11 +234,11 @@ class Controller:
             nonlocal last_save_t
             state = {"learner": learner.state_dict(), "counters": counters, "buffer": buffer.state_dict(),
                      "generators": [gen_states[i].to_dict() if i in gen_states else None
-                                    for i in range(cfg.num_generators)],
+                                    for i in range(cfg.asynchrony.num_generators)],
                      "rng": rng_state(), "wall_time_s": wall()}
             path = save_checkpoint(self.run_dir, step, learner.model, tokenizer, state, config_yaml,
-                                   keep=cfg.keep_checkpoints, protect=Path(policy_path),
-                                   save_merged=bool(cfg.lora_rank and cfg.lora_save_merged))
+                                   keep=cfg.checkpoint.keep_checkpoints, protect=Path(policy_path),
+                                   save_merged=bool(cfg.lora and cfg.lora.save_merged))
             last_save_t = time.perf_counter()
             return path
 
@@ -261,13 +261,13 @@ class Controller:
                     eval_engine.load_weights(learner.weights(), learner.version)
                 engine = eval_engine
             with autocast(device):
-                metrics, rows = evaluate(learner.model, tokenizer, task, max_new_tokens=cfg.max_new_tokens,
-                                         limit=cfg.eval_limit, chat_template=cfg.chat_template, ref_model=eval_ref,
-                                         length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty,
+                metrics, rows = evaluate(learner.model, tokenizer, task, max_new_tokens=cfg.sampling.max_new_tokens,
+                                         limit=cfg.evaluation.eval_limit, chat_template=cfg.chat_template, ref_model=eval_ref,
+                                         length_penalty=cfg.rewards.length_penalty, missing_eos_penalty=cfg.rewards.missing_eos_penalty,
                                          engine=engine)
             dt = time.perf_counter() - te
             logger.log_eval({"step": step, "wall_time_s": w, **metrics, "n": len(rows),
-                             "eval_time_s": dt}, rows[: cfg.eval_log_generations])
+                             "eval_time_s": dt}, rows[: cfg.evaluation.eval_log_generations])
             eval_s += dt
             eval_history.append({"step": step, **metrics})
             return metrics.get("accuracy")
@@ -305,9 +305,9 @@ class Controller:
             run["restarts"] += 1  # the limit is per run: a resumed run starts over
             logger.progress.note(f"generator {wid} lost ({reason.strip().splitlines()[-1]}); "
                                  f"{len(lost)} request(s) to re-dispatch, starting a replacement")
-            if run["restarts"] > cfg.max_generator_restarts:
+            if run["restarts"] > cfg.asynchrony.max_generator_restarts:
                 failure = (f"generator workers failed {run['restarts']} times, more than "
-                           f"max_generator_restarts={cfg.max_generator_restarts}; last: "
+                           f"max_generator_restarts={cfg.asynchrony.max_generator_restarts}; last: "
                            f"{reason.strip().splitlines()[-1]}")
                 return
             start_worker(slot_of[wid])
@@ -346,9 +346,9 @@ class Controller:
                 replace(msg.worker_id, msg.message if isinstance(msg, WorkerError) else msg.reason)
 
         try:
-            for slot in range(cfg.num_generators):
+            for slot in range(cfg.asynchrony.num_generators):
                 start_worker(slot)
-            while len(ready) < cfg.num_generators:
+            while len(ready) < cfg.asynchrony.num_generators:
                 msg = host.next_message(POLL_S)
                 if msg is not None:
                     handle(msg)
@@ -391,7 +391,7 @@ class Controller:
                 if done.generator_state is not None:
                     gen_states[slot_of[done.worker_id]] = done.generator_state
                 buffer.add(groups)
-                batch = buffer.sample(cfg.prompts_per_step, learner_version=step)
+                batch = buffer.sample(cfg.batch.prompts_per_step, learner_version=step)
                 counters["dropped"] += batch.dropped if batch is not None else 0
                 if batch is None:
                     continue
@@ -404,12 +404,12 @@ class Controller:
                     logger.progress.note(f"step {step}: non-finite loss or gradient norm (loss {m['loss']}, "
                                          f"grad_norm {m['grad_norm']}); update skipped "
                                          f"({skipped_in_a_row} in a row)")
-                if skipped_in_a_row >= cfg.max_skipped_updates:
+                if skipped_in_a_row >= cfg.optimizer.max_skipped_updates:
                     failure = (f"{skipped_in_a_row} updates in a row had a non-finite loss or gradient norm "
-                               f"(max_skipped_updates={cfg.max_skipped_updates}); the weights are those of the "
+                               f"(max_skipped_updates={cfg.optimizer.max_skipped_updates}); the weights are those of the "
                                f"last finite update")
                 sync_s, sync_bytes = 0.0, 0
-                if step % cfg.sync_every == 0:
+                if step % cfg.asynchrony.sync_every == 0:
                     sync_s = publish()
                     sync_bytes = run["sync_bytes"]
                     published = step
@@ -458,10 +458,10 @@ class Controller:
                     **{f"buffer/{k}": v for k, v in buffer.stats().items()},
                 }
                 logger.log_step(row)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                if cfg.evaluation.eval_every and step % cfg.evaluation.eval_every == 0 and step < cfg.steps:
                     run_eval(step)
-                due = (cfg.save_every and step % cfg.save_every == 0) or (
-                    cfg.save_every_minutes and time.perf_counter() - last_save_t >= 60 * cfg.save_every_minutes)
+                due = (cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0) or (
+                    cfg.checkpoint.save_every_minutes and time.perf_counter() - last_save_t >= 60 * cfg.checkpoint.save_every_minutes)
                 if due and step < cfg.steps and failure is None:
                     checkpoint(step)
         except KeyboardInterrupt:  # Ctrl-C before the handler was installed, or off the main thread

@@ -93,7 +93,7 @@ class DirectReceiver:
 
 
 def make_publisher(name: str, **kwargs) -> WeightPublisher:
-    """The learner-side half of transport ``name`` (``cfg.weight_transport``, resolved)."""
+    """The learner-side half of transport ``name`` (``cfg.asynchrony.weight_transport``, resolved)."""
     if name in ("inprocess", "queue"):
         return DirectPublisher(name)
     if name == "object_store":

@@ -46,9 +46,9 @@ def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str 
     # LoRA, hf engine: the engine samples with base + adapter, unmerged, and the reference is that
     # same model with the adapter disabled. The vllm engine merges the adapter itself (it loads the
     # base), so its reference is the base model, loaded from ref_path like a full run's.
-    policy = load_policy(cfg, model_path, device) if cfg.lora_rank and cfg.engine == "hf" else None
+    policy = load_policy(cfg, model_path, device) if cfg.lora and cfg.engine.name == "hf" else None
     ref = None
-    if cfg.reference and cfg.reference_on == "generator":
+    if cfg.loss.reference and cfg.loss.reference_on == "generator":
         ref = ReferenceView(policy) if policy is not None else (
             load_model(ref_path or model_path, device).eval().requires_grad_(False))
     # A resumed run continues with fresh prompt and sampling streams instead of replaying the first ones.
@@ -61,10 +61,10 @@ def build_generator(cfg: Config, model_path: str, worker_id: int, ref_path: str 
 
         inputs = TaskInputs.loads(inputs)
     return Generator(engine, task if task is not None else make_task(cfg, inputs), tokenizer,
-                     samples_per_prompt=cfg.samples_per_prompt,
+                     samples_per_prompt=cfg.batch.samples_per_prompt,
                      seed=cfg.seed * 1000 + worker_id + offset, chat_template=cfg.chat_template, ref_model=ref,
-                     temperature=cfg.temperature, reward_errors=cfg.reward_errors,
-                     length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty)
+                     temperature=cfg.sampling.temperature, reward_errors=cfg.rewards.reward_errors,
+                     length_penalty=cfg.rewards.length_penalty, missing_eos_penalty=cfg.rewards.missing_eos_penalty)
 
 
 class GeneratorService:
@@ -182,13 +182,13 @@ def worker_loop(cfg_dict: dict, model_path: str, ref_path: str, worker_id: int, 
 def default_threads(cfg: Config) -> tuple[int, int]:
     """(learner threads, threads per generator process), measured choices in docs/runtime.md."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cfg.synchronous or cfg.workers == "inline":
+    if cfg.synchronous or cfg.asynchrony.workers == "inline":
         # Roles never overlap (synchronous or inline), so each may use every core in its turn.
         gen, learner = cores, cores
     else:
-        gen = max(1, cores // (1 + cfg.num_generators))
-        learner = max(1, cores - gen * cfg.num_generators)
-    return cfg.learner_threads or learner, cfg.generator_threads or gen
+        gen = max(1, cores // (1 + cfg.asynchrony.num_generators))
+        learner = max(1, cores - gen * cfg.asynchrony.num_generators)
+    return cfg.learner_threads or learner, cfg.asynchrony.generator_threads or gen
 
 
 __all__ = ["FromWorker", "GeneratorService", "build_generator", "default_threads", "error_message", "worker_loop"]
