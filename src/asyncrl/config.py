@@ -1248,7 +1248,10 @@ def nest(cls: type, data: dict, from_file: Iterable[str] = ()) -> dict:
             owner_cls = kinds[owners[0]]
             flat = flat_name(owner_cls, leaf)
             default = owner_cls.model_fields[leaf].get_default(call_default_factory=True)
-            if _same(sec[leaf], default) or sec[leaf] == default or (flat in from_file and _readers(flat, cls)):
+            # (from a file, a field that another command reads elsewhere, as sft's data.prompt_field, is
+            # that command's: dropped)
+            elsewhere = [r for r in _readers(flat, cls) if flat_fields(COMMANDS[r])[flat].path[0] != union[0]]
+            if _same(sec[leaf], default) or sec[leaf] == default or (flat in from_file and elsewhere):
                 del sec[leaf]
                 continue
             dim = flat_name(chosen, "name")

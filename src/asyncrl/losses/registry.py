@@ -1,5 +1,5 @@
 """The one place where the configured algorithm becomes a loss function: :data:`BUILDERS`, one
-builder per ``loss``, each reading only the Config fields that config.FIELD_RULES lets it read."""
+builder per ``loss``, each reading its own loss section (config.TbLoss, ..., config.PpoLoss)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def correction_of(cfg: Config, *, ratio_vs_behaviour: bool) -> CorrectionFn:
     """``cfg.loss.correction`` (``off_policy_correction`` with ``auto`` resolved) with its thresholds.
     ``ratio_vs_behaviour``: the loss's own ratio already divides by the behaviour policy, so only
     the correction's mask is applied (corrections.py, ``weighted=False``)."""
-    thresholds = {arg: getattr(cfg, field) for arg, field in PARAM_FIELDS.items()}
+    thresholds = {arg: getattr(cfg.loss, field) for arg, field in PARAM_FIELDS.items()}  # config._Corrected
     return make_correction(cfg.loss.correction, weighted=not ratio_vs_behaviour, **thresholds)
 
 
