@@ -266,7 +266,7 @@ def resume_config(given: dict, from_file=()):
             merged = Config.model_validate({**data, "asynchrony": {**data.get("asynchrony", {}), **auto}},
                                            context=context)
             break
-        except ValidationError:
+        except (ValidationError, ConfigError):  # (Config.__init__ turns the first into the second)
             pass
     else:
         merged = validated(data, "train", from_file)  # raises the one-line error of the config as given

@@ -803,6 +803,14 @@ class _Command(BaseModel):
     debug: bool = Field(False, json_schema_extra=RESUMABLE)
     """Show the full traceback of an error instead of the one-line message."""
 
+    def __init__(self, **data):
+        # Config(loss="sarsa") from Python: the same one-line message as from a flag or a file
+        # (model_validate calls this too, so it raises ConfigError as well)
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ConfigError(_format_error(e, type(self))) from None
+
     def model_copy(self, *, update: dict | None = None, deep: bool = False):
         """pydantic's copy; with ``update`` (flat names or nested keys) the copy is validated again,
         so ``cfg.model_copy(update={"loss": "grpo"})`` is a grpo config, not a tb one with a new name."""

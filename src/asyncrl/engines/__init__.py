@@ -41,7 +41,7 @@ def make_engine(cfg, model_path: str, tokenizer, *, name: str | None = None, mod
         from asyncrl.engines.vllm import VLLMEngine
         from asyncrl.lora import ADAPTER_WEIGHTS, is_adapter_folder
 
-        lora = cfg.lora is not None
+        lora = getattr(cfg, "lora", None) is not None  # (asyncrl eval has no lora section)
         base, adapter = model_path, None
         if lora and is_adapter_folder(model_path):
             run_base = resolve_model_path(cfg.model, cfg.task.name)
