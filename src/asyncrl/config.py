@@ -1490,6 +1490,13 @@ def leaf_values(cfg: BaseModel) -> dict[str, Any]:
     return out
 
 
+def flat_view(data: dict, command: str = "train") -> dict:
+    """A run's ``config.yaml`` mapping (nested, or flat as written before the nesting) -> its values
+    by flat name (``{"loss": "grpo", "max_lag": 2, ...}``), for readers of run folders (plots,
+    benchmarks); ConfigError if it is not a valid config."""
+    return leaf_values(validated(data, command, from_file=file_keys(data)))
+
+
 def absolute_paths(cfg: BaseModel) -> dict:
     """``cfg.model_dump()`` with every path field (typed :data:`PathStr`, and ``reward_funcs``
     entries that are existing files or folders: reward-model folders) made absolute when relative

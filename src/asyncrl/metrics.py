@@ -77,6 +77,15 @@ def _wandb_run_id(run_dir: Path, resume: bool) -> str:
     return run_id
 
 
+
+def _flat_config(cfg) -> dict:
+    """The config by flat name (``max_lag``, ``clip_eps``, ...), JSON-ready, for wandb."""
+    import json
+
+    from asyncrl.config import leaf_values
+
+    return json.loads(json.dumps(leaf_values(cfg), default=str))
+
 class Reporters:
     """The ``report_to`` destinations besides the jsonl files: TensorBoard (``tb/``) and wandb.
 
@@ -110,7 +119,8 @@ class Reporters:
                 self._wandb = wandb.init(
                     project=os.environ.get("WANDB_PROJECT") or "asyncrl", name=name,
                     id=_wandb_run_id(run_dir, resume), resume="allow",
-                    config=cfg.model_dump(mode="json"), dir=os.environ.get("WANDB_DIR") or str(run_dir),
+                    # flat names (the flags): one column per field in wandb's run table
+                    config=_flat_config(cfg), dir=os.environ.get("WANDB_DIR") or str(run_dir),
                     # several runs in one process (the Python API, tests): each is its own wandb run
                     reinit="create_new",
                 )
