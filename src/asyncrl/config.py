@@ -803,14 +803,6 @@ class _Command(BaseModel):
     debug: bool = Field(False, json_schema_extra=RESUMABLE)
     """Show the full traceback of an error instead of the one-line message."""
 
-    def __init__(self, **data):
-        # Config(loss="sarsa") from Python: the same one-line message as from a flag or a file
-        # (model_validate calls this too, so it raises ConfigError as well)
-        try:
-            super().__init__(**data)
-        except ValidationError as e:
-            raise ConfigError(_format_error(e, type(self))) from None
-
     def model_copy(self, *, update: dict | None = None, deep: bool = False):
         """pydantic's copy; with ``update`` (flat names or nested keys) the copy is validated again,
         so ``cfg.model_copy(update={"loss": "grpo"})`` is a grpo config, not a tb one with a new name."""
@@ -1247,8 +1239,12 @@ def nest(cls: type, data: dict, from_file: Iterable[str] = ()) -> dict:
             sec["name"] = cls.model_fields[union[0]].get_default(call_default_factory=True).name
         kind = sec.get("name")
         chosen = kinds.get(kind)
-        if chosen is None:
-            continue  # unknown kind: pydantic's union_tag_invalid
+        if chosen is None:  # (here, not pydantic's union_tag_invalid: Config(task="chess") says it too)
+            dim = flat_name(next(iter(kinds.values())), "name")
+            if dim == "task":
+                close = did_you_mean(kind, kinds)
+                raise ValueError(f"unknown task {kind!r}{close + ' ' if close else '; '}known tasks: {', '.join(kinds)}")
+            raise ValueError(f"{dim}: {unknown_value(kind, kinds)}")
         for leaf in [k for k in sec if k not in chosen.model_fields]:
             owners = [kd for kd, c in kinds.items() if leaf in c.model_fields]
             if not owners:
