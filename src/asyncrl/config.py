@@ -815,8 +815,16 @@ class _Command(BaseModel):
     def _nest(cls, data, info: ValidationInfo):
         if not isinstance(data, dict):
             return data
-        from_file = (info.context or {}).get("from_file", ()) if info is not None else ()
-        return nest(cls, data, from_file)
+        context = info.context if info is not None else None
+        if context is None and "task" in cls.model_fields:
+            # Config(...) from Python (no context: not a flag or a file): task fields without a task,
+            # all of them custom's (reward_weights, prompt_field, ...), are for asyncrl.train(reward_funcs=,
+            # train_dataset=), which makes the task custom
+            placed = place(cls, data)
+            task = placed.get("task")
+            if isinstance(task, dict) and task and "name" not in task and set(task) <= set(CustomTaskConfig.model_fields):
+                data = {**placed, "task": {**task, "name": "custom"}}
+        return nest(cls, data, (context or {}).get("from_file", ()))
 
 
 class Config(_Command):

@@ -88,7 +88,7 @@ def make_task(cfg: "Config", inputs: TaskInputs | None = None) -> Task:
                           eval_prompts=inputs.eval_dataset if inputs.eval_dataset is not None else cfg.task.eval_prompts,
                           template=cfg.task.prompt_template, reward_errors=cfg.rewards.reward_errors, column_map=cfg.task.column_map,
                           prompts_split=cfg.task.prompts_split, eval_prompts_split=cfg.task.eval_prompts_split,
-                          max_steps=cfg.steps)
+                          max_steps=getattr(cfg, "steps", 0))  # (asyncrl eval: no steps)
     if cfg.task.name == "reward_model":
         from asyncrl.tasks.rm_tuning import RewardModelTask
 
