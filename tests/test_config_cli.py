@@ -183,3 +183,33 @@ def test_a_choice_named_none_is_that_choice_not_null():
                                       "--report-to", "none", "--max-grad-norm", "none"])
     cfg = resolve(args)
     assert cfg.loss.off_policy_correction == "none" and cfg.logging.report_to == ["none"] and cfg.optimizer.max_grad_norm is None
+
+
+def test_resumable_fields_are_marked_on_the_types():
+    from asyncrl.checkpoint import resume_may_change
+
+    # the hand-kept list of 1948c35 (checkpoint.RESUME_MAY_CHANGE), now metadata on the fields
+    old = {
+        "steps", "output_dir", "resume", "resume_force", "overwrite", "debug",
+        "eval_every", "eval_limit", "eval_log_generations", "eval_prompts", "eval_engine", "reference_model",
+        "gold_reward_model", "reference_field", "embedding_model",
+        "save_every", "save_every_minutes", "keep_checkpoints", "max_generator_restarts", "max_skipped_updates",
+        "device", "learner_threads", "generator_threads", "num_generators", "workers", "weight_transport",
+        "runtime", "ray_address", "generator_num_cpus", "generator_num_gpus", "generator_resources",
+        "placement_strategy", "ray_learner", "learner_num_cpus", "learner_num_gpus", "reward_actor", "reward_num_gpus",
+        "reward_device", "reward_batch_size", "engine", "vllm_dtype", "vllm_gpu_memory_utilization",
+        "vllm_kv_cache_gb", "vllm_max_model_len", "vllm_enforce_eager",
+    }
+    assert resume_may_change() == old
+
+
+def test_path_fields_are_made_absolute_in_one_place(tmp_path, monkeypatch):
+    from asyncrl.config import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "p.jsonl").write_text("{}\n")
+    d = absolute_paths(Config(task="custom", prompts="p.jsonl", reward_funcs="m:f,rm", model="rm"))
+    assert d["model"] == str(tmp_path / "rm") and d["task"]["prompts"] == str(tmp_path / "p.jsonl")
+    assert d["task"]["reward_funcs"] == ["m:f", str(tmp_path / "rm")]  # a folder among the reward functions
+    assert d["output_dir"] is None
