@@ -85,3 +85,17 @@ def test_resuming_an_old_run_with_another_algorithm_is_refused(tmp_path):
         resume_config({"resume": str(ckpt), "is_low": 0.4})
     cfg = resume_config({"resume": str(ckpt), "loss": "ppo", "resume_force": True, "off_policy_correction": "none"})
     assert cfg.loss.name == "ppo" and cfg.loss.variant == "ppo"  # the new loss's defaults, not grpo's settings
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_a_run_config_of_any_form_serves_every_command(tmp_path, name):
+    # asyncrl eval reads a run's config.yaml (old flat or nested, of train or sft): what eval does not
+    # have is another command's and is dropped, as from any YAML file
+    old = load_config(OLD / name, command=FILES[name])
+    for form, data in (("old", yaml.safe_load((OLD / name).read_text())), ("nested", old.model_dump())):
+        p = tmp_path / f"{form}.yaml"
+        p.write_text(yaml.safe_dump(data))
+        ev = load_config(p, command="eval")
+        assert ev.model == old.model and leaf_values(ev)["task"] == leaf_values(old).get("task", "arithmetic")
+        if FILES[name] == "train":
+            assert ev.sampling.max_new_tokens == old.sampling.max_new_tokens

@@ -1235,6 +1235,37 @@ def nest(cls: type, data: dict, from_file: Iterable[str] = ()) -> dict:
             refused.setdefault(("command", cls.command), []).append((k, ", ".join(f"asyncrl {r}" for r in readers),
                                                                      None))
 
+    # nested keys (a nested config.yaml of another command: a train run's, read by asyncrl eval)
+    for k in list(out):
+        others = [c for c in dict.fromkeys(COMMANDS.values()) if c is not cls and k in c.model_fields
+                  and _section_classes(c.model_fields[k].annotation)]
+        if k not in cls.model_fields and (isinstance(out[k], dict) or out[k] is None) and others:
+            default = others[0].model_fields[k].get_default(call_default_factory=True)
+            default = default.model_dump() if isinstance(default, BaseModel) else default
+            if k in from_file or out[k] == default or (isinstance(out[k], dict) and isinstance(default, dict)
+                                                       and all(default.get(n) == v for n, v in out[k].items())):
+                del out[k]
+            else:
+                refused.setdefault(("command", cls.command), []).append(
+                    (k, ", ".join(f"asyncrl {c.command}" for c in others), None))
+            continue
+        f = cls.model_fields.get(k)
+        subs = _section_classes(f.annotation) if f is not None else []
+        if not subs or f.discriminator or not isinstance(out[k], dict):
+            continue
+        for leaf in [x for x in out[k] if x not in subs[0].model_fields]:
+            owners = [c for c in others if leaf in _section_classes(c.model_fields[k].annotation)[0].model_fields]
+            if not owners:
+                continue  # unknown: extra_forbid
+            owner_sec = _section_classes(owners[0].model_fields[k].annotation)[0]
+            flat = flat_name(owner_sec, leaf)
+            if leaf in from_file or flat in from_file or _same(out[k][leaf], owner_sec.model_fields[leaf].get_default(
+                    call_default_factory=True)):
+                del out[k][leaf]
+            else:
+                refused.setdefault(("command", cls.command), []).append(
+                    (flat, ", ".join(f"asyncrl {c.command}" for c in owners), None))
+
     unions = sorted({f.union for f in table.values() if f.union}, key=len)
     for union in unions:
         kinds = _kind_classes(cls, union)
