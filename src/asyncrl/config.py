@@ -88,7 +88,9 @@ def _refuse_unless_default(section: BaseModel, names: Iterable[str], owner: str,
 # --- tasks (docs/tasks.md) ---------------------------------------------------------------------------
 
 class _Task(Section):
-    pass
+    name: str  # each kind narrows it to its Literal; declared here so that dumps list it first
+
+
 
 
 class ArithmeticTaskConfig(_Task):
@@ -298,6 +300,7 @@ class Rewards(Section):
 # --- losses (docs/algorithms.md) ---------------------------------------------------------------------
 
 class _Loss(Section):
+    name: str  # each kind narrows it to its Literal; declared here so that dumps list it first
     reference: bool = True
     """Keep a frozen copy of the initial policy as reference (needed by every loss's KL term)."""
     reference_on: Literal["generator", "learner"] = "generator"
