@@ -189,7 +189,9 @@ def rl_record(run: Path, t: dict) -> dict:
     import yaml
 
     s = json.loads((run / "summary.json").read_text())
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    from asyncrl.config import flat_view
+
+    cfg = flat_view(yaml.safe_load((run / "config.yaml").read_text()))  # by flat name, old or nested file
     curve = [{"step": r["step"], "wall_time_s": r["wall_time_s"], "pass@1": r.get("accuracy"), "n": r.get("n")}
              for r in read_jsonl(run / "eval.jsonl")]
     return {

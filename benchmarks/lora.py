@@ -88,7 +88,7 @@ def measure(args, name: str) -> dict:
     torch.manual_seed(0)
     cfg = Config(model=args.model, samples_per_prompt=args.k, prompts_per_step=args.prompts, lr=1e-5, warmup_steps=0,
                  **SETTINGS[name])
-    path = resolve_model_path(args.model, cfg.task)
+    path = resolve_model_path(args.model, cfg.task.name)
     cpu = torch.device("cpu")
     tokenizer = load_tokenizer(path)
     rss0 = _rss_bytes()
@@ -142,13 +142,13 @@ def measure_vllm(args, name: str) -> dict:
     torch.manual_seed(0)
     cfg = Config(model=args.model, engine="vllm", vllm_dtype="float32", vllm_kv_cache_gb=0.25,
                  vllm_max_model_len=args.max_model_len, max_new_tokens=1, **SETTINGS[name])
-    path = resolve_model_path(args.model, cfg.task)
+    path = resolve_model_path(args.model, cfg.task.name)
     cpu = torch.device("cpu")
     tokenizer = load_tokenizer(path)
     t = time.perf_counter()
     engine = make_engine(cfg, path, tokenizer)
     start_s = time.perf_counter() - t
-    if cfg.lora_rank:
+    if cfg.lora:
         model = load_policy(cfg, path, cpu)
         with torch.no_grad():  # a non-zero adapter, as after training (the cost does not depend on it)
             for n, p in model.named_parameters():
@@ -165,7 +165,7 @@ def measure_vllm(args, name: str) -> dict:
         t = time.perf_counter()
         engine.load_weights(state, v + 2)
         loads.append(time.perf_counter() - t)
-    w0 = engine.llm.collective_rpc("asyncrl_lora_base_bytes")[0] if cfg.lora_rank else 0
+    w0 = engine.llm.collective_rpc("asyncrl_lora_base_bytes")[0] if cfg.lora else 0
     engine.close()
     return {"setting": name, **SETTINGS[name], "sync_bytes": distinct_bytes(state), "start_s": start_s,
             "first_load_s": first, "load_s": {"median": statistics.median(loads), "min": min(loads), "all": loads},

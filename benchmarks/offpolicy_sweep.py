@@ -64,10 +64,10 @@ def final_kl(run: Path, samples_per_prompt: int) -> float:
     torch.manual_seed(cfg.seed)
     dev = torch.device("cpu")
     ckpt = find_checkpoint(run)
-    pi, ref = load_model(str(ckpt), dev), load_model(resolve_model_path(cfg.model, cfg.task), dev)
+    pi, ref = load_model(str(ckpt), dev), load_model(resolve_model_path(cfg.model, cfg.task.name), dev)
     prompts = [p.text for p in make_task(cfg).eval_prompts()]
     return sampled_kl(pi, ref, load_tokenizer(str(ckpt)), prompts, samples_per_prompt=samples_per_prompt,
-                      max_new_tokens=cfg.max_new_tokens, chat_template=cfg.chat_template)
+                      max_new_tokens=cfg.sampling.max_new_tokens, chat_template=cfg.chat_template)
 
 
 def plot(results: dict, lags: list[int], path: Path) -> None:

@@ -130,14 +130,14 @@ def bench_generation(args, gen, gen_noref, cfg) -> dict:
     for name, g in (("with_reference", gen), ("no_reference", gen_noref)):
         def once(g=g):
             t = time.perf_counter()
-            _, st = g.generate(cfg.prompts_per_step)
+            _, st = g.generate(cfg.batch.prompts_per_step)
             dt = time.perf_counter() - t
             return {"s": dt, "gen_time_s": st.gen_time_s, "score_time_s": st.score_time_s,
                     "tokens": st.tokens, "tokens_per_s": st.tokens / dt}
 
         r = summarize(measure(once, args.repeats, args.warmup))
-        full[name] = {"prompts": cfg.prompts_per_step, "sequences": cfg.prompts_per_step * K, **r}
-        print(f"  Generator.generate P={cfg.prompts_per_step} ({name}): {fmt(r['tokens_per_s'], 0)} tok/s, "
+        full[name] = {"prompts": cfg.batch.prompts_per_step, "sequences": cfg.batch.prompts_per_step * K, **r}
+        print(f"  Generator.generate P={cfg.batch.prompts_per_step} ({name}): {fmt(r['tokens_per_s'], 0)} tok/s, "
               f"{fmt(r['s'], 4)} s = sampling {fmt(r['gen_time_s'], 4)} + decode/reward/ref "
               f"{fmt(r['score_time_s'], 4)}", flush=True)
     return {"engine": rows, "generator": full}
@@ -315,7 +315,7 @@ def bench_phases(args, cfg, path, pad_id, pool) -> dict:
         name = f"{loss}, reference_on {ref_on}"
         lcfg = job(cfg, loss=loss, reference_on=ref_on)
         learner = make_learner(lcfg, path, pad_id, with_ref=ref_on == "learner", timed=True)
-        batch = make_batch(pool[: cfg.prompts_per_step], ref_on)
+        batch = make_batch(pool[: cfg.batch.prompts_per_step], ref_on)
 
         def once():
             m = learner.step(batch)
@@ -332,17 +332,17 @@ def bench_phases(args, cfg, path, pad_id, pool) -> dict:
 
 def bench_roles(args, gen, cfg, path, pad_id, pool) -> list[dict]:
     learner = make_learner(cfg, path, pad_id, with_ref=False)
-    batch = make_batch(pool[: cfg.prompts_per_step], "generator")
+    batch = make_batch(pool[: cfg.batch.prompts_per_step], "generator")
     rows = []
     print(f"  {'threads':>7} {'gen request s (min/med)':>26} {'learner step s (min/med)':>26}")
     for threads in args.role_threads:
         torch.set_num_threads(threads)
         for _ in range(args.warmup):
-            gen.generate(cfg.prompts_per_step), learner.step(batch)
+            gen.generate(cfg.batch.prompts_per_step), learner.step(batch)
         g, s = [], []
         for _ in range(args.repeats):
             t = time.perf_counter()
-            gen.generate(cfg.prompts_per_step)  # sampling + reward + reference log-probs
+            gen.generate(cfg.batch.prompts_per_step)  # sampling + reward + reference log-probs
             g.append(time.perf_counter() - t)
             t = time.perf_counter()
             learner.step(batch)
@@ -470,17 +470,17 @@ def main() -> None:
     from asyncrl.runtime.worker import WorkerSpec, build_generator
 
     cfg = Config()  # the default job: arithmetic, 16 prompts x 8, tb, reference_on generator
-    path = resolve_model_path(None, cfg.task)
+    path = resolve_model_path(None, cfg.task.name)
     res: dict = {"machine": machine(), "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
-                 "quick": args.quick, "samples_per_prompt": K, "prompts_per_step": cfg.prompts_per_step,
-                 "max_new_tokens": cfg.max_new_tokens}
+                 "quick": args.quick, "samples_per_prompt": K, "prompts_per_step": cfg.batch.prompts_per_step,
+                 "max_new_tokens": cfg.sampling.max_new_tokens}
     print(f"{args.threads} torch threads, {args.repeats} repeats after {args.warmup} warm-up; "
           f"median (min-max)", flush=True)
     gen = pool = None
     if parts & {"gen", "learner", "phases", "roles"}:
         gen = build_generator(WorkerSpec.of(cfg, path))  # reference_on generator: samples carry ref log-probs
         pad_id = gen.tokenizer.pad_token_id
-        need = max([*args.prompts, cfg.prompts_per_step]) if parts & {"learner"} else cfg.prompts_per_step
+        need = max([*args.prompts, cfg.batch.prompts_per_step]) if parts & {"learner"} else cfg.batch.prompts_per_step
         pool = []
         while len(pool) < need:  # real generated groups, reused for every learner batch
             pool += gen.generate(min(64, need - len(pool)))[0]

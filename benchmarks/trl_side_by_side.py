@@ -146,13 +146,13 @@ def trl_run(run_dir: Path, seed: int, steps: int, eval_every: int, debug: int = 
     # The asyncrl config of ``asyncrl train --loss grpo --max-lag 0 --seed S --steps N``: every
     # number below is read from it, so the two stay matched if the defaults change.
     cfg = Config(task="arithmetic", loss="grpo", max_lag=0, seed=seed, steps=steps, eval_every=eval_every)
-    P, K = cfg.prompts_per_step, cfg.samples_per_prompt
+    P, K = cfg.batch.prompts_per_step, cfg.batch.samples_per_prompt
     run_dir.mkdir(parents=True, exist_ok=True)
     task = make_task(cfg)
     threads, _ = default_threads(cfg)  # synchronous: all cores
     torch.set_num_threads(threads)
     device = resolve_device(cfg.device)
-    path = resolve_model_path(cfg.model, cfg.task)
+    path = resolve_model_path(cfg.model, cfg.task.name)
     tokenizer = load_tokenizer(path)
     model = load_model(path, device)
 
@@ -174,7 +174,7 @@ def trl_run(run_dir: Path, seed: int, steps: int, eval_every: int, debug: int = 
         if [tokenizer.decode(ids, skip_special_tokens=True) for ids in completion_ids] != list(completions):
             raise RuntimeError("TRL's completion strings differ from asyncrl's decoding of the same ids")
         rows = [Prompt(prompt_id=i, text=t, meta={"answer": a}) for t, a, i in zip(prompts, answer, prompt_id)]
-        rewards, _ = checked_rewards(task, rows, list(completions), cfg.reward_errors)
+        rewards, _ = checked_rewards(task, rows, list(completions), cfg.rewards.reward_errors)
         calls["n"] += 1
         if debug and calls["n"] <= 3:
             print(f"[debug] step {calls['n']}: {len(completions)} completions, "
@@ -203,8 +203,8 @@ def trl_run(run_dir: Path, seed: int, steps: int, eval_every: int, debug: int = 
         def run_eval(self, step: int, model) -> float | None:
             w = self.wall()  # the training time at which these weights were reached, as asyncrl logs it
             te = time.perf_counter()
-            metrics, rows = evaluate(model, tokenizer, task, max_new_tokens=cfg.max_new_tokens,
-                                     limit=cfg.eval_limit, chat_template=cfg.chat_template)
+            metrics, rows = evaluate(model, tokenizer, task, max_new_tokens=cfg.sampling.max_new_tokens,
+                                     limit=cfg.evaluation.eval_limit, chat_template=cfg.chat_template)
             dt = time.perf_counter() - te
             _append_jsonl(eval_path, {"step": step, "wall_time_s": w, "samples_seen": step * P * K,
                                       **metrics, "n": len(rows), "eval_time_s": dt})
@@ -257,8 +257,8 @@ def trl_run(run_dir: Path, seed: int, steps: int, eval_every: int, debug: int = 
         num_iterations=1,
         shuffle_dataset=False,
         # sampling
-        max_completion_length=cfg.max_new_tokens,
-        temperature=cfg.temperature,
+        max_completion_length=cfg.sampling.max_new_tokens,
+        temperature=cfg.sampling.temperature,
         top_k=0,
         top_p=1.0,
         min_p=None,
@@ -267,19 +267,19 @@ def trl_run(run_dir: Path, seed: int, steps: int, eval_every: int, debug: int = 
         # loss: asyncrl grpo, variant grpo
         loss_type="grpo",
         scale_rewards="group",
-        epsilon=cfg.clip_eps,
-        beta=cfg.kl_coef,
+        epsilon=cfg.loss.clip_eps,
+        beta=cfg.loss.kl_coef,
         use_bias_correction_kl=False,
         importance_sampling_level="token",
         # optimisation (the optimizer/scheduler objects themselves are asyncrl's, passed below)
-        learning_rate=cfg.lr,
+        learning_rate=cfg.optimizer.lr,
         lr_scheduler_type="cosine",
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.optimizer.warmup_steps,
+        weight_decay=cfg.optimizer.weight_decay,
         adam_beta1=0.9,
         adam_beta2=0.999,
         adam_epsilon=1e-8,
-        max_grad_norm=cfg.max_grad_norm,
+        max_grad_norm=cfg.optimizer.max_grad_norm,
         # numerics / plumbing
         bf16=False,
         fp16=False,

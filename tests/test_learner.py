@@ -17,7 +17,7 @@ def _batch(cfg: Config, n_prompts: int, reference_on: str) -> BufferBatch:
     torch.manual_seed(0)
     gen = build_generator(WorkerSpec.of(cfg.model_copy(update={"reference_on": reference_on}), BASE))
     groups, _ = gen.generate(n_prompts)
-    return BufferBatch(groups=groups, staleness=[0] * (n_prompts * cfg.samples_per_prompt), dropped=0)
+    return BufferBatch(groups=groups, staleness=[0] * (n_prompts * cfg.batch.samples_per_prompt), dropped=0)
 
 
 def _learner(cfg: Config, with_ref: bool) -> Learner:

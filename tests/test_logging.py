@@ -158,8 +158,8 @@ def test_missing_wandb_is_one_line_error_before_the_run_folder(tmp_path, monkeyp
 
 
 def test_report_to_flag_values():
-    assert Config(report_to="tensorboard,wandb").report_to == ["tensorboard", "wandb"]
-    assert Config(report_to=None).report_to == ["none"]  # `--report-to none` arrives as None
+    assert Config(report_to="tensorboard,wandb").logging.report_to == ["tensorboard", "wandb"]
+    assert Config(report_to=None).logging.report_to == ["none"]  # `--report-to none` arrives as None
     with pytest.raises(ValueError, match="cannot be combined"):
         Config(report_to="none,wandb")
     with pytest.raises(ValueError, match="report_to"):

@@ -197,11 +197,15 @@ def test_actors_get_absolute_paths_for_files_that_exist_here(tmp_path, monkeypat
 
     monkeypatch.chdir(tmp_path)
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": "x"}])
-    cfg = Config(task="gsm8k", gsm8k_data="openai/gsm8k", prompts="p.jsonl", eval_prompts="missing.jsonl")
+    (tmp_path / "rm").mkdir()  # a reward-model folder among the reward functions: a path too
+    cfg = Config(task="custom", prompts="p.jsonl", eval_prompts="missing.jsonl", reward_funcs="m:f,rm")
     d = config_for_actors(cfg)
-    assert d["prompts"] == str(tmp_path / "p.jsonl")
-    assert d["gsm8k_data"] == "openai/gsm8k" and d["eval_prompts"] == "missing.jsonl"  # not paths here: as given
-    assert d["model"] is None and Config(**d).prompts == d["prompts"]
+    assert d["task"]["prompts"] == str(tmp_path / "p.jsonl")
+    assert d["task"]["reward_funcs"] == ["m:f", str(tmp_path / "rm")]
+    assert d["task"]["eval_prompts"] == "missing.jsonl"  # not a path here: as given
+    assert d["model"] is None and Config(**d).task.prompts == d["task"]["prompts"]
+    d = config_for_actors(Config(task="gsm8k", gsm8k_data="openai/gsm8k"))
+    assert d["task"]["gsm8k_data"] == "openai/gsm8k"  # a hub name, not a path here
 
 
 def test_reward_actor_needs_a_task_with_reward_models():

@@ -108,5 +108,5 @@ def test_resume_refuses_a_changed_algorithm_unless_forced(tmp_path, capsys):
     assert main(["train", "--resume", str(out), "--steps", "4", "--lr", "1e-3", "--resume-force"]) == 0
     import yaml
 
-    assert yaml.safe_load((out / "checkpoints" / "step_4" / "config.yaml").read_text())["lr"] == 1e-3
+    assert yaml.safe_load((out / "checkpoints" / "step_4" / "config.yaml").read_text())["optimizer"]["lr"] == 1e-3
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]

@@ -260,8 +260,8 @@ def test_bad_reward_model_settings_fail_at_start_up(tmp_path, tiny_model_dir, ti
 
 def test_reward_device_is_validated():
     with pytest.raises(ConfigError, match="reward_device"):
-        load_config(overrides={"reward_device": "gpu"})
-    assert load_config(overrides={"reward_device": "cuda:1"}).reward_device == "cuda:1"
+        load_config(overrides={"task": "custom", "reward_device": "gpu"})
+    assert load_config(overrides={"task": "custom", "reward_device": "cuda:1"}).task.reward_device == "cuda:1"
 
 
 def test_make_task_builds_the_task_from_config(tmp_path, tiny_rm_dir):

@@ -145,7 +145,7 @@ def test_sft_memorises_and_checkpoint_reloads_with_transformers(tmp_path, tiny_m
         assert k in rows[-1]
     assert rows[-1]["samples_seen"] == 320
     assert rows[-1]["loss"] < 0.1 < 1.5 < rows[0]["loss"]
-    assert yaml.safe_load((out / "config.yaml").read_text())["data"] == str(data)
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["path"] == str(data)  # nested: data.path
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_80"
     assert (out / "checkpoints" / "step_40").is_dir() and list((out / "tb").iterdir())
     summary = json.loads((out / "summary.json").read_text())

@@ -30,7 +30,8 @@ def test_make_task_dispatches_on_config(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, fragment", [
-    ({"prompt_template": "no placeholder"}, "prompt_template must contain the placeholder {question}"),
+    ({"task": "gsm8k", "prompt_template": "no placeholder"}, "prompt_template must contain the placeholder {question}"),
+    ({"prompt_template": "{question}?"}, "prompt_template is not used by task 'arithmetic'"),
     ({"reward_errors": "ignore"}, "reward_errors: unknown value 'ignore' (choose one of stop, skip)"),
 ])
 def test_task_config_errors_are_one_line(overrides, fragment):

@@ -66,7 +66,7 @@ def test_fused_group_gives_every_shard_of_a_fused_vllm_layer():
 
 def test_lora_with_vllm_is_a_valid_config():
     cfg = Config(lora_rank=4, engine="vllm", eval_engine="vllm")
-    assert cfg.lora_rank == 4 and cfg.engine == "vllm"
+    assert cfg.lora.rank == 4 and cfg.engine.name == "vllm"
 
 
 # --- the engine ----------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def test_vllm_engine_samples_with_the_learners_lora_policy_after_each_update(lor
     per_layer = 128 * 128 * 4  # one 128 x 128 fp32 projection
     want = {"q_proj,v_proj": 4 * 3 * per_layer,  # q, k, v of 4 layers
             "all-linear": 4 * (4 + 3 * 3) * per_layer}  # + o_proj, gate/up/down (128 x 384)
-    assert w0_bytes == want[",".join(cfg.lora_target_modules)]
+    assert w0_bytes == want[",".join(cfg.lora.target_modules)]
     _set_adapter(model, 0, scale=0.0)
     eng.load_weights(adapter_snapshot(model, torch.float32), 0)  # back to the base for the next test
 

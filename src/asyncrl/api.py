@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asyncrl.config import Config, ConfigError, check_fields_used, read_config_file, validated
+from asyncrl.config import Config, ConfigError, file_keys, place, read_config_file, validated
 from asyncrl.console import notes, quiet_libraries
 from asyncrl.errors import RunFailed, one_line
 from asyncrl.io import RUN_DIRS, RUN_FILES, foreign_entry
@@ -53,28 +53,34 @@ def as_config(config, objects: dict | None = None) -> Config:
     (a copy: the caller's object is not changed); fields the run would not read are refused, as
     with flags. ``objects``: the names of the Python objects given to :func:`train`
     (``reward_funcs``, ...) mapped to whether they were given: any of them makes the task ``custom``."""
+    from_file: set[str] = set()
     if config is None:
         data = {}
     elif isinstance(config, Config):
-        data = {k: getattr(config, k) for k in config.model_fields_set}
+        data = config.model_dump(exclude_unset=True)  # nested: what the caller set, defaults left to apply
     elif isinstance(config, dict):
-        data = dict(config)
+        data = dict(config)  # flat keys, nested keys or both
     elif isinstance(config, (str, Path)):
         data = read_config_file(config)
+        from_file = file_keys(data)
     else:
         raise ConfigError(f"config must be a Config, a dict, a YAML path or None, not {type(config).__name__}")
     given = [k for k, v in (objects or {}).items() if v]
     if given:
-        if data.get("task", "custom") != "custom":
+        data = place(Config, data)
+        task = data.get("task")
+        task = task.model_dump() if hasattr(task, "model_dump") else dict(task or {})
+        if task.get("name", "custom") != "custom":
             raise ConfigError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for task 'custom' (your "
-                              f"prompts and reward functions), but the config sets task {data['task']!r}")
-        data["task"] = "custom"
+                              f"prompts and reward functions), but the config sets task {task['name']!r}")
+        task["name"] = "custom"
         clash = [f for f, obj in (("prompts", "train_dataset"), ("eval_prompts", "eval_dataset"),
                                   ("reward_funcs", "reward_funcs"), ("reward", "reward_funcs"))
-                 if obj in given and data.get(f)]
+                 if obj in given and task.get(f)]
         if clash:
             raise ConfigError(f"{', '.join(clash)} set in the config and given to train() as objects: pass each once")
-    return config_from(data, "train")
+        data["task"] = task
+    return config_from(data, "train", from_file)
 
 
 def config_from(data: dict, command: str = "train", from_file=()) -> Config:
@@ -85,18 +91,15 @@ def config_from(data: dict, command: str = "train", from_file=()) -> Config:
     if data.get("resume") and command in ("train", "config"):
         from asyncrl.checkpoint import resume_config  # torch: see the note at the top
 
-        cfg = resume_config(data)
-    else:
-        cfg = validated(data)
-    check_fields_used(cfg, data, command, from_file=from_file)
-    return cfg
+        return resume_config(data, from_file)
+    return validated(data, command, from_file)
 
 
 def default_output_dir(cfg: Config, command: str = "train") -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if command in ("sft", "rm"):
         return f"runs/{command}-{stamp}"
-    return f"runs/{cfg.task}-{cfg.loss}-lag{cfg.max_lag}-{stamp}"
+    return f"runs/{cfg.task.name}-{cfg.loss.name}-lag{cfg.asynchrony.max_lag}-{stamp}"
 
 
 def train(config=None, *, reward_funcs=None, train_dataset=None, eval_dataset=None) -> dict:
@@ -140,7 +143,7 @@ def _run_train(cfg: Config, inputs: TaskInputs | None) -> dict:
     task = precheck_train(cfg, inputs)
     clear_run_folder(run_dir, own)  # only once every check passed
     log.info("run folder %s", run_dir)
-    if cfg.runtime == "ray" and cfg.ray_learner == "actor":
+    if cfg.runtime.name == "ray" and cfg.runtime.ray_learner == "actor":
         from asyncrl.runtime.ray_learner import run_in_learner_actor  # ray: optional (asyncrl[ray])
 
         summary = run_in_learner_actor(cfg, run_dir, inputs)  # the actor builds its own task
@@ -204,9 +207,10 @@ def precheck_train(cfg: Config, inputs: TaskInputs | None = None):
 
     check_report_to(cfg)
     task = make_task(cfg, inputs)
-    model_path = resolve_model_path(cfg.model, cfg.task)
-    if cfg.reference_model:
-        resolve_model_path(cfg.reference_model, cfg.task)
+    model_path = resolve_model_path(cfg.model, cfg.task.name)
+    reference_model = getattr(cfg.task, "reference_model", None)  # only the reward_model task has it
+    if reference_model:
+        resolve_model_path(reference_model, cfg.task.name)
     resolve_device(cfg.device)
     check_prompt_lengths(task, cfg, model_path, train=True)
     return task

@@ -445,13 +445,14 @@ def make_buffer(
     *,
     max_lag: int,
     group_size: int,
-    recency_prob: float,
-    inv_temp: float,
-    per_prompt_capacity: int,
-    capacity: int,
     seed: int,
+    recency_prob: float | None = None,
+    inv_temp: float | None = None,
+    per_prompt_capacity: int | None = None,
+    capacity: int | None = None,
 ) -> ReplayBuffer:
-    """Build the buffer named by ``mode`` ("fifo" or "tba"); unused arguments are ignored."""
+    """Build the buffer named by ``mode`` ("fifo" or "tba"); the last four are tba's settings (the
+    fields of config.TbaBuffer), ignored by fifo."""
     if mode == "fifo":
         return FifoBuffer(max_lag=max_lag)
     if mode == "tba":

@@ -33,7 +33,7 @@ import yaml
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
-from asyncrl.config import Config, ConfigError, validated
+from asyncrl.config import Config, ConfigError, file_keys, leaf_values, overlay, place, validated
 from asyncrl.errors import one_line
 from asyncrl.io import atomic_dir, atomic_write_text
 from asyncrl.lora import is_peft, merged_copy
@@ -212,28 +212,23 @@ def set_rng_state(state: dict) -> None:
 
 # --- the config of a resumed run -------------------------------------------------------------------
 
-# Fields a resumed run may change: where and how fast the roles run, how often it evaluates and
-# saves, and how long it goes on. Every other field changes what is learned (loss, data, model,
-# optimizer, sampling, the staleness bound, the buffer), so changing it on resume is refused unless
-# ``resume_force``. ``steps`` may grow: the LR schedule is then recomputed for the new length.
-RESUME_MAY_CHANGE = frozenset({
-    "steps", "output_dir", "resume", "resume_force", "overwrite", "debug",
-    "eval_every", "eval_limit", "eval_log_generations", "eval_prompts", "eval_engine", "reference_model",
-    "gold_reward_model", "reference_field", "embedding_model",
-    "save_every", "save_every_minutes", "keep_checkpoints", "max_generator_restarts", "max_skipped_updates",
-    "device", "learner_threads", "generator_threads", "num_generators", "workers", "weight_transport",
-    "runtime", "ray_address", "generator_num_cpus", "generator_num_gpus", "generator_resources",
-    "placement_strategy", "ray_learner", "learner_num_cpus", "learner_num_gpus", "reward_actor", "reward_num_gpus",
-    "reward_device", "reward_batch_size", "engine", "vllm_dtype", "vllm_gpu_memory_utilization",
-    "vllm_kv_cache_gb", "vllm_max_model_len", "vllm_enforce_eager",
-})
+def resume_may_change() -> frozenset[str]:
+    """Flat names of the fields a resumed run may change (marked ``RESUMABLE`` in config.py, on the
+    field or its section): where and how fast the roles run, how often it evaluates and saves, and
+    how long it goes on. Every other field changes what is learned (loss, data, model, optimizer,
+    sampling, the staleness bound, the buffer), so changing it on resume is refused unless
+    ``resume_force``. ``steps`` may grow: the LR schedule is then recomputed for the new length."""
+    from asyncrl.config import Config, flat_fields
+
+    return frozenset(f.flat for f in flat_fields(Config).values() if f.resumable)
 
 
-def resume_config(given: dict):
-    """The config of ``--resume``: the checkpoint's own ``config.yaml``, with the fields given
-    here (config file and flags, ``given``, which holds ``resume``) on top. The run folder defaults
-    to the one that holds the checkpoint. A change to a field outside :data:`RESUME_MAY_CHANGE` is
-    a one-line ConfigError naming each field, unless ``resume_force``."""
+def resume_config(given: dict, from_file=()):
+    """The config of ``--resume``: the checkpoint's own ``config.yaml`` (nested, or flat as written
+    before the nesting), with the fields given here (config file and flags, ``given``, flat or
+    nested, which holds ``resume``) on top. The run folder defaults to the one that holds the
+    checkpoint. A change to a field outside :func:`resume_may_change` is a one-line ConfigError
+    naming each field, unless ``resume_force``. ``from_file``: the keys of ``given`` from a YAML file."""
     if given.get("overwrite") is True:
         raise ConfigError("--resume continues the run in its folder and --overwrite replaces it: pass one of them")
     ckpt = find_checkpoint(str(given["resume"]))
@@ -242,27 +237,39 @@ def resume_config(given: dict):
         if not isinstance(saved, dict):
             raise ValueError("not a mapping")
         saved = {k: v for k, v in saved.items() if k not in ("output_dir", "resume", "resume_force", "overwrite")}
-        original = Config(**saved)
+        # (an old flat config.yaml holds every field, sft/rm ones and other tasks' too: as a file's keys
+        # they are dropped where this run does not read them)
+        original = Config.model_validate(saved, context={"from_file": file_keys(saved)})
     except (OSError, ValueError, yaml.YAMLError) as e:  # ValidationError is a ValueError
         raise ConfigError(f"cannot read the config of checkpoint {ckpt}: {one_line(e, 'first', limit=200)}") from None
-    data = {**saved, **given}
-    if "loss" in given and "variant" not in given:
-        data["variant"] = None  # config.yaml holds the old loss's default variant: take the new loss's
+    top = place(Config, given)
+    # a loss (task, buffer, runtime) of another kind given here starts from that kind's defaults
+    data = overlay(Config, original.model_dump(exclude={"output_dir", "resume", "resume_force", "overwrite"}), top)
     # config.yaml holds `workers` / `weight_transport` as resolved from `auto` for the original
     # host; when what was given here (another runtime, more generators) rules them out, and they
     # were not given here too, they are resolved again.
+    given_async = top.get("asynchrony") if isinstance(top.get("asynchrony"), dict) else {}
+    context = {"from_file": set(from_file)}
     for reset in ((), ("weight_transport",), ("weight_transport", "workers")):
+        auto = {k: "auto" for k in reset if k not in given_async}
         try:
-            merged = Config(**{**data, **{k: "auto" for k in reset if k not in given}})
+            merged = Config.model_validate({**data, "asynchrony": {**data.get("asynchrony", {}), **auto}},
+                                           context=context)
             break
-        except ValidationError:
+        except (ValidationError, ConfigError):  # (Config.__init__ turns the first into the second)
             pass
     else:
-        merged = validated(data)  # raises the one-line error of the config as given
-    changed = [k for k in Config.model_fields if k not in RESUME_MAY_CHANGE
-               and getattr(merged, k) != getattr(original, k)]
+        merged = validated(data, "train", from_file)  # raises the one-line error of the config as given
+    may_change = resume_may_change()
+    missing = object()
+    before, after = leaf_values(original), leaf_values(merged)
+    changed = [k for k in {**before, **after} if k not in may_change
+               and before.get(k, missing) != after.get(k, missing)]
     if changed and not merged.resume_force:
-        diff = ", ".join(f"{k} ({getattr(original, k)!r} -> {getattr(merged, k)!r})" for k in changed)
+        def shown(d, k):
+            return repr(d[k]) if k in d else "(unset)"
+
+        diff = ", ".join(f"{k} ({shown(before, k)} -> {shown(after, k)})" for k in changed)
         raise ConfigError(f"resuming {ckpt} with a different algorithm: {diff}; drop these flags to continue the run "
                           "as it was, or pass --resume-force to change them anyway")
     if merged.output_dir is None:

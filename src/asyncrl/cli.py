@@ -1,8 +1,9 @@
 """Command line: ``asyncrl train|sft|rm|config [CONFIG.yaml] [--field value ...]``, ``asyncrl eval CHECKPOINT``,
 ``asyncrl plot RUN_DIR...``.
 
-Every config field is a flag of the same name with dashes (``max_lag`` -> ``--max-lag``). Values
-are read as YAML scalars (``none``/``null`` for None, ``true``/``false``) and validated by the
+Every config field is a flag of its flat name with dashes (``asynchrony.max_lag`` is ``max_lag``, so
+``--max-lag``); each command has the flags of its own config (config.COMMANDS), grouped by section
+in ``--help``. Values are read as YAML scalars (``none``/``null`` for None, ``true``/``false``) and validated by the
 config model, so a bad value gets the same one-line error from a flag as from a file.
 
 Bad input (docs/bad_input.md) ends in one line ``asyncrl: error: ...`` on stderr and exit code 2
@@ -22,12 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from asyncrl.api import (
-    check_run_folder, clear_run_folder, config_from, default_output_dir, run_train,
-)
-from asyncrl.config import (
-    Config, _literal_choices, check_fields_used, did_you_mean, field_docs, read_config_file,
-)
+from asyncrl.api import check_run_folder, clear_run_folder, config_from, default_output_dir, run_train
+from asyncrl.config import COMMANDS, Config, did_you_mean, field_docs, flat_fields, literal_choices, read_config_file
 from asyncrl.console import notes, quiet_libraries
 from asyncrl.errors import RewardError, RunAborted, RunFailed, one_line
 from asyncrl.metrics import check_report_to
@@ -53,10 +50,10 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _parse_value(text: str, field: str | None = None):
+def _parse_value(text: str, field: str | None = None, command: str = "train"):
     if text.lower() in ("none", "null"):
         # `--off-policy-correction none`, `--report-to none`: a choice named "none" is that choice
-        if field is not None and "none" in _literal_choices(field):
+        if field is not None and "none" in literal_choices(field, COMMANDS[command]):
             return "none"
         return None
     try:
@@ -67,17 +64,41 @@ def _parse_value(text: str, field: str | None = None):
     return text if isinstance(value, (dict, list)) else value
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    docs = field_docs()
-    group = parser.add_argument_group("config fields (override the YAML file)")
-    for name, field in Config.model_fields.items():
-        default = field.default
+def _section_title(cls, name: str) -> str:
+    """``loss (tb | online_dpo | rloo | grpo | ppo)``: an argument group's title."""
+    from asyncrl.config import _section_classes
+
+    f = cls.model_fields[name]
+    kinds = [c.model_fields["name"].default for c in _section_classes(f.annotation)] if f.discriminator else []
+    return f"{name} ({' | '.join(kinds)})" if kinds else name
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """The flags of ``command``'s config (config.COMMANDS), one argument group per section."""
+    cls = COMMANDS[command]
+    docs = field_docs(cls)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for flat, f in flat_fields(cls).items():
+        section = f.path[0] if len(f.path) > 1 else ""
+        if section not in groups:
+            title = _section_title(cls, section) if section else "run"
+            desc = (cls.model_fields[section].description or "") if section else "the run itself"
+            groups[section] = parser.add_argument_group(title, desc)
+        default = f.default if not f.info.is_required() else None
+        only = f"({'/'.join(f.kinds)} only) " if f.union and f.path[-1] != "name" and len(f.kinds) < len(
+            _kinds_of(cls, f.union)) else ""
         # A true/false field also works as a bare switch: `--overwrite` is `--overwrite true`.
-        switch = {"nargs": "?", "const": "true"} if field.annotation in (bool, "bool") else {}
-        group.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, metavar="VALUE", **switch,
-            help=f"{docs.get(name, '')} [default: {default}]".replace("%", "%%"),
+        switch = {"nargs": "?", "const": "true"} if f.info.annotation in (bool, "bool") else {}
+        groups[section].add_argument(
+            "--" + flat.replace("_", "-"), dest=flat, default=argparse.SUPPRESS, metavar="VALUE", **switch,
+            help=f"{only}{docs.get(flat, '')} [default: {default}]".replace("%", "%%"),
         )
+
+
+def _kinds_of(cls, union: tuple[str, ...]) -> list:
+    from asyncrl.config import _kind_classes
+
+    return list(_kind_classes(cls, union))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,22 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a policy (no arguments: the built-in arithmetic job)")
     train.add_argument("config", nargs="?", help="YAML config file")
-    _add_config_flags(train)
+    _add_config_flags(train, "train")
     show = sub.add_parser("config", help="print the resolved config as YAML (same arguments as train)")
     show.add_argument("config", nargs="?", help="YAML config file")
-    _add_config_flags(show)
+    _add_config_flags(show, "config")
     for name, text in (("sft", "supervised fine-tuning on prompt/completion rows (docs/sft_rm.md)"),
                        ("rm", "train a Bradley-Terry reward model on chosen/rejected pairs (docs/sft_rm.md)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("config", nargs="?", help="YAML config file")
-        _add_config_flags(p)
+        _add_config_flags(p, name)
     ev = sub.add_parser("eval", help="greedy evaluation of a checkpoint on a task; writes eval_report.json "
                                      "(docs/tasks.md)")
     ev.add_argument("checkpoint", help="model folder (save_pretrained), run folder, run checkpoint folder or .gguf")
     ev.add_argument("--limit", dest="eval_limit", default=argparse.SUPPRESS, metavar="N",
                     help="evaluate the first N eval prompts only (same as --eval-limit)")
     ev.set_defaults(config=None)
-    _add_config_flags(ev)
+    _add_config_flags(ev, "eval")
     plot = sub.add_parser("plot", help="eval accuracy or train reward of runs vs wall-clock and samples, one PNG "
                                        "(docs/plot.md)")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (metrics.jsonl and/or eval.jsonl)")
@@ -117,13 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _overrides(args: argparse.Namespace, command: str) -> dict:
+    """The flags given, by flat name, their values parsed."""
+    table = flat_fields(COMMANDS[command])
+    return {k: _parse_value(v, k, command) for k, v in vars(args).items() if k in table}
+
+
 def resolve(args: argparse.Namespace) -> Config:
-    overrides = {k: _parse_value(v, k) for k, v in vars(args).items() if k in Config.model_fields}
+    """The config of a train / config / sft / rm command line: its YAML file, the flags on top."""
+    from asyncrl.config import file_keys, merged
+
     command = getattr(args, "command", None) or "train"
+    overrides = _overrides(args, command)
     data = read_config_file(args.config) if args.config else {}
-    from_file = set(data) - set(overrides)
-    data.update(overrides)
-    cfg = config_from(data, command, from_file=from_file)
+    from_file = file_keys(data) - set(overrides)
+    cfg = config_from(merged(COMMANDS[command], data, overrides), command, from_file=from_file)
     if cfg.output_dir is None:  # a resumed run already has its checkpoint's run folder (resume_config)
         cfg.output_dir = default_output_dir(cfg, command)
     return cfg
@@ -146,9 +175,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """``asyncrl eval CHECKPOINT --task NAME [--limit N] [--output-dir DIR]``."""
     from asyncrl.evaluation import REPORT, eval_checkpoint, eval_config  # torch: see the note at the top
 
-    overrides = {k: _parse_value(v, k) for k, v in vars(args).items() if k in Config.model_fields}
-    cfg = eval_config(args.checkpoint, overrides)
-    check_fields_used(cfg, overrides, "eval")  # the flags only: a run's config.yaml may come from sft
+    overrides = _overrides(args, "eval")
+    cfg = eval_config(args.checkpoint, overrides)  # flags eval does not read are refused there
     try:
         report = eval_checkpoint(cfg)
     except RewardError as e:
@@ -157,7 +185,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     shown = ", ".join(f"{k} {report[k]:.4f}" for k in ("accuracy", "reward_mean", "gold_win_rate",
                                                         "kl_ref", "attack_success_rate", "diversity")
                       if isinstance(report.get(k), (int, float)))
-    print(f"asyncrl: eval {cfg.task} on {cfg.model}: {shown + ', ' if shown else ''}n={report['n']}; "
+    print(f"asyncrl: eval {cfg.task.name} on {cfg.model}: {shown + ', ' if shown else ''}n={report['n']}; "
           f"report {Path(cfg.output_dir) / REPORT}", flush=True)
     return 0
 
@@ -238,6 +266,12 @@ def _unknown_arguments(parser: argparse.ArgumentParser, command: str | None, ext
         return f"unexpected argument{'s' if len(extra) > 1 else ''} {' '.join(extra)}"
     parts = []
     for a in unknown:
+        flat = a.lstrip("-").replace("-", "_")
+        owners = [c for c in ("train", "eval", "sft", "rm") if c != command and flat in flat_fields(COMMANDS[c])]
+        if owners and command in COMMANDS:  # another command's field: say whose
+            parts.append(f"{flat} is not used by asyncrl {command} (a flag of "
+                         f"{', '.join('asyncrl ' + o for o in owners)})")
+            continue
         close = get_close_matches(a, flags, n=1, cutoff=0.6)
         parts.append(f"unknown flag {a}" + (f"; did you mean {close[0]}?" if close else ""))
     return "; ".join(parts) + f" (asyncrl {command} --help lists the flags)"

@@ -27,6 +27,7 @@ import yaml
 from asyncrl.checkpoint import TRAINER_STATE, find_checkpoint
 from asyncrl.config import ConfigError, load_config
 from asyncrl.engines import make_engine
+from asyncrl.config import flat_name, leaf_values
 from asyncrl.engines.base import Engine
 from asyncrl.engines.hf import HFEngine
 from asyncrl.io import atomic_write_text
@@ -179,20 +180,23 @@ def eval_config(checkpoint: str, overrides: dict):
     base = run_ckpt / "config.yaml" if run_ckpt is not None and (run_ckpt / "config.yaml").is_file() else None
     if base is None and "task" not in overrides:
         raise ConfigError(f"pass --task NAME: {checkpoint} has no run config.yaml to take the task from")
-    cfg = load_config(base, {**overrides, "model": path, "resume": None, "output_dir": overrides.get("output_dir")})
-    if base is not None and "reference_model" not in overrides and cfg.reference_model is None:
+    cfg = load_config(base, {**overrides, "model": path, "output_dir": overrides.get("output_dir")}, command="eval")
+    if (base is not None and "reference_model" not in overrides and "reference_model" in type(cfg.task).model_fields
+            and cfg.task.reference_model is None):
         # The run's initial policy is the reference of kl_ref / ref_perplexity (tasks with wants_kl).
         run = yaml.safe_load(base.read_text()) or {}
         try:
-            cfg.reference_model = resolve_model_path(run.get("model"), run.get("task", cfg.task))
+            run_task = run.get("task", cfg.task.name)  # a kind (flat config.yaml) or a section (nested)
+            run_task = run_task.get("name", "arithmetic") if isinstance(run_task, dict) else run_task
+            cfg.task.reference_model = resolve_model_path(run.get("model"), run_task)
         except ValueError:  # not reachable from here (a relative path, a moved folder): no KL metrics
             pass
     if cfg.output_dir is None:
         if run_ckpt is not None and run_ckpt.parent.name == "checkpoints":
             # Beside the run's other results, not inside the (atomically written) checkpoint folder.
-            cfg.output_dir = str(run_ckpt.parent.parent / "eval" / f"{run_ckpt.name}-{cfg.task}")
+            cfg.output_dir = str(run_ckpt.parent.parent / "eval" / f"{run_ckpt.name}-{cfg.task.name}")
         else:
-            cfg.output_dir = f"eval-{cfg.task}-{Path(path).stem}"
+            cfg.output_dir = f"eval-{cfg.task.name}-{Path(path).stem}"
     return cfg
 
 
@@ -201,17 +205,18 @@ def _json_number(v):
 
 
 def eval_checkpoint(cfg) -> dict:
-    """Greedy evaluation of ``cfg.model`` on ``cfg.task``; writes ``<output_dir>/eval_report.json``
+    """Greedy evaluation of ``cfg.model`` on ``cfg.task.name``; writes ``<output_dir>/eval_report.json``
     (metrics, ``n``, the settings that shaped the numbers) and ``eval_examples.jsonl`` (one row per
     example), each atomically. Returns the report."""
     task = make_task(cfg)  # first: bad task settings fail before the model is loaded
     check_prompt_lengths(task, cfg, cfg.model, train=False)
     device = resolve_device(cfg.device)
     ref_path = None
-    if getattr(task, "wants_kl", False) and cfg.reference_model:
-        ref_path = resolve_model_path(cfg.reference_model, cfg.task)
+    reference_model = getattr(cfg.task, "reference_model", None)  # tasks with wants_kl have it
+    if getattr(task, "wants_kl", False) and reference_model:
+        ref_path = resolve_model_path(reference_model, cfg.task.name)
     tokenizer = load_tokenizer(cfg.model)
-    engine_name = cfg.eval_engine or cfg.engine
+    engine_name = cfg.engine.eval_engine or cfg.engine.name
     # The hf engine samples with this model; vllm loads its own copy, and the HF model is then
     # needed only to score kl_ref against the reference.
     model = load_model(cfg.model, device).eval() if engine_name == "hf" or ref_path is not None else None
@@ -219,31 +224,28 @@ def eval_checkpoint(cfg) -> dict:
     engine = make_engine(cfg, cfg.model, tokenizer, name=engine_name, model=model, temperature=1.0, seed=cfg.seed)
     t0 = time.perf_counter()
     try:
-        metrics, rows = evaluate(model, tokenizer, task, max_new_tokens=cfg.max_new_tokens, limit=cfg.eval_limit,
-                                 chat_template=cfg.chat_template, ref_model=ref, length_penalty=cfg.length_penalty,
-                                 missing_eos_penalty=cfg.missing_eos_penalty, engine=engine)
+        metrics, rows = evaluate(model, tokenizer, task, max_new_tokens=cfg.sampling.max_new_tokens, limit=cfg.evaluation.eval_limit,
+                                 chat_template=cfg.chat_template, ref_model=ref, length_penalty=cfg.rewards.length_penalty,
+                                 missing_eos_penalty=cfg.rewards.missing_eos_penalty, engine=engine)
     finally:
         engine.close()
-    settings = ["task", "model", "max_new_tokens", "chat_template", "prompt_template", "eval_limit", "device",
-                "engine", "eval_engine"]
+    values = leaf_values(cfg)
+    settings = ["model", "max_new_tokens", "chat_template", "eval_limit", "device", "engine", "eval_engine"]
     settings += [f for f in ("vllm_dtype", "vllm_max_model_len") if engine_name == "vllm"]
-    settings += ["length_penalty", "missing_eos_penalty"] if cfg.length_penalty or cfg.missing_eos_penalty else []
-    settings += {"gsm8k": ["gsm8k_data"],
-                 "custom": ["prompts", "eval_prompts", "prompt_field", "reward_funcs", "reward_weights", "column_map",
-                            "eval_prompts_split", "reward_errors"],
-                 "reward_model": ["prompts", "eval_prompts", "prompt_field", "reward_model", "gold_reward_model",
-                                  "reference_field", "reference_model", "max_seq_tokens"],
-                 "redteam": ["prompts", "eval_prompts", "prompt_field", "victim_model", "victim_max_new_tokens",
-                             "toxicity_classifier", "toxicity_threshold", "embedding_model",
-                             "max_seq_tokens"]}.get(cfg.task, [])
+    settings += ["length_penalty", "missing_eos_penalty"] if cfg.rewards.length_penalty or cfg.rewards.missing_eos_penalty else []
+    settings += ["reward_errors"] if cfg.task.name == "custom" else []
+    # the chosen task's own fields (its section holds exactly what it reads), by flat name
+    settings = ["task"] + settings + [flat_name(type(cfg.task), k) for k in type(cfg.task).model_fields
+                                      if k not in ("name", "reward")]
+    settings = [k for k in dict.fromkeys(settings) if k in values]
     report = {
-        "task": cfg.task,
+        "task": cfg.task.name,
         "checkpoint": cfg.model,
         **{k: _json_number(v) for k, v in metrics.items()},
         "n": len(rows),
         "eval_time_s": time.perf_counter() - t0,
         "examples": EXAMPLES,
-        "config": {k: getattr(cfg, k) for k in settings},
+        "config": {k: values[k] for k in settings},
     }
     out = Path(cfg.output_dir)
     atomic_write_text(out / EXAMPLES, "".join(json.dumps({k: _json_number(v) for k, v in r.items()}) + "\n"

@@ -59,7 +59,7 @@ class Learner:
         self.value_head = None
         # Trainable parameters only: all of them in full fine-tuning, the adapter with LoRA (lora.py).
         params = [p for p in model.parameters() if p.requires_grad]
-        if cfg.loss == "ppo":
+        if cfg.loss.name == "ppo":
             # PPO's critic shares the policy trunk: a linear head on the last hidden state.
             hidden = model.config.hidden_size
             self.value_head = torch.nn.Linear(hidden, 1).to(device=device, dtype=next(model.parameters()).dtype)
@@ -88,25 +88,25 @@ class Learner:
     def _micro_inputs(self, packed: Packed, beh: Tensor, rewards: Tensor, ref: Tensor | None) -> LossInputs:
         with_hidden = self.value_head is not None
         with autocast(self.device):
-            out = completion_logprobs(self.model, packed, self.cfg.temperature, with_hidden=with_hidden)
+            out = completion_logprobs(self.model, packed, self.cfg.sampling.temperature, with_hidden=with_hidden)
         logp, hidden = out if with_hidden else (out, None)
         self._mark("policy_forward")
         if ref is None and self.ref_model is not None:
             with torch.no_grad():
-                ref = completion_logprobs(self.ref_model, packed, self.cfg.temperature)
+                ref = completion_logprobs(self.ref_model, packed, self.cfg.sampling.temperature)
             self._mark("ref_forward")
         values = self.value_head(hidden.float()).squeeze(-1) if with_hidden else None
         prox = None
-        if self.cfg.decoupled:
+        if getattr(self.cfg.loss, "decoupled", False):
             if self._prox_model is None:  # sync_every 1: the latest sync is the current weights
                 prox = logp.detach()
             else:
                 with torch.no_grad(), autocast(self.device):
-                    prox = completion_logprobs(self._prox_model, packed, self.cfg.temperature)
+                    prox = completion_logprobs(self._prox_model, packed, self.cfg.sampling.temperature)
                 self._mark("prox_forward")
         return LossInputs(
             logp=logp, mask=packed.completion_mask, behaviour_logp=beh, rewards=rewards,
-            group_size=self.cfg.samples_per_prompt, ref_logp=ref, values=values, prox_logp=prox,
+            group_size=self.cfg.batch.samples_per_prompt, ref_logp=ref, values=values, prox_logp=prox,
         )
 
     def _refresh_proximal(self) -> None:
@@ -126,15 +126,15 @@ class Learner:
         if self.timings is not None:
             self.timings.clear()
             self._mark_t = t0
-        K = self.cfg.samples_per_prompt
-        if self.cfg.decoupled and self.cfg.sync_every > 1 and (
-                self._prox_model is None or self.version % self.cfg.sync_every == 0):
+        K = self.cfg.batch.samples_per_prompt
+        if getattr(self.cfg.loss, "decoupled", False) and self.cfg.asynchrony.sync_every > 1 and (
+                self._prox_model is None or self.version % self.cfg.asynchrony.sync_every == 0):
             self._refresh_proximal()
         prompts, comps, beh_rows, reward_rows, ref_rows = flatten(batch)
         fresh_rows = torch.tensor([s.version == self.version for g in batch.groups for s in g.samples])  # [N]
         mismatch: dict[str, float] = {}
         n_groups = len(batch.groups)
-        mb = self.cfg.micro_batch_prompts or n_groups
+        mb = self.cfg.batch.micro_batch_prompts or n_groups
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         kl_sum = loss_sum = 0.0
@@ -166,7 +166,7 @@ class Learner:
         self._mark("other")
         params = [p for grp in self.optimizer.param_groups for p in grp["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            params, self.cfg.max_grad_norm if self.cfg.max_grad_norm else float("inf")
+            params, self.cfg.optimizer.max_grad_norm if self.cfg.optimizer.max_grad_norm else float("inf")
         ).item()
         lr = self.scheduler.get_last_lr()[0]
         # Numerical guard: a NaN/inf loss or gradient would poison the weights and Adam's moments

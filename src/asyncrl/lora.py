@@ -55,10 +55,10 @@ def lora_config(cfg, base_path: str):
     _require_peft()
     from peft import LoraConfig  # optional: see the note at the top
 
-    targets = cfg.lora_target_modules
+    targets = cfg.lora.target_modules
     if targets == ["all-linear"]:
         targets = "all-linear"  # peft's shorthand is a string, not a module name
-    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+    return LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=targets, task_type="CAUSAL_LM", bias="none",
                       base_model_name_or_path=str(base_path))
 
@@ -72,7 +72,7 @@ def wrap(model, cfg, base_path: str):
     try:
         return get_peft_model(model, lora_config(cfg, base_path))
     except ValueError as e:
-        raise ValueError(f"lora_target_modules={cfg.lora_target_modules}: {one_line(e, 'first', limit=200)}") from None
+        raise ValueError(f"lora_target_modules={cfg.lora.target_modules}: {one_line(e, 'first', limit=200)}") from None
 
 
 def load_policy(cfg, path: str, device: torch.device, dtype: torch.dtype | None = None):
@@ -80,9 +80,9 @@ def load_policy(cfg, path: str, device: torch.device, dtype: torch.dtype | None 
     model (``cfg.model``) wrapped by :func:`wrap`, with the adapter of ``path`` loaded when ``path``
     is an adapter folder (a LoRA checkpoint: resume), else the fresh adapter (B = 0: the policy
     starts equal to the base)."""
-    if cfg.lora_rank is None:
+    if cfg.lora is None:
         return load_model(path, device, dtype)
-    base_path = resolve_model_path(cfg.model, cfg.task)
+    base_path = resolve_model_path(cfg.model, cfg.task.name)
     model = wrap(load_model(base_path, device, dtype), cfg, base_path)
     if is_adapter_folder(path):
         load_adapter_state(model, load_file(str(Path(path) / ADAPTER_WEIGHTS)))

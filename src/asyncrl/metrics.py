@@ -56,7 +56,7 @@ WANDB_ID_FILE = "wandb_id"  # the run folder's wandb run id: a resumed run conti
 
 def check_report_to(cfg: Config) -> None:
     """Start-up check, before the run folder exists: every ``report_to`` destination can be used."""
-    if "wandb" in cfg.report_to:
+    if "wandb" in cfg.logging.report_to:
         try:
             import wandb  # optional (asyncrl[wandb])
         except ImportError:
@@ -75,6 +75,15 @@ def _wandb_run_id(run_dir: Path, resume: bool) -> str:
     return run_id
 
 
+
+def _flat_config(cfg) -> dict:
+    """The config by flat name (``max_lag``, ``clip_eps``, ...), JSON-ready, for wandb."""
+    import json
+
+    from asyncrl.config import leaf_values
+
+    return json.loads(json.dumps(leaf_values(cfg), default=str))
+
 class Reporters:
     """The ``report_to`` destinations besides the jsonl files: TensorBoard (``tb/``) and wandb.
 
@@ -84,10 +93,10 @@ class Reporters:
     run folder; ``WANDB_MODE=offline`` works without a network."""
 
     def __init__(self, cfg: Config | None, run_dir: Path, start_step: int = 0, resume: bool = False):
-        report_to = cfg.report_to if cfg is not None else ["tensorboard"]
+        report_to = cfg.logging.report_to if cfg is not None else ["tensorboard"]
         self._tb = None
         self._wandb = None
-        name = (cfg.run_name if cfg is not None else None) or Path(run_dir).resolve().name
+        name = (cfg.logging.run_name if cfg is not None else None) or Path(run_dir).resolve().name
         if "tensorboard" in report_to:
             # torch + tensorboard (2.3 s to import): not at module level, which the CLI's start-up reads
             from torch.utils.tensorboard import SummaryWriter
@@ -105,7 +114,8 @@ class Reporters:
                 self._wandb = wandb.init(
                     project=os.environ.get("WANDB_PROJECT") or "asyncrl", name=name,
                     id=_wandb_run_id(run_dir, resume), resume="allow",
-                    config=cfg.model_dump(mode="json"), dir=os.environ.get("WANDB_DIR") or str(run_dir),
+                    # flat names (the flags): one column per field in wandb's run table
+                    config=_flat_config(cfg), dir=os.environ.get("WANDB_DIR") or str(run_dir),
                     # several runs in one process (the Python API, tests): each is its own wandb run
                     reinit="create_new",
                 )
@@ -135,7 +145,7 @@ class Reporters:
 
 
 class RunLogger:
-    """metrics.jsonl / eval.jsonl / generations.jsonl, the ``cfg.report_to`` destinations
+    """metrics.jsonl / eval.jsonl / generations.jsonl, the ``cfg.logging.report_to`` destinations
     (:class:`Reporters`; ``cfg=None``: TensorBoard only) and the console :class:`Progress`."""
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, resume: bool = False,
@@ -150,7 +160,7 @@ class RunLogger:
         self._metrics = open(self.run_dir / "metrics.jsonl", "a")
         self._eval = open(self.run_dir / "eval.jsonl", "a")
         self._gens = open(self.run_dir / "generations.jsonl", "a")
-        self.progress = Progress(total_steps, start_step, cfg.logging_steps if cfg is not None else 10,
+        self.progress = Progress(total_steps, start_step, cfg.logging.logging_steps if cfg is not None else 10,
                                  console=console)
         self._closed = False
 

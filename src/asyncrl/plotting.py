@@ -139,11 +139,13 @@ def _eval_points(rows: list[dict], train: list[TrainPoint]) -> list[EvalPoint]:
 
 
 def _read_config(run: Path) -> dict | None:
+    from asyncrl.config import flat_view
+
     try:
         cfg = yaml.safe_load((run / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        return flat_view(cfg) if isinstance(cfg, dict) else None  # by flat name: loss, max_lag, ...
+    except (OSError, ValueError, yaml.YAMLError):  # (ConfigError is a ValueError)
         return None  # the label then falls back to the folder name
-    return cfg if isinstance(cfg, dict) else None
 
 
 def default_label(run: Path, config: dict | None) -> str:

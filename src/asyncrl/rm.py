@@ -119,29 +119,29 @@ def load_reward_model(path: str, device: torch.device, pad_id: int, seed: int):
 
 
 def load_pairs(cfg: Config, tokenizer):
-    if cfg.data is None:
+    if cfg.data.path is None:
         raise DataError("rm needs preference pairs: pass --data FILE (.jsonl with chosen/rejected fields)")
 
     def read(path):
         rows = load_rows(path)
-        ch, rj = column(rows, cfg.chosen_field, path), column(rows, cfg.rejected_field, path)
-        pr = column(rows, cfg.prompt_field, path) if cfg.prompt_field else [None] * len(rows)
+        ch, rj = column(rows, cfg.data.chosen_field, path), column(rows, cfg.data.rejected_field, path)
+        pr = column(rows, cfg.data.prompt_field, path) if cfg.data.prompt_field else [None] * len(rows)
         return list(zip(pr, ch, rj))
 
-    triples = read(cfg.data)
-    if cfg.eval_data is not None:
-        held = read(cfg.eval_data)
+    triples = read(cfg.data.path)
+    if cfg.data.eval_data is not None:
+        held = read(cfg.data.eval_data)
     else:
-        triples, held = split_rows(triples, cfg.eval_holdout_rows, cfg.seed, cfg.data)
-    if cfg.eval_limit:
-        held = held[: cfg.eval_limit]
+        triples, held = split_rows(triples, cfg.data.eval_holdout_rows, cfg.seed, cfg.data.path)
+    if cfg.evaluation.eval_limit:
+        held = held[: cfg.evaluation.eval_limit]
 
     def encode(ts):
         if not ts:
             return [], [], 0
-        prompts = [t[0] for t in ts] if cfg.prompt_field else None
-        ch, c1 = encode_texts(tokenizer, [t[1] for t in ts], prompts, cfg.chat_template, cfg.max_seq_tokens)
-        rj, c2 = encode_texts(tokenizer, [t[2] for t in ts], prompts, cfg.chat_template, cfg.max_seq_tokens)
+        prompts = [t[0] for t in ts] if cfg.data.prompt_field else None
+        ch, c1 = encode_texts(tokenizer, [t[1] for t in ts], prompts, cfg.chat_template, cfg.data.max_seq_tokens)
+        rj, c2 = encode_texts(tokenizer, [t[2] for t in ts], prompts, cfg.chat_template, cfg.data.max_seq_tokens)
         return ch, rj, c1 + c2
 
     train_c, train_r, cut = encode(triples)
@@ -155,20 +155,20 @@ def load_pairs(cfg: Config, tokenizer):
 def run_rm(cfg: Config) -> dict:
     run_dir = prepare_run_dir(cfg)
     set_threads(cfg)
-    model_path = resolve_model_path(cfg.model, cfg.task)
+    model_path = resolve_model_path(cfg.model, "arithmetic")  # no model: the built-in base
     tokenizer = load_tokenizer(model_path)
     (tc, tr), (hc, hr), info = load_pairs(cfg, tokenizer)
-    if cfg.epochs is not None:
-        cfg.steps = steps_for_epochs(cfg.epochs, len(tc), cfg.batch_size)
+    if cfg.data.epochs is not None:
+        cfg.steps = steps_for_epochs(cfg.data.epochs, len(tc), cfg.data.batch_size)
     device = resolve_device(cfg.device)
     pad_id = tokenizer.pad_token_id
     model = load_reward_model(model_path, device, pad_id, cfg.seed)
     log.info("rm: %d training pairs (%d texts cut to %d tokens, %d pairs identical after cutting), "
-             "%d held-out pairs, %d steps of %d", info["train_pairs"], info["truncated_texts"], cfg.max_seq_tokens,
-             info["identical_pairs"], info["eval_pairs"], cfg.steps, cfg.batch_size)
+             "%d held-out pairs, %d steps of %d", info["train_pairs"], info["truncated_texts"], cfg.data.max_seq_tokens,
+             info["identical_pairs"], info["eval_pairs"], cfg.steps, cfg.data.batch_size)
 
     def step_fn(idx: list[int]) -> dict:
-        return rm_backward(model, [tc[i] for i in idx], [tr[i] for i in idx], cfg.micro_batch_size, pad_id, device)
+        return rm_backward(model, [tc[i] for i in idx], [tr[i] for i in idx], cfg.data.micro_batch_size, pad_id, device)
 
-    eval_fn = (lambda: rm_eval(model, hc, hr, cfg.micro_batch_size or cfg.batch_size, pad_id, device)) if hc else None
+    eval_fn = (lambda: rm_eval(model, hc, hr, cfg.data.micro_batch_size or cfg.data.batch_size, pad_id, device)) if hc else None
     return run_loop(cfg, Path(run_dir), "rm", model, tokenizer, len(tc), step_fn, eval_fn, {"model": model_path, **info})

@@ -95,24 +95,24 @@ def sft_eval(model, examples: list[Example], micro: int | None, pad_id: int, dev
 
 
 def load_examples(cfg: Config, tokenizer) -> tuple[list[Example], list[Example], dict]:
-    if cfg.data is None:
+    if cfg.data.path is None:
         raise DataError("sft needs training rows: pass --data FILE (.jsonl with prompt/completion fields)")
-    prompt_field = cfg.prompt_field or "prompt"
-    rows = load_rows(cfg.data)
-    prompts, comps = column(rows, prompt_field, cfg.data), column(rows, cfg.completion_field, cfg.data)
+    prompt_field = cfg.data.prompt_field or "prompt"
+    rows = load_rows(cfg.data.path)
+    prompts, comps = column(rows, prompt_field, cfg.data.path), column(rows, cfg.data.completion_field, cfg.data.path)
     pairs = list(zip(prompts, comps))
-    if cfg.eval_data is not None:
-        erows = load_rows(cfg.eval_data)
-        eval_pairs = list(zip(column(erows, prompt_field, cfg.eval_data),
-                              column(erows, cfg.completion_field, cfg.eval_data)))
+    if cfg.data.eval_data is not None:
+        erows = load_rows(cfg.data.eval_data)
+        eval_pairs = list(zip(column(erows, prompt_field, cfg.data.eval_data),
+                              column(erows, cfg.data.completion_field, cfg.data.eval_data)))
     else:
-        pairs, eval_pairs = split_rows(pairs, cfg.eval_holdout_rows, cfg.seed, cfg.data)
-    if cfg.eval_limit:
-        eval_pairs = eval_pairs[: cfg.eval_limit]
+        pairs, eval_pairs = split_rows(pairs, cfg.data.eval_holdout_rows, cfg.seed, cfg.data.path)
+    if cfg.evaluation.eval_limit:
+        eval_pairs = eval_pairs[: cfg.evaluation.eval_limit]
     train, cut = build_examples(tokenizer, [p for p, _ in pairs], [c for _, c in pairs],
-                                cfg.chat_template, cfg.max_seq_tokens)
+                                cfg.chat_template, cfg.data.max_seq_tokens)
     held, _ = build_examples(tokenizer, [p for p, _ in eval_pairs], [c for _, c in eval_pairs],
-                             cfg.chat_template, cfg.max_seq_tokens) if eval_pairs else ([], 0)
+                             cfg.chat_template, cfg.data.max_seq_tokens) if eval_pairs else ([], 0)
     info = {"train_rows": len(train), "eval_rows": len(held), "truncated_rows": cut,
             "train_completion_tokens": sum(len(e.completion_ids) for e in train)}
     return train, held, info
@@ -121,21 +121,21 @@ def load_examples(cfg: Config, tokenizer) -> tuple[list[Example], list[Example],
 def run_sft(cfg: Config) -> dict:
     run_dir = prepare_run_dir(cfg)
     set_threads(cfg)
-    model_path = resolve_model_path(cfg.model, cfg.task)
+    model_path = resolve_model_path(cfg.model, "arithmetic")  # no model: the built-in base
     tokenizer = load_tokenizer(model_path)
     train, held, info = load_examples(cfg, tokenizer)
-    if cfg.epochs is not None:
-        cfg.steps = steps_for_epochs(cfg.epochs, len(train), cfg.batch_size)
+    if cfg.data.epochs is not None:
+        cfg.steps = steps_for_epochs(cfg.data.epochs, len(train), cfg.data.batch_size)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = load_model(model_path, device, TRAIN_DTYPE)  # fp32 master weights; bf16 autocast on GPU
     pad_id = tokenizer.pad_token_id
     log.info("sft: %d training rows (%d cut to %d tokens), %d held-out rows, %d steps of %d", info["train_rows"],
-             info["truncated_rows"], cfg.max_seq_tokens, info["eval_rows"], cfg.steps, cfg.batch_size)
+             info["truncated_rows"], cfg.data.max_seq_tokens, info["eval_rows"], cfg.steps, cfg.data.batch_size)
 
     def step_fn(idx: list[int]) -> dict:
-        return sft_backward(model, [train[i] for i in idx], cfg.micro_batch_size, pad_id, device)
+        return sft_backward(model, [train[i] for i in idx], cfg.data.micro_batch_size, pad_id, device)
 
-    eval_fn = (lambda: sft_eval(model, held, cfg.micro_batch_size or cfg.batch_size, pad_id, device)) if held else None
+    eval_fn = (lambda: sft_eval(model, held, cfg.data.micro_batch_size or cfg.data.batch_size, pad_id, device)) if held else None
     return run_loop(cfg, Path(run_dir), "sft", model, tokenizer, len(train), step_fn, eval_fn,
                     {"model": model_path, **info})

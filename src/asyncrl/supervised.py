@@ -91,7 +91,7 @@ def run_loop(
     last_eval: dict | None = None
     ckpt = None
     interrupted = False
-    print_every = cfg.logging_steps
+    print_every = cfg.logging.logging_steps
 
     def evaluate() -> None:
         nonlocal last_eval
@@ -107,18 +107,18 @@ def run_loop(
 
     def checkpoint() -> Path:
         state = {"command": kind, "step": step, "samples_seen": samples}
-        return save_checkpoint(run_dir, step, model, tokenizer, state, config_yaml, keep=cfg.keep_checkpoints)
+        return save_checkpoint(run_dir, step, model, tokenizer, state, config_yaml, keep=cfg.checkpoint.keep_checkpoints)
 
     try:
         evaluate()
-        it = batches(n_train, cfg.batch_size, cfg.seed)
+        it = batches(n_train, cfg.data.batch_size, cfg.seed)
         while step < cfg.steps:
             t0 = time.perf_counter()
             idx = next(it)
             opt.zero_grad(set_to_none=True)
             m = step_fn(idx)
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
+                params, cfg.optimizer.max_grad_norm if cfg.optimizer.max_grad_norm else float("inf")
             ).item()
             lr = sched.get_last_lr()[0]
             opt.step()
@@ -134,9 +134,9 @@ def run_loop(
             if step % print_every == 0 or step == cfg.steps:
                 progress_line(f"{kind} step {step}/{cfg.steps} t={wall:.1f}s loss {last['loss']:.4f} lr {lr:.2e} "
                               f"{last['tokens_per_s']:.0f} tok/s")
-            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+            if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < cfg.steps:
                 ckpt = checkpoint()
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            if cfg.evaluation.eval_every and step % cfg.evaluation.eval_every == 0 and step < cfg.steps:
                 evaluate()
         evaluate()
     except KeyboardInterrupt:

@@ -72,13 +72,13 @@ POLL_S = 0.05  # how long to wait for a worker message before re-checking stop r
 
 
 def make_host(cfg: Config, policy_path: str, ref_path: str, gen_threads: int, inputs=None) -> Host:
-    """The host for ``cfg.runtime`` / ``cfg.workers``: the one place a runtime is chosen.
+    """The host for ``cfg.runtime.name`` / ``cfg.asynchrony.workers``: the one place a runtime is chosen.
     ``inputs``: the Python objects given to :func:`asyncrl.train` (``TaskInputs``), or None."""
-    if cfg.runtime == "ray":
+    if cfg.runtime.name == "ray":
         return RayHost(cfg, policy_path, ref_path, inputs)
-    if cfg.workers == "inline":
+    if cfg.asynchrony.workers == "inline":
         return InlineHost(cfg, policy_path, ref_path, inputs)
-    return LocalHost(cfg.workers, cfg, policy_path, ref_path, gen_threads, inputs)
+    return LocalHost(cfg.asynchrony.workers, cfg, policy_path, ref_path, gen_threads, inputs)
 
 
 class Controller:
@@ -168,7 +168,7 @@ class Controller:
         # First, so a bad task setting (missing data, unimportable reward) or a missing engine
         # package fails before anything is written.
         task = self._task if self._task is not None else make_task(cfg, self.inputs)
-        if "vllm" in (cfg.engine, cfg.eval_engine):
+        if "vllm" in (cfg.engine.name, cfg.engine.eval_engine):
             require_vllm()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
@@ -176,29 +176,28 @@ class Controller:
         torch.set_num_threads(learner_threads)
         torch.manual_seed(cfg.seed)
         device = resolve_device(cfg.device)
-        base_path = resolve_model_path(cfg.model, cfg.task)
+        base_path = resolve_model_path(cfg.model, cfg.task.name)
         self._policy_path, self._trainer_state = base_path, None
         if cfg.resume:
             ckpt = find_checkpoint(cfg.resume)
             self._policy_path, self._trainer_state = str(ckpt), load_trainer_state(ckpt)
         self._learner, self._tokenizer = self._load_learner(device, base_path)
         self._buffer = make_buffer(
-            cfg.buffer, max_lag=cfg.max_lag, group_size=cfg.samples_per_prompt, recency_prob=cfg.recency_prob,
-            inv_temp=cfg.inv_temp, per_prompt_capacity=cfg.per_prompt_capacity, capacity=cfg.buffer_capacity,
-            seed=cfg.seed,
+            cfg.buffer.name, max_lag=cfg.asynchrony.max_lag, group_size=cfg.batch.samples_per_prompt, seed=cfg.seed,
+            **cfg.buffer.model_dump(exclude={"name"}),  # the tba settings (none for fifo)
         )
         self._stats, resumed_states, wall0 = self._restore()
         self.host = make_host(cfg, self._policy_path, base_path, gen_threads, self.inputs)
-        self.scheduler = Scheduler(cfg.max_lag, cfg.prompts_per_step, self.host.depth)
+        self.scheduler = Scheduler(cfg.asynchrony.max_lag, cfg.batch.prompts_per_step, self.host.depth)
         self._logger = RunLogger(self.run_dir, cfg.steps, self._learner.version,
                                  resume=self._trainer_state is not None, cfg=cfg)
         self._config_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
-        self._pool = WorkerPool(self.host, self.scheduler, self._stats, num_generators=cfg.num_generators,
-                                max_restarts=cfg.max_generator_restarts, version=lambda: self._learner.version,
+        self._pool = WorkerPool(self.host, self.scheduler, self._stats, num_generators=cfg.asynchrony.num_generators,
+                                max_restarts=cfg.asynchrony.max_generator_restarts, version=lambda: self._learner.version,
                                 note=self._logger.progress.note, resumed_states=resumed_states)
         self.workers = self._pool.workers
         self._clock = TrainClock(wall0)
-        self._cadence = CheckpointCadence(cfg.save_every, cfg.save_every_minutes, cfg.steps)
+        self._cadence = CheckpointCadence(cfg.checkpoint.save_every, cfg.checkpoint.save_every_minutes, cfg.steps)
         self._evaluator = Evaluator(cfg, task, self._learner, self._tokenizer, device, policy_path=self._policy_path,
                                     base_path=base_path, logger=self._logger, clock=self._clock)
         self._failure: str | None = None  # why the run stopped early (non-finite updates, a user error)
@@ -215,8 +214,8 @@ class Controller:
         # The reference is always the *initial* policy, also after a resume; with LoRA that is the
         # learner's own model with the adapter disabled (no second copy).
         ref = None
-        if cfg.reference and cfg.reference_on == "learner":
-            ref = ReferenceView(model) if cfg.lora_rank else load_model(base_path, device)
+        if cfg.loss.reference and cfg.loss.reference_on == "learner":
+            ref = ReferenceView(model) if cfg.lora else load_model(base_path, device)
         return Learner(cfg, model, ref, tokenizer.pad_token_id, device), tokenizer
 
     def _restore(self) -> tuple[RunStats, list[GeneratorState | None], float]:
@@ -226,7 +225,7 @@ class Controller:
         if state is None:
             return RunStats.resumed(), [], 0.0
         self._learner.load_state_dict(state["learner"])
-        if state.get("buffer", {}).get("kind") == self.cfg.buffer:
+        if state.get("buffer", {}).get("kind") == self.cfg.buffer.name:
             self._buffer.load_state_dict(state["buffer"])
         generators = [GeneratorState(**g) if g is not None else None for g in state.get("generators", [])]
         stats = RunStats.resumed(state.get("counters", {}), restored=len(self._buffer))
@@ -295,7 +294,7 @@ class Controller:
         cfg, stats = self.cfg, self._stats
         self._pool.record(done)
         self._buffer.add(done.groups)
-        batch = self._buffer.sample(cfg.prompts_per_step, learner_version=self._learner.version)
+        batch = self._buffer.sample(cfg.batch.prompts_per_step, learner_version=self._learner.version)
         stats.dropped += batch.dropped if batch is not None else 0
         if batch is None:
             return
@@ -304,7 +303,7 @@ class Controller:
         skipped = m.pop("skipped_update")
         self._count_skipped(step, skipped, m)
         sync_s, sync_bytes = 0.0, 0
-        if step % cfg.sync_every == 0:
+        if step % cfg.asynchrony.sync_every == 0:
             sync_s, sync_bytes = self._publish(), stats.last_sync_bytes
         stats.samples_seen += sum(len(g.samples) for g in batch.groups)
         stats.set_redispatched(self.scheduler.stats.redispatched)
@@ -328,9 +327,9 @@ class Controller:
             self._logger.progress.note(f"step {step}: non-finite loss or gradient norm (loss {m['loss']}, "
                                        f"grad_norm {m['grad_norm']}); update skipped "
                                        f"({self._skipped_in_a_row} in a row)")
-        if self._skipped_in_a_row >= self.cfg.max_skipped_updates:
+        if self._skipped_in_a_row >= self.cfg.optimizer.max_skipped_updates:
             self._failure = (f"{self._skipped_in_a_row} updates in a row had a non-finite loss or gradient norm "
-                             f"(max_skipped_updates={self.cfg.max_skipped_updates}); the weights are those of "
+                             f"(max_skipped_updates={self.cfg.optimizer.max_skipped_updates}); the weights are those of "
                              f"the last finite update")
 
     def _publish(self) -> float:
@@ -346,8 +345,8 @@ class Controller:
                  "buffer": self._buffer.state_dict(), "generators": self._pool.generator_states(),
                  "rng": rng_state(), "wall_time_s": self._clock.wall()}
         path = save_checkpoint(self.run_dir, step, learner.model, self._tokenizer, state, self._config_yaml,
-                               keep=self.cfg.keep_checkpoints, protect=Path(self._policy_path),
-                               save_merged=bool(self.cfg.lora_rank and self.cfg.lora_save_merged))
+                               keep=self.cfg.checkpoint.keep_checkpoints, protect=Path(self._policy_path),
+                               save_merged=bool(self.cfg.lora and self.cfg.lora.save_merged))
         self._cadence.saved()
         return path
 

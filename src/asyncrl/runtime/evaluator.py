@@ -63,22 +63,23 @@ class Evaluator:
         self.logger = logger
         self.clock = clock
         self.history: list[dict] = []  # this process's evaluations, for the summary
-        self.engine_name = cfg.eval_engine or cfg.engine
+        self.engine_name = cfg.engine.eval_engine or cfg.engine.name
         self.engine = None  # built at the first evaluation when it is not the learner's own model
         # Tasks that report kl_ref / ref_perplexity (wants_kl) evaluate against the initial policy (or
         # reference_model); loaded at the first evaluation, reusing the learner's copy when it has one.
         self.wants_kl = bool(getattr(task, "wants_kl", False))
-        self.ref_path = resolve_model_path(cfg.reference_model, cfg.task) if cfg.reference_model else base_path
+        reference_model = getattr(cfg.task, "reference_model", None)  # only tasks with wants_kl have it
+        self.ref_path = resolve_model_path(reference_model, cfg.task.name) if reference_model else base_path
         self.ref = None
-        if self.wants_kl and not cfg.reference_model:
-            if cfg.lora_rank:
+        if self.wants_kl and not reference_model:
+            if cfg.lora:
                 self.ref = ReferenceView(learner.model)
             else:  # the learner's reference (reference_on: learner), else None: loaded when first needed
                 self.ref = learner.ref_model
 
     def due(self, step: int) -> bool:
         """An evaluation on cadence after ``step`` (the end has its own)."""
-        return bool(self.cfg.eval_every) and step % self.cfg.eval_every == 0 and step < self.cfg.steps
+        return bool(self.cfg.evaluation.eval_every) and step % self.cfg.evaluation.eval_every == 0 and step < self.cfg.steps
 
     def run(self, step: int) -> float | None:
         """Evaluate the current weights as those of ``step``; returns the accuracy (None when the
@@ -90,13 +91,13 @@ class Evaluator:
             self.ref = load_model(self.ref_path, self.device).eval().requires_grad_(False)
         with autocast(self.device):
             metrics, rows = evaluate(self.learner.model, self.tokenizer, self.task,
-                                     max_new_tokens=cfg.max_new_tokens, limit=cfg.eval_limit,
+                                     max_new_tokens=cfg.sampling.max_new_tokens, limit=cfg.evaluation.eval_limit,
                                      chat_template=cfg.chat_template, ref_model=self.ref,
-                                     length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty,
+                                     length_penalty=cfg.rewards.length_penalty, missing_eos_penalty=cfg.rewards.missing_eos_penalty,
                                      engine=self._engine())
         dt = time.perf_counter() - te
         self.logger.log_eval({"step": step, "wall_time_s": w, **metrics, "n": len(rows), "eval_time_s": dt},
-                             rows[: cfg.eval_log_generations])
+                             rows[: cfg.evaluation.eval_log_generations])
         self.clock.pause(dt)
         self.history.append({"step": step, **metrics})
         return metrics.get("accuracy")

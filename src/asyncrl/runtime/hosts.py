@@ -204,7 +204,7 @@ class LocalHost:
         self._outbox = queue.Queue()  # thread workers
         self._readers: dict = {}  # process workers: read end of each one's reply pipe -> worker id
         self._pending: deque = deque()  # messages read but not yet handed out
-        self.publisher = make_publisher(cfg.weight_transport)
+        self.publisher = make_publisher(cfg.asynchrony.weight_transport)
         self.workers: dict[int, _LocalWorker] = {}
         self._lost: set[int] = set()
 

@@ -32,8 +32,11 @@ import uuid
 from collections import deque
 from typing import Any
 
-from asyncrl.config import Config
+from asyncrl.config import Config, absolute_paths, flat_fields, get_path, set_path
 from asyncrl.errors import one_line
+from asyncrl.policy import resolve_device
+from asyncrl.runtime.broadcast import BroadcastPublisher
+from asyncrl.tasks import make_task
 from asyncrl.runtime.hosts import WORKER_DEPTH
 from asyncrl.runtime.object_store import ObjectRefBox, ObjectStorePublisher, ray_module, resolved
 from asyncrl.runtime.spec import WorkerSpec
@@ -127,8 +130,6 @@ class _RewardActor:
     generator. Calls are served one at a time, in arrival order, on one copy of the models."""
 
     def __init__(self, cfg_dict: dict):
-        from asyncrl.tasks import make_task
-
         self.task = make_task(Config(**cfg_dict))
 
     def reward(self, prompts, completions) -> list:
@@ -154,8 +155,6 @@ class RemoteRewardTask:
     """
 
     def __init__(self, cfg: Config, actor):
-        from asyncrl.tasks import make_task
-
         self._task = make_task(cfg)
         self._actor = actor
         self.name = self._task.name
@@ -196,21 +195,21 @@ def _actor_classes() -> dict[str, Any]:
 
 def _cpus_needed(cfg: Config, learner_actor: bool) -> float:
     """Logical CPUs the actors of a run reserve (the driver itself reserves none)."""
-    need = cfg.num_generators * cfg.generator_num_cpus
-    if cfg.reward_actor:
+    need = cfg.asynchrony.num_generators * cfg.runtime.generator_num_cpus
+    if cfg.runtime.reward_actor:
         need += 1
     if learner_actor:
-        need += cfg.learner_num_cpus
+        need += cfg.runtime.learner_num_cpus
     return need
 
 
 def _gpus_needed(cfg: Config, learner_actor: bool) -> float:
-    need = cfg.num_generators * cfg.generator_num_gpus + (cfg.reward_num_gpus if cfg.reward_actor else 0.0)
-    return need + (cfg.learner_num_gpus if learner_actor else 0.0)
+    need = cfg.asynchrony.num_generators * cfg.runtime.generator_num_gpus + (cfg.runtime.reward_num_gpus if cfg.runtime.reward_actor else 0.0)
+    return need + (cfg.runtime.learner_num_gpus if learner_actor else 0.0)
 
 
 def ensure_ray(cfg: Config, learner_actor: bool = False) -> bool:
-    """Connect to ``cfg.ray_address``, or start a local Ray sized for this run when it is None.
+    """Connect to ``cfg.runtime.ray_address``, or start a local Ray sized for this run when it is None.
     Returns True when this call initialised Ray (the caller then shuts it down); False when Ray
     was already initialised (inside the learner actor, or a test's own cluster)."""
     ray = _ray()
@@ -220,7 +219,7 @@ def ensure_ray(cfg: Config, learner_actor: bool = False) -> bool:
     env = {} if JOB_CONFIG_ENV in os.environ else {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     kw: dict[str, Any] = dict(include_dashboard=False, logging_level="warning",
                               runtime_env={"env_vars": env} if env else None)
-    if cfg.ray_address is None:
+    if cfg.runtime.ray_address is None:
         # "local", not None: None would join a cluster that `ray start` left on this machine.
         # Logical CPUs: at least the cores, and enough that every actor of the run fits, since
         # generators mostly wait on each other and the learner on a small machine.
@@ -233,15 +232,9 @@ def ensure_ray(cfg: Config, learner_actor: bool = False) -> bool:
             raise ValueError(f"runtime=ray: the run's actors reserve {need:g} GPUs but this machine has {gpus:g} "
                              "(lower generator_num_gpus / reward_num_gpus / learner_num_gpus, or set ray_address)")
     else:
-        ray.init(address=cfg.ray_address, **kw)
+        ray.init(address=cfg.runtime.ray_address, **kw)
     return True
 
-
-# Config fields naming files or folders that actors open. Actors on other nodes do not run in the
-# driver's working directory, so relative paths that exist here are sent to them made absolute
-# (the files themselves must be on a filesystem every node sees: docs/distributed.md).
-PATH_FIELDS = ("model", "resume", "prompts", "eval_prompts", "gsm8k_data", "reward_model", "gold_reward_model",
-               "victim_model", "toxicity_classifier", "embedding_model", "reference_model")
 
 
 def absolute_path(path: str | None) -> str | None:
@@ -253,15 +246,18 @@ def absolute_path(path: str | None) -> str | None:
 
 
 def config_for_actors(cfg: Config) -> dict:
-    """``cfg`` as a dict for actors, with the paths of :data:`PATH_FIELDS` made absolute."""
-    d = cfg.model_dump()
-    for k in PATH_FIELDS:
-        d[k] = absolute_path(d[k])
-    return d
+    """``cfg`` as a dict for actors, its path fields made absolute (config.absolute_paths): actors on
+    other nodes do not run in the driver's working directory (the files themselves must be on a
+    filesystem every node sees: docs/distributed.md)."""
+    return absolute_paths(cfg)
 
 
-def _cpu_if_auto(cfg: Config, field: str) -> dict:
-    return {field: "cpu"} if getattr(cfg, field) == "auto" else {}
+def _cpu_if_auto(d: dict, cfg: Config, flat: str) -> None:
+    """Set the device field ``flat`` (``device``, ``reward_device``) of the dump ``d`` to cpu when it is
+    ``auto`` (and the config has it: only tasks with reward-side models have ``reward_device``)."""
+    f = flat_fields(type(cfg))[flat]
+    if get_path(cfg, f.path) == "auto":
+        set_path(d, f.path, "cpu")
 
 
 # --- the host --------------------------------------------------------------------------------------
@@ -303,34 +299,33 @@ class RayHost:
 
     @staticmethod
     def _make_publisher(cfg: Config) -> WeightPublisher:
-        if cfg.weight_transport != "broadcast":
+        if cfg.asynchrony.weight_transport != "broadcast":
             return ObjectStorePublisher()
-        from asyncrl.policy import resolve_device
-        from asyncrl.runtime.broadcast import BroadcastPublisher
 
         # NCCL needs every rank on its own GPU: a learner on GPU and generators holding whole GPUs.
         # Otherwise (CPU, or generators sharing a GPU) gloo, staged through host memory. The store
         # listens on this node's address, which generators on other nodes can reach.
-        nccl = resolve_device(cfg.device).type == "cuda" and cfg.generator_num_gpus >= 1
+        nccl = resolve_device(cfg.device).type == "cuda" and cfg.runtime.generator_num_gpus >= 1
         return BroadcastPublisher(backend="nccl" if nccl else "gloo", device="cuda" if nccl else "cpu",
                                   host=_ray().util.get_node_ip_address())
 
     def __init__(self, cfg: Config, policy_path: str, ref_path: str | None, inputs=None):
-        if cfg.reward_actor and cfg.task not in REWARD_ACTOR_TASKS:
+        if cfg.runtime.reward_actor and cfg.task.name not in REWARD_ACTOR_TASKS:
             raise ValueError(f"reward_actor=true shares the reward-side models of tasks {' and '.join(REWARD_ACTOR_TASKS)}; "
-                             f"task {cfg.task!r} has none")
+                             f"task {cfg.task.name!r} has none")
         self.cfg = cfg
         # Ray 2.60 leaves every GPU of a node visible to an actor that reserved none; `auto` devices
         # must not pick a GPU that Ray may have given to another actor.
         self.cfg_dict = config_for_actors(cfg)  # what generator actors build from
-        if cfg.generator_num_gpus == 0:
-            self.cfg_dict.update(_cpu_if_auto(cfg, "device") | _cpu_if_auto(cfg, "reward_device"))
+        if cfg.runtime.generator_num_gpus == 0:
+            _cpu_if_auto(self.cfg_dict, cfg, "device")
+            _cpu_if_auto(self.cfg_dict, cfg, "reward_device")
         self._reward_cfg = config_for_actors(cfg)
-        if cfg.reward_num_gpus == 0:
-            self._reward_cfg.update(_cpu_if_auto(cfg, "reward_device"))
+        if cfg.runtime.reward_num_gpus == 0:
+            _cpu_if_auto(self._reward_cfg, cfg, "reward_device")
         self.policy_path, self.ref_path = absolute_path(policy_path), absolute_path(ref_path)
         self.inputs = inputs.dumps() if inputs is not None else None  # asyncrl.train's objects, for every actor
-        self.threads = cfg.generator_threads or max(1, int(cfg.generator_num_cpus))
+        self.threads = cfg.asynchrony.generator_threads or max(1, int(cfg.runtime.generator_num_cpus))
         self._owns_ray = ensure_ray(cfg)
         ray = _ray()
         self._ray = ray
@@ -342,17 +337,17 @@ class RayHost:
         self.pg = None
         self.reward_actor = None
         try:
-            self._bundle_spec = {k: v for k, v in {"CPU": cfg.generator_num_cpus, "GPU": cfg.generator_num_gpus,
-                                                   **cfg.generator_custom_resources}.items() if v > 0}
+            self._bundle_spec = {k: v for k, v in {"CPU": cfg.runtime.generator_num_cpus, "GPU": cfg.runtime.generator_num_gpus,
+                                                   **cfg.runtime.generator_custom_resources}.items() if v > 0}
             if self._bundle_spec:
                 self.pg = self._placement_group()
-            self._slots: list[int | None] = [None] * cfg.num_generators  # bundle -> worker id holding it
-            if cfg.reward_actor:
+            self._slots: list[int | None] = [None] * cfg.asynchrony.num_generators  # bundle -> worker id holding it
+            if cfg.runtime.reward_actor:
                 self.reward_actor = _actor_classes()["reward"].options(
-                    name=f"asyncrl-reward-{self._token}", num_cpus=1, num_gpus=cfg.reward_num_gpus,
+                    name=f"asyncrl-reward-{self._token}", num_cpus=1, num_gpus=cfg.runtime.reward_num_gpus,
                     # The reward is a pure function of its inputs: after a crash Ray may restart
                     # the actor and replay the calls that were in flight.
-                    max_restarts=cfg.max_generator_restarts, max_task_retries=cfg.max_generator_restarts,
+                    max_restarts=cfg.asynchrony.max_generator_restarts, max_task_retries=cfg.asynchrony.max_generator_restarts,
                 ).remote(self._reward_cfg)
         except BaseException:
             self.close()
@@ -362,8 +357,8 @@ class RayHost:
         ray = self._ray
         from ray.util.placement_group import placement_group, remove_placement_group
 
-        n, spec = self.cfg.num_generators, self._bundle_spec
-        if self.cfg.ray_address is None:
+        n, spec = self.cfg.asynchrony.num_generators, self._bundle_spec
+        if self.cfg.runtime.ray_address is None:
             # A local Ray (started for this run, here or by run_in_learner_actor) never grows: say at
             # once when the bundles cannot fit.
             have = ray.cluster_resources()
@@ -372,10 +367,10 @@ class RayHost:
                 raise ValueError(f"runtime=ray: {n} generators reserve {_fmt(short)} but this machine's Ray has "
                                  f"{_fmt({k: have.get(k, 0.0) for k in short})}")
             nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-            if self.cfg.placement_strategy == "STRICT_SPREAD" and n > nodes:
+            if self.cfg.runtime.placement_strategy == "STRICT_SPREAD" and n > nodes:
                 raise ValueError(f"runtime=ray: placement_strategy=STRICT_SPREAD puts each of the {n} generators on "
                                  f"its own node, but this Ray has {nodes} node(s); use SPREAD or set ray_address")
-        pg = placement_group([dict(spec) for _ in range(n)], strategy=self.cfg.placement_strategy,
+        pg = placement_group([dict(spec) for _ in range(n)], strategy=self.cfg.runtime.placement_strategy,
                              name=f"asyncrl-generators-{self._token}")
         t0 = time.monotonic()
         told = False
@@ -387,10 +382,10 @@ class RayHost:
             if waited >= PLACEMENT_TIMEOUT_S:
                 remove_placement_group(pg)
                 raise ValueError(f"runtime=ray: the cluster could not fit {n} generator bundles of {_fmt(spec)} "
-                                   f"({self.cfg.placement_strategy}) within {PLACEMENT_TIMEOUT_S:.0f}s; available: "
+                                   f"({self.cfg.runtime.placement_strategy}) within {PLACEMENT_TIMEOUT_S:.0f}s; available: "
                                    f"{_fmt(ray.available_resources())}")
             log.info("waiting %.0fs for the cluster to fit %d generator bundles of %s (%s); available now: %s",
-                     waited, n, _fmt(spec), self.cfg.placement_strategy, _fmt(ray.available_resources()))
+                     waited, n, _fmt(spec), self.cfg.runtime.placement_strategy, _fmt(ray.available_resources()))
             told = True
 
     # --- Host protocol ---
@@ -400,8 +395,8 @@ class RayHost:
         if worker_id in self.workers:
             raise ValueError(f"worker id {worker_id} was already used; ids are never reused")
         bundle = None
-        opts: dict[str, Any] = dict(num_cpus=self.cfg.generator_num_cpus, num_gpus=self.cfg.generator_num_gpus,
-                                    resources=self.cfg.generator_custom_resources or None)
+        opts: dict[str, Any] = dict(num_cpus=self.cfg.runtime.generator_num_cpus, num_gpus=self.cfg.runtime.generator_num_gpus,
+                                    resources=self.cfg.runtime.generator_custom_resources or None)
         if self.pg is not None:
             bundle = self._free_bundle()
             self._slots[bundle] = worker_id

@@ -63,8 +63,8 @@ def run_in_learner_actor(cfg: Config, run_dir, inputs=None) -> dict:
 
     try:
         actor = _learner_class().options(
-            name=f"asyncrl-learner-{uuid.uuid4().hex[:8]}", num_cpus=cfg.learner_num_cpus,
-            num_gpus=cfg.learner_num_gpus, max_concurrency=2, max_restarts=0).remote()
+            name=f"asyncrl-learner-{uuid.uuid4().hex[:8]}", num_cpus=cfg.runtime.learner_num_cpus,
+            num_gpus=cfg.runtime.learner_num_gpus, max_concurrency=2, max_restarts=0).remote()
         # Absolute paths: the actor may run on another node, in another working directory.
         run_dir = str(Path(run_dir).resolve())
         ref = actor.run.remote({**config_for_actors(cfg), "output_dir": run_dir}, run_dir,

@@ -1,4 +1,4 @@
-"""The weight transports by name (``cfg.weight_transport``): :func:`make_publisher` for the
+"""The weight transports by name (``cfg.asynchrony.weight_transport``): :func:`make_publisher` for the
 learner's side, :func:`make_receiver` for a worker's. The base classes and what the transports share
 live in ``transport.py``; each transport in its own module (``broadcast.py``, ``object_store.py``).
 """
@@ -13,7 +13,7 @@ from asyncrl.runtime.transport import TRANSPORTS, DirectPublisher, DirectReceive
 
 
 def make_publisher(name: str, **kwargs) -> WeightPublisher:
-    """The learner-side half of transport ``name`` (``cfg.weight_transport``, resolved)."""
+    """The learner-side half of transport ``name`` (``cfg.asynchrony.weight_transport``, resolved)."""
     if name in ("inprocess", "queue"):
         return DirectPublisher(name)
     if name == "object_store":

@@ -19,6 +19,11 @@ import traceback
 import torch
 
 from asyncrl.config import Config
+from asyncrl.engines import make_engine
+from asyncrl.generator import Generator, GeneratorSettings
+from asyncrl.lora import ReferenceView, load_policy
+from asyncrl.policy import load_model, load_tokenizer, resolve_device
+from asyncrl.tasks import TaskInputs, make_task
 from asyncrl.runtime.messages import (
     FromWorker, GenerateRequest, GeneratorState, RequestDone, RestoreGenerator, StopWorker, WeightsUpdate,
     WorkerError, WorkerReady,
@@ -35,13 +40,6 @@ def build_generator(spec: WorkerSpec, task=None):
     """The generator role for ``spec`` (one worker): the one place a generator's config fields are
     read. ``task`` overrides ``make_task(cfg)`` (the Ray runtime passes a task whose reward-side
     models live in one shared actor)."""
-    from asyncrl.engines import make_engine
-    from asyncrl.generator import Generator, GeneratorSettings
-    from asyncrl.policy import load_model, load_tokenizer, resolve_device
-    from asyncrl.tasks import TaskInputs, make_task
-
-    from asyncrl.lora import ReferenceView, load_policy
-
     cfg = Config(**spec.config)
     model_path, worker_id = spec.model_path, spec.worker_id
     device = resolve_device(cfg.device)
@@ -49,9 +47,9 @@ def build_generator(spec: WorkerSpec, task=None):
     # LoRA, hf engine: the engine samples with base + adapter, unmerged, and the reference is that
     # same model with the adapter disabled. The vllm engine merges the adapter itself (it loads the
     # base), so its reference is the base model, loaded from ref_path like a full run's.
-    policy = load_policy(cfg, model_path, device) if cfg.lora_rank and cfg.engine == "hf" else None
+    policy = load_policy(cfg, model_path, device) if cfg.lora and cfg.engine.name == "hf" else None
     ref = None
-    if cfg.reference and cfg.reference_on == "generator":
+    if cfg.loss.reference and cfg.loss.reference_on == "generator":
         ref = ReferenceView(policy) if policy is not None else (
             load_model(spec.ref_path or model_path, device).eval().requires_grad_(False))
     # A resumed run continues with fresh prompt and sampling streams instead of replaying the first ones.
@@ -64,9 +62,9 @@ def build_generator(spec: WorkerSpec, task=None):
     engine = make_engine(cfg, model_path, tokenizer, seed=sample_seed, model=policy, generator=rng)
     inputs = TaskInputs.loads(spec.inputs) if isinstance(spec.inputs, bytes) else spec.inputs
     settings = GeneratorSettings(
-        samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed * 1000 + worker_id + offset,
-        chat_template=cfg.chat_template, temperature=cfg.temperature, reward_errors=cfg.reward_errors,
-        length_penalty=cfg.length_penalty, missing_eos_penalty=cfg.missing_eos_penalty)
+        samples_per_prompt=cfg.batch.samples_per_prompt, seed=cfg.seed * 1000 + worker_id + offset,
+        chat_template=cfg.chat_template, temperature=cfg.sampling.temperature, reward_errors=cfg.rewards.reward_errors,
+        length_penalty=cfg.rewards.length_penalty, missing_eos_penalty=cfg.rewards.missing_eos_penalty)
     return Generator(engine, task if task is not None else make_task(cfg, inputs), tokenizer, settings,
                      ref_model=ref, rng=rng)
 
@@ -187,13 +185,13 @@ def worker_loop(spec: WorkerSpec, inbox, outbox) -> None:
 def default_threads(cfg: Config) -> tuple[int, int]:
     """(learner threads, threads per generator process), measured choices in docs/runtime.md."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cfg.synchronous or cfg.workers == "inline":
+    if cfg.synchronous or cfg.asynchrony.workers == "inline":
         # Roles never overlap (synchronous or inline), so each may use every core in its turn.
         gen, learner = cores, cores
     else:
-        gen = max(1, cores // (1 + cfg.num_generators))
-        learner = max(1, cores - gen * cfg.num_generators)
-    return cfg.learner_threads or learner, cfg.generator_threads or gen
+        gen = max(1, cores // (1 + cfg.asynchrony.num_generators))
+        learner = max(1, cores - gen * cfg.asynchrony.num_generators)
+    return cfg.learner_threads or learner, cfg.asynchrony.generator_threads or gen
 
 
 __all__ = ["FromWorker", "GeneratorService", "WorkerSpec", "build_generator", "default_threads", "error_message", "worker_loop"]

@@ -22,7 +22,7 @@ from asyncrl.tasks.gsm8k import GSM8KTask
 from asyncrl.tasks.redteam import RedteamTask
 from asyncrl.tasks.rm_tuning import RewardModelTask
 
-TASKS = ("arithmetic", "gsm8k", "custom", "reward_model", "redteam")
+from asyncrl.config import TASKS  # the task kinds are the config's task union (config.TaskConfig)
 
 __all__ = ["TASKS", "ListPrompts", "RewardError", "Task", "TaskInputs", "check_prompt_lengths", "checked_rewards", "make_task"]
 
@@ -62,43 +62,44 @@ class TaskInputs:
 
 
 def make_task(cfg: Config, inputs: TaskInputs | None = None) -> Task:
-    """The task ``cfg.task``, built from the config fields it reads (and, for ``custom``, the
+    """The task ``cfg.task.name``, built from its typed section ``cfg.task`` (which holds exactly the
+    fields that kind reads: config.TaskConfig) (and, for ``custom``, the
     Python objects of ``inputs``, which take the place of ``prompts`` / ``eval_prompts`` /
     ``reward_funcs``)."""
-    if cfg.task == "arithmetic":
+    if cfg.task.name == "arithmetic":
         return ArithmeticTask()
-    if cfg.task == "gsm8k":
-        return GSM8KTask(cfg.gsm8k_data, cfg.prompt_template)
-    if cfg.task == "custom":
+    if cfg.task.name == "gsm8k":
+        return GSM8KTask(cfg.task.gsm8k_data, cfg.task.prompt_template)
+    if cfg.task.name == "custom":
         inputs = inputs or TaskInputs()
-        prompts = inputs.train_dataset if inputs.train_dataset is not None else cfg.prompts
-        funcs = inputs.reward_funcs if inputs.reward_funcs is not None else cfg.reward_funcs
+        prompts = inputs.train_dataset if inputs.train_dataset is not None else cfg.task.prompts
+        funcs = inputs.reward_funcs if inputs.reward_funcs is not None else cfg.task.reward_funcs
         if prompts is None or not funcs:
             raise ValueError("task 'custom' needs prompts (--prompts PATH, or train_dataset=) and reward functions "
                              "(--reward-funcs package.module:function, or reward_funcs=)")
-        rewards = make_reward_funcs(funcs, cfg.reward_weights, device=cfg.reward_device,
-                                    batch_size=cfg.reward_batch_size, chat_template=cfg.chat_template,
-                                    max_seq_tokens=cfg.max_seq_tokens)
-        return CustomTask(prompts, rewards, prompt_field=cfg.prompt_field or "prompt",
-                          eval_prompts=inputs.eval_dataset if inputs.eval_dataset is not None else cfg.eval_prompts,
-                          template=cfg.prompt_template, reward_errors=cfg.reward_errors, column_map=cfg.column_map,
-                          prompts_split=cfg.prompts_split, eval_prompts_split=cfg.eval_prompts_split,
-                          max_steps=cfg.steps)
-    if cfg.task == "reward_model":
-        return RewardModelTask(cfg.prompts, cfg.reward_model, prompt_field=cfg.prompt_field,
-                               eval_prompts=cfg.eval_prompts, template=cfg.prompt_template,
-                               gold_reward_model=cfg.gold_reward_model, reference_field=cfg.reference_field,
-                               device=cfg.reward_device, batch_size=cfg.reward_batch_size,
-                               chat_template=cfg.chat_template, max_seq_tokens=cfg.max_seq_tokens,
-                               reward_errors=cfg.reward_errors)
-    if cfg.task == "redteam":
-        return RedteamTask(cfg.prompts, cfg.victim_model, cfg.toxicity_classifier, prompt_field=cfg.prompt_field,
-                           eval_prompts=cfg.eval_prompts, template=cfg.prompt_template,
-                           victim_max_new_tokens=cfg.victim_max_new_tokens,
-                           toxicity_threshold=cfg.toxicity_threshold, embedding_model=cfg.embedding_model,
-                           device=cfg.reward_device, batch_size=cfg.reward_batch_size,
-                           chat_template=cfg.chat_template, max_seq_tokens=cfg.max_seq_tokens)
-    raise ValueError(f"unknown task {cfg.task!r}; known tasks: {', '.join(TASKS)}")
+        rewards = make_reward_funcs(funcs, cfg.task.reward_weights, device=cfg.task.reward_device,
+                                    batch_size=cfg.task.reward_batch_size, chat_template=cfg.chat_template,
+                                    max_seq_tokens=cfg.task.max_seq_tokens)
+        return CustomTask(prompts, rewards, prompt_field=cfg.task.prompt_field or "prompt",
+                          eval_prompts=inputs.eval_dataset if inputs.eval_dataset is not None else cfg.task.eval_prompts,
+                          template=cfg.task.prompt_template, reward_errors=cfg.rewards.reward_errors, column_map=cfg.task.column_map,
+                          prompts_split=cfg.task.prompts_split, eval_prompts_split=cfg.task.eval_prompts_split,
+                          max_steps=getattr(cfg, "steps", 0))  # (asyncrl eval: no steps)
+    if cfg.task.name == "reward_model":
+        return RewardModelTask(cfg.task.prompts, cfg.task.reward_model, prompt_field=cfg.task.prompt_field,
+                               eval_prompts=cfg.task.eval_prompts, template=cfg.task.prompt_template,
+                               gold_reward_model=cfg.task.gold_reward_model, reference_field=cfg.task.reference_field,
+                               device=cfg.task.reward_device, batch_size=cfg.task.reward_batch_size,
+                               chat_template=cfg.chat_template, max_seq_tokens=cfg.task.max_seq_tokens,
+                               reward_errors=cfg.rewards.reward_errors)
+    if cfg.task.name == "redteam":
+        return RedteamTask(cfg.task.prompts, cfg.task.victim_model, cfg.task.toxicity_classifier, prompt_field=cfg.task.prompt_field,
+                           eval_prompts=cfg.task.eval_prompts, template=cfg.task.prompt_template,
+                           victim_max_new_tokens=cfg.task.victim_max_new_tokens,
+                           toxicity_threshold=cfg.task.toxicity_threshold, embedding_model=cfg.task.embedding_model,
+                           device=cfg.task.reward_device, batch_size=cfg.task.reward_batch_size,
+                           chat_template=cfg.chat_template, max_seq_tokens=cfg.task.max_seq_tokens)
+    raise ValueError(f"unknown task {cfg.task.name!r}; known tasks: {', '.join(TASKS)}")
 
 
 def check_prompt_lengths(task: Task, cfg: Config, model_path: str, train: bool = True) -> None:
@@ -119,13 +120,13 @@ def check_prompt_lengths(task: Task, cfg: Config, model_path: str, train: bool =
     ctx = context_length(model_path)
     if ctx is None:
         return
-    room = ctx - cfg.max_new_tokens
+    room = ctx - cfg.sampling.max_new_tokens
     if room < 1:
-        raise ValueError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the context of "
+        raise ValueError(f"max_new_tokens={cfg.sampling.max_new_tokens} leaves no room for a prompt in the context of "
                          f"{model_path} ({ctx} tokens, max_position_embeddings); lower --max-new-tokens")
     prompts = list(task.eval_prompts())
-    if cfg.eval_limit:
-        prompts = prompts[: cfg.eval_limit]
+    if cfg.evaluation.eval_limit:
+        prompts = prompts[: cfg.evaluation.eval_limit]
     if train and pool is not None:
         prompts += pool()
     # Chat messages: their rendering's bytes plus a per-message allowance for the template's markers.
@@ -144,5 +145,5 @@ def check_prompt_lengths(task: Task, cfg: Config, model_path: str, train: bool =
                        names=[repr(p.prompt_id) for p in suspects])
     except PromptTooLong as e:
         raise ValueError(f"{e} in the context of {model_path} ({ctx} tokens, max_position_embeddings) with "
-                         f"max_new_tokens={cfg.max_new_tokens}; shorten the prompt (or prompt_template), lower "
+                         f"max_new_tokens={cfg.sampling.max_new_tokens}; shorten the prompt (or prompt_template), lower "
                          "--max-new-tokens or use a model with a longer context") from None
