@@ -89,7 +89,7 @@ def test_tensorboard_events_hold_the_logged_values(tmp_path):
     assert [(e.step, e.value) for e in acc.Scalars("train/staleness_mean")] == [(1, 0.5), (2, 1.0), (3, 1.5)]
     assert [(e.step, e.value) for e in acc.Scalars("eval/accuracy")] == [(3, 0.25)]
     text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
-    assert "run_name: my-run" in text and "report_to:\n- tensorboard" in text
+    assert "run_name: my-run" in text and "logging:\n  report_to:\n  - tensorboard" in text
     assert not (tmp_path / "run" / "wandb").exists() and not (tmp_path / "run" / WANDB_ID_FILE).exists()
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
-from asyncrl.config import Config, ConfigError
+from asyncrl.config import Config, ConfigError, leaf_values
 from asyncrl.errors import one_line
 from asyncrl.io import atomic_write_text
 
@@ -78,10 +78,6 @@ def _wandb_run_id(run_dir: Path, resume: bool) -> str:
 
 def _flat_config(cfg) -> dict:
     """The config by flat name (``max_lag``, ``clip_eps``, ...), JSON-ready, for wandb."""
-    import json
-
-    from asyncrl.config import leaf_values
-
     return json.loads(json.dumps(leaf_values(cfg), default=str))
 
 class Reporters:
