@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Iterable, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Iterable, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -1214,6 +1214,10 @@ def _same(a, b) -> bool:
     return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
+# Fields refused by nest(): (what decides, its value) -> [(flat name, who reads it, the kind to pass or None)]
+Refused = dict[tuple[str, str], list[tuple[str, str, Optional[str]]]]
+
+
 def nest(cls: type, data: dict, from_file: Iterable[str] = ()) -> dict:
     """``data`` (flat keys, nested keys or both) -> the nested dict of ``cls``.
 
@@ -1223,10 +1227,20 @@ def nest(cls: type, data: dict, from_file: Iterable[str] = ()) -> dict:
     naming what owns the field and the flag that selects it. Keys in ``from_file`` (a YAML file's)
     that another command reads are dropped too: one file may serve ``asyncrl sft`` and ``asyncrl train``."""
     from_file = set(from_file)
-    table = flat_fields(cls)
     out = place(cls, data)
-    refused: dict[tuple[str, str], list[tuple[str, str, str | None]]] = {}  # (dim, value) -> [(flat, readers, hint)]
+    refused: Refused = {}
+    _drop_other_commands_flat(cls, out, from_file, refused)
+    _drop_other_commands_nested(cls, out, from_file, refused)
+    _check_kinds(cls, out, from_file, refused)
+    _drop_unset_lora(cls, out, refused)
+    if refused:
+        raise ValueError(_refusal(refused))
+    return out
 
+
+def _drop_other_commands_flat(cls: type, out: dict, from_file: set, refused: Refused) -> None:
+    """Flat keys of other commands' fields (``epochs`` for train): dropped at their default or from
+    a file, refused otherwise."""
     for k in [k for k in out if k not in cls.model_fields]:  # other commands' fields
         readers = _readers(k, cls)
         if not readers:
@@ -1238,7 +1252,10 @@ def nest(cls: type, data: dict, from_file: Iterable[str] = ()) -> dict:
             refused.setdefault(("command", cls.command), []).append((k, ", ".join(f"asyncrl {r}" for r in readers),
                                                                      None))
 
-    # nested keys (a nested config.yaml of another command: a train run's, read by asyncrl eval)
+
+def _drop_other_commands_nested(cls: type, out: dict, from_file: set, refused: Refused) -> None:
+    """Nested keys of another command's sections or fields (a train run's config.yaml read by
+    ``asyncrl eval``): dropped at their defaults or from a file, refused otherwise."""
     for k in list(out):
         others = [c for c in dict.fromkeys(COMMANDS.values()) if c is not cls and k in c.model_fields
                   and _section_classes(c.model_fields[k].annotation)]
@@ -1269,6 +1286,11 @@ def nest(cls: type, data: dict, from_file: Iterable[str] = ()) -> dict:
                 refused.setdefault(("command", cls.command), []).append(
                     (flat, ", ".join(f"asyncrl {c.command}" for c in owners), None))
 
+
+def _check_kinds(cls: type, out: dict, from_file: set, refused: Refused) -> None:
+    """Each union section (task, loss, buffer, runtime): an unknown kind is a ValueError; a field the
+    chosen kind lacks is dropped at its default and refused otherwise."""
+    table = flat_fields(cls)
     unions = sorted({f.union for f in table.values() if f.union}, key=len)
     for union in unions:
         kinds = _kind_classes(cls, union)
@@ -1304,6 +1326,10 @@ def nest(cls: type, data: dict, from_file: Iterable[str] = ()) -> dict:
             refused.setdefault((dim, kind), []).append((flat, ", ".join(owners), owners[0] if len(owners) == 1
                                                         else None))
 
+
+def _drop_unset_lora(cls: type, out: dict, refused: Refused) -> None:
+    """``lora_rank: null`` (an old config.yaml, or the flag) = no LoRA section; other LoRA fields set
+    then are refused."""
     lora = cls.model_fields.get("lora")
     if lora is not None and isinstance(out.get("lora"), dict) and out["lora"].get("rank") is None:
         # `lora_rank: null` (an old config.yaml, or the flag) = no LoRA: its other fields must be unset
@@ -1316,32 +1342,34 @@ def nest(cls: type, data: dict, from_file: Iterable[str] = ()) -> dict:
         elif all(k in Lora.model_fields for k in sec):
             out["lora"] = None
 
-    if refused:
-        parts = []
-        for (dim, value), items in refused.items():
-            names = ", ".join(n for n, _, _ in items)
-            if dim == "command":
-                who = f"asyncrl {value}"
-            elif dim == "lora_rank":
-                who = "a run without lora_rank"
-            else:
-                who = f"{dim} {value!r}"
-            detail = "; ".join(f"{n}: {r}" for n, r, _ in items)
-            hints = {h for _, _, h in items}
-            hint = ""
-            if dim == "lora_rank":
-                hint = f"; pass --lora-rank N to use {'it' if len(items) == 1 else 'them'}"
-            elif dim != "command" and len(hints) == 1 and None not in hints:
-                hint = f"; pass --{dim.replace('_', '-')} {hints.pop()} to use {'it' if len(items) == 1 else 'them'}"
-            elif dim != "command":
-                common = None
-                for n, r, _ in items:
-                    common = set(r.split(", ")) if common is None else common & set(r.split(", "))
-                if common and len(common) == 1:
-                    hint = f"; pass --{dim.replace('_', '-')} {common.pop()} to use {'it' if len(items) == 1 else 'them'}"
-            parts.append(f"{names} {'is' if len(items) == 1 else 'are'} not used by {who} ({detail}){hint}")
-        raise ValueError("; ".join(parts))
-    return out
+
+def _refusal(refused: Refused) -> str:
+    """The one-line message for every refused field, grouped by what decides them, with the flag
+    that would select a kind that reads them where there is one."""
+    parts = []
+    for (dim, value), items in refused.items():
+        names = ", ".join(n for n, _, _ in items)
+        if dim == "command":
+            who = f"asyncrl {value}"
+        elif dim == "lora_rank":
+            who = "a run without lora_rank"
+        else:
+            who = f"{dim} {value!r}"
+        detail = "; ".join(f"{n}: {r}" for n, r, _ in items)
+        hints = {h for _, _, h in items}
+        hint = ""
+        if dim == "lora_rank":
+            hint = f"; pass --lora-rank N to use {'it' if len(items) == 1 else 'them'}"
+        elif dim != "command" and len(hints) == 1 and None not in hints:
+            hint = f"; pass --{dim.replace('_', '-')} {hints.pop()} to use {'it' if len(items) == 1 else 'them'}"
+        elif dim != "command":
+            common = None
+            for n, r, _ in items:
+                common = set(r.split(", ")) if common is None else common & set(r.split(", "))
+            if common and len(common) == 1:
+                hint = f"; pass --{dim.replace('_', '-')} {common.pop()} to use {'it' if len(items) == 1 else 'them'}"
+        parts.append(f"{names} {'is' if len(items) == 1 else 'are'} not used by {who} ({detail}){hint}")
+    return "; ".join(parts)
 
 
 # --- errors -------------------------------------------------------------------------------------------
