@@ -90,6 +90,22 @@ def test_defaults_of_other_kinds_are_dropped_not_refused():
     assert cfg == Config()
 
 
+def test_a_files_vllm_settings_are_dropped_when_the_flags_pick_no_vllm_engine(tmp_path):
+    # `asyncrl eval CKPT --eval-engine hf` of a vLLM run, a resume with --engine hf: the file's vLLM
+    # settings are left over, as another kind's are; given as flags, or with vLLM still read, they count.
+    p = tmp_path / "c.yaml"
+    p.write_text("engine: {name: vllm, vllm: {kv_cache_gb: 0.0625}}\n")
+    assert load_config(p, {"engine": "hf"}).engine == Config().engine
+    assert load_config(p, {"eval_engine": "hf"}, command="eval").engine.vllm.kv_cache_gb == 0.0625  # engine vllm
+    assert load_config(p, {"engine": "hf", "eval_engine": "hf"}, command="eval").engine.vllm == Config().engine.vllm
+    assert load_config(p, {"eval_engine": "vllm", "engine": "hf"}).engine.vllm.kv_cache_gb == 0.0625
+    with pytest.raises(ConfigError, match="vllm_kv_cache_gb is not used by engine 'hf'"):
+        load_config(p, {"engine": "hf", "vllm_kv_cache_gb": 1.0})
+    p.write_text("engine: {name: hf, vllm: {kv_cache_gb: 0.0625}}\n")  # the file contradicts itself
+    with pytest.raises(ConfigError, match="vllm_kv_cache_gb is not used"):
+        load_config(p, {"engine": "hf"})
+
+
 def test_python_api_takes_flat_keyword_arguments():
     cfg = Config(model="m", loss="grpo", steps=200, lora_rank=8, max_lag=0)
     assert (cfg.model, cfg.loss.name, cfg.steps, cfg.lora.rank, cfg.asynchrony.workers) == ("m", "grpo", 200, 8,

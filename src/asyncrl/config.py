@@ -1490,7 +1490,25 @@ def validated(data: dict, command: str = "train", from_file: Iterable[str] = ())
 
 def merged(cls: type, base: dict, top: dict) -> dict:
     """Flat-or-nested ``top`` over ``base`` in ``cls``'s nested shape (flags over a YAML file)."""
-    return deep_merge(place(cls, base), place(cls, top))
+    base, top = place(cls, base), place(cls, top)
+    return _drop_unread_vllm(base, deep_merge(base, top), top)
+
+
+def _reads_vllm(data: dict) -> bool:
+    eng = data.get("engine")
+    return isinstance(eng, dict) and "vllm" in (eng.get("name", "hf"), eng.get("eval_engine"))
+
+
+def _drop_unread_vllm(base: dict, data: dict, top: dict) -> dict:
+    """``data`` (``top`` merged over ``base``) without the base's vLLM settings when the base read
+    them and ``top`` picks engines that read none (``asyncrl eval CKPT --eval-engine hf`` of a vLLM
+    run, a resume with ``--engine hf``): left over, as another kind's settings are. vLLM settings
+    in ``top`` itself stay, and are refused by the types, as are those of a base that never read them."""
+    top_eng = top.get("engine")
+    if (_reads_vllm(base) and not _reads_vllm(data) and isinstance(top_eng, dict)
+            and not top_eng.get("vllm")):
+        data = {**data, "engine": {k: v for k, v in data["engine"].items() if k != "vllm"}}
+    return data
 
 
 def overlay(cls: type, base: dict, top: dict) -> dict:
@@ -1505,7 +1523,7 @@ def overlay(cls: type, base: dict, top: dict) -> dict:
             old_kind = old.get("name") if isinstance(old, dict) else getattr(old, "name", None)
             if old_kind != top[name]["name"]:
                 base = {k: v for k, v in base.items() if k != name}
-    return deep_merge(base, top)
+    return _drop_unread_vllm(base, deep_merge(base, top), top)
 
 
 def model_copy_validated(cfg: BaseModel, update: dict):
