@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -422,6 +423,45 @@ def _thread_round_trip(pub: BroadcastPublisher, devices: list[str], state: dict[
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def _form_and_stall(port: int, epoch: int, timeout_s: float) -> None:
+    from asyncrl.runtime.broadcast import _make_group
+    from datetime import timedelta
+
+    store = torch.distributed.TCPStore("127.0.0.1", port, None, False, timedelta(seconds=timeout_s))
+    _make_group(store, epoch, 1, 2, "gloo", "127.0.0.1", timeout_s)
+    time.sleep(60)
+
+
+def test_a_peer_killed_during_group_formation_holds_it_at_most_timeout_s():
+    # Gloo waits 5x its timeout for a pair that posted its address but never connected: with
+    # timeout_s handed to gloo as is, formation hung 5 * timeout_s (the publisher thread of a CI run
+    # stalled for > 600 s). The peer is killed at random moments of formation, a few of which hit
+    # that window (measured: 3 of 80 at 0-25 ms; without the fix this test failed 2 of 3 runs);
+    # each formation must end within timeout_s.
+    from asyncrl.runtime.broadcast import _make_group
+    from datetime import timedelta
+
+    timeout_s = 1.0
+    store = torch.distributed.TCPStore("127.0.0.1", 0, None, True, timedelta(seconds=timeout_s))
+    ctx = mp.get_context("fork")
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for epoch in range(100):
+        p = ctx.Process(target=_form_and_stall, args=(store.port, epoch, timeout_s), daemon=True)
+        p.start()
+        killer = threading.Timer(float(rng.uniform(0.0, 0.025)), os.kill, (p.pid, signal.SIGKILL))
+        killer.start()
+        t0 = time.monotonic()
+        try:
+            _make_group(store, epoch, 0, 2, "gloo", "127.0.0.1", timeout_s)
+        except Exception:  # a dead peer: any error is fine, a long wait is not
+            pass
+        worst = max(worst, time.monotonic() - t0)
+        killer.join()
+        p.join(10)
+    assert worst < timeout_s + 0.75, worst
+
+
 def test_gloo_with_cuda_buffers():
     """One GPU suffices: gloo stages CUDA buckets through host memory."""
     pub = BroadcastPublisher([0, 1], backend="gloo", device="cuda", bucket_bytes=BUCKET)

@@ -55,7 +55,8 @@ Limits (what the design does not promise)
   ``remove_worker`` on ``WorkerLost`` just makes that immediate.
 * Snapshots wait in the publisher until broadcast; the lag bound limits how many pile up.
 * A participant that dies between asking and joining a *new* group leaves the others in group
-  formation until ``timeout_s``; then they retry without it.
+  formation until ``timeout_s`` (gloo is handed ``timeout_s / 5`` to form: it waits 5x that for a
+  peer that posted its address and died before connecting); then they retry without it.
 * NCCL: ranks must be on distinct GPUs (NCCL refuses two ranks on one device). On construction the
   publisher and NCCL receivers default ``TORCH_NCCL_ASYNC_ERROR_HANDLING`` to 2 (abort the
   communicator on a collective timeout instead of tearing the process down; an explicit setting
@@ -244,10 +245,19 @@ def _make_group(store, epoch: int, rank: int, world: int, backend: str, host: st
         opts._timeout = timeout
         return dist.ProcessGroupNCCL(prefix, rank, world, opts)
     opts = dist.ProcessGroupGloo._Options()
-    opts._timeout = timeout
+    # Gloo waits up to 5x its timeout for a pair to connect, so a peer that died after posting its
+    # address but before connecting held formation for 5 * timeout_s (measured: 10 s at a 2 s
+    # timeout). Forming with timeout_s / 5 keeps formation within timeout_s; the collectives then
+    # get the full timeout_s.
+    opts._timeout = timeout / _GLOO_CONNECT_FACTOR
     # Bind gloo to the store's address, not whatever the hostname resolves to.
     opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
-    return dist.ProcessGroupGloo(prefix, rank, world, opts)
+    group = dist.ProcessGroupGloo(prefix, rank, world, opts)
+    group.set_timeout(timeout)
+    return group
+
+
+_GLOO_CONNECT_FACTOR = 5  # gloo/transport/tcp: a pair's connect deadline is 5x the context timeout
 
 
 class _Stopped(Exception):
