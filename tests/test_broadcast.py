@@ -421,8 +421,6 @@ def _thread_round_trip(pub: BroadcastPublisher, devices: list[str], state: dict[
         assert out[w]["lm_head.weight"] is out[w]["model.embed_tokens.weight"]
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def _form_and_stall(port: int, epoch: int, timeout_s: float) -> None:
     from asyncrl.runtime.broadcast import _make_group
     from datetime import timedelta
@@ -462,6 +460,8 @@ def test_a_peer_killed_during_group_formation_holds_it_at_most_timeout_s():
     assert worst < timeout_s + 0.75, worst
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gloo_with_cuda_buffers():
     """One GPU suffices: gloo stages CUDA buckets through host memory."""
     pub = BroadcastPublisher([0, 1], backend="gloo", device="cuda", bucket_bytes=BUCKET)
