@@ -481,6 +481,21 @@ class Batch(Section):
     """Prompts per micro-batch (gradient accumulation); None = whole batch at once."""
 
 
+class LearnerSettings(Section):
+    """How the learner computes: memory and speed, never the values (docs/learner.md)."""
+
+    logprob_chunk_tokens: int | None = Field(512, ge=1)
+    """Lean log-probs: the trunk runs on the whole micro-batch, then only completion tokens go
+    through the LM head, this many at a time, each chunk recomputed in backward instead of kept;
+    None = the model's own forward, which materialises [rows, prompt+completion, vocab] logits.
+    Same values (fp32: within 1e-6 relative); models whose head is not a plain ``lm_head``
+    (soft-capped or scaled logits) take the full path either way."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in backward instead of keeping them
+    (transformers' gradient checkpointing, non-reentrant): less memory, about one more forward of
+    time per step."""
+
+
 class Sampling(Section):
     """How completions are sampled."""
 
@@ -869,6 +884,8 @@ class Config(_Command):
     """The replay buffer."""
     optimizer: Optimizer = Field(default_factory=Optimizer)
     """Optimisation."""
+    learner: LearnerSettings = Field(default_factory=LearnerSettings, json_schema_extra=RESUMABLE)
+    """How the learner computes (memory, not the algorithm)."""
     lora: Lora | None = None
     """LoRA; None = full fine-tuning."""
     logging: Logging = Field(default_factory=Logging)

@@ -55,6 +55,10 @@ class Learner:
             self.ref_model.requires_grad_(False)
         self.pad_id = pad_id
         self.device = device
+        self.chunk_tokens = cfg.learner.logprob_chunk_tokens  # None = the full-logits path
+        if cfg.learner.gradient_checkpointing:
+            # Non-reentrant: works with frozen inputs (LoRA) and with the lean path's own checkpoints.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.loss_fn = make_loss(cfg)
         self.value_head = None
         # Trainable parameters only: all of them in full fine-tuning, the adapter with LoRA (lora.py).
@@ -88,12 +92,14 @@ class Learner:
     def _micro_inputs(self, packed: Packed, beh: Tensor, rewards: Tensor, ref: Tensor | None) -> LossInputs:
         with_hidden = self.value_head is not None
         with autocast(self.device):
-            out = completion_logprobs(self.model, packed, self.cfg.sampling.temperature, with_hidden=with_hidden)
+            out = completion_logprobs(self.model, packed, self.cfg.sampling.temperature, with_hidden=with_hidden,
+                                      chunk_tokens=self.chunk_tokens)
         logp, hidden = out if with_hidden else (out, None)
         self._mark("policy_forward")
         if ref is None and self.ref_model is not None:
             with torch.no_grad():
-                ref = completion_logprobs(self.ref_model, packed, self.cfg.sampling.temperature)
+                ref = completion_logprobs(self.ref_model, packed, self.cfg.sampling.temperature,
+                                          chunk_tokens=self.chunk_tokens)
             self._mark("ref_forward")
         values = self.value_head(hidden.float()).squeeze(-1) if with_hidden else None
         prox = None
@@ -102,7 +108,8 @@ class Learner:
                 prox = logp.detach()
             else:
                 with torch.no_grad(), autocast(self.device):
-                    prox = completion_logprobs(self._prox_model, packed, self.cfg.sampling.temperature)
+                    prox = completion_logprobs(self._prox_model, packed, self.cfg.sampling.temperature,
+                                               chunk_tokens=self.chunk_tokens)
                 self._mark("prox_forward")
         return LossInputs(
             logp=logp, mask=packed.completion_mask, behaviour_logp=beh, rewards=rewards,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -418,12 +419,81 @@ def token_logprobs(logits: Tensor, targets: Tensor, temperature: float) -> Tenso
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
-def completion_logprobs(model, batch: Packed, temperature: float, with_hidden: bool = False):
+# Model families whose causal-LM head is exactly ``lm_head(trunk(...).last_hidden_state)``: no
+# logit soft-capping (Gemma 2/3), logit scaling (Cohere, Granite) or output multipliers. Others take
+# the full-logits path.
+LEAN_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
+                              "phi3", "olmo", "olmo2"})
+DEFAULT_CHUNK_TOKENS = 512
+
+
+def trunk_and_head(model):
+    """(trunk, lm_head) of a causal LM (a PEFT wrapper's base model) whose logits are
+    ``lm_head(trunk(...).last_hidden_state)``; None for any other model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in LEAN_MODEL_TYPES:
+        return None
+    trunk, head = getattr(base, getattr(base, "base_model_prefix", ""), None), getattr(base, "lm_head", None)
+    if not isinstance(trunk, torch.nn.Module) or not isinstance(head, torch.nn.Module):
+        return None
+    return trunk, head
+
+
+def _head_logprobs(head, hidden: Tensor, targets: Tensor, temperature: float) -> Tensor:
+    """hidden [n, H], targets [n] -> [n]: ``token_logprobs`` of ``head(hidden)``."""
+    return token_logprobs(head(hidden).unsqueeze(0), targets.unsqueeze(0), temperature).squeeze(0)
+
+
+def chunked_token_logprobs(head, hidden: Tensor, targets: Tensor, mask: Tensor, temperature: float,
+                           chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> Tensor:
+    """hidden [N, C, H], targets [N, C], mask [N, C] -> log-probs [N, C] (0 where ``mask`` is 0).
+
+    Only the unmasked positions go through ``head``, ``chunk_tokens`` at a time, so at most one
+    chunk's [chunk, V] logits (and their float copy) exist at once; under autograd each chunk is
+    recomputed in backward (``torch.utils.checkpoint``) rather than kept. Values equal
+    ``token_logprobs(head(hidden), targets)`` at the unmasked positions."""
+    N, C, H = hidden.shape
+    keep = mask.reshape(-1).nonzero().squeeze(-1)  # [n] flat indices of real completion tokens
+    flat_h = hidden.reshape(N * C, H).index_select(0, keep)  # [n, H]
+    flat_t = targets.reshape(N * C).index_select(0, keep)  # [n]
+    grad = torch.is_grad_enabled() and (flat_h.requires_grad or any(p.requires_grad for p in head.parameters()))
+    parts = []
+    for s in range(0, flat_h.shape[0], chunk_tokens):
+        h, t = flat_h[s : s + chunk_tokens], flat_t[s : s + chunk_tokens]
+        if grad:
+            parts.append(torch.utils.checkpoint.checkpoint(_head_logprobs, head, h, t, temperature,
+                                                           use_reentrant=False))
+        else:
+            parts.append(_head_logprobs(head, h, t, temperature))
+    out = torch.zeros(N * C, dtype=torch.float32, device=hidden.device)
+    if parts:
+        out = out.index_put((keep,), torch.cat(parts))
+    return out.view(N, C)
+
+
+def completion_logprobs(model, batch: Packed, temperature: float, with_hidden: bool = False,
+                        chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS):
     """Per-token log-probs of the completion tokens.
 
     Returns logp [N, C] (masked positions hold garbage; multiply by ``batch.completion_mask``) and,
     with ``with_hidden``, the last hidden states at the predicting positions [N, C, H].
+
+    ``chunk_tokens`` (the lean path, for models :func:`trunk_and_head` knows): the trunk runs on the
+    whole batch, then only the completion positions go through the LM head, in chunks recomputed
+    in backward (:func:`chunked_token_logprobs`). None, or another model: the model's own forward,
+    whose [N, P+C, V] logits are all materialised. Both give the same values (fp32: within 1e-6).
     """
+    P, C = batch.prompt_len, batch.completion_ids.shape[1]
+    parts = trunk_and_head(model) if chunk_tokens is not None else None
+    if parts is not None:
+        trunk, head = parts
+        out = trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids, use_cache=False)
+        hidden = out.last_hidden_state[:, P - 1 : P - 1 + C]  # [N, C, H]
+        logp = chunked_token_logprobs(head, hidden, batch.completion_ids, batch.completion_mask, temperature,
+                                      chunk_tokens)
+        return (logp, hidden) if with_hidden else logp
     out = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
@@ -431,7 +501,6 @@ def completion_logprobs(model, batch: Packed, temperature: float, with_hidden: b
         output_hidden_states=with_hidden,
         use_cache=False,
     )
-    P, C = batch.prompt_len, batch.completion_ids.shape[1]
     logits = out.logits[:, P - 1 : P - 1 + C]  # [N, C, V]
     logp = token_logprobs(logits, batch.completion_ids, temperature)
     if with_hidden:
