@@ -2,6 +2,7 @@
 
     python benchmarks/learner.py                       # SmolLM2-135M, 8 x 512 and 8 x 2048 tokens
     python benchmarks/learner.py --tokens 512 --repeats 3 --modes full lean lean+ckpt
+    python benchmarks/learner.py --tokens 2048 --repeats 0    # memory of one forward + backward only
 
 Each (mode, tokens) runs in a fresh process (so one mode's freed memory cannot hide another's
 peak) on CPU, fp32, with ``torch`` threads = the machine's cores. Rows are full length (prompt
@@ -14,6 +15,8 @@ Per process:
 * ``step_s``: wall-clock of ``Learner.step`` (forward, loss, backward, AdamW), min and median over
   ``--repeats`` steps after one warm-up step;
 * ``step_peak_gb``: the peak RSS above the same baseline over those steps.
+
+``--repeats 0`` skips the optimizer and the timed steps: the baseline is then the loaded model.
 
 Modes: ``full`` = ``--logprob-chunk-tokens none`` (the model's own forward, every logit);
 ``lean`` = the default (completion tokens only through the LM head, 512 at a time, recomputed
@@ -70,9 +73,9 @@ def child(mode: str, tokens: int, rows: int, prompt_tokens: int, repeats: int, m
                       behaviour_logprobs=[-1.0] * (tokens - prompt_tokens), reward=float(i % 2), version=0,
                       finished=False) for i in range(rows)]
     batch = BufferBatch(groups=[Group(Prompt("p", "p"), samples)], staleness=[0] * rows, dropped=0)
-    # Optimizer state first (one step), so every baseline below holds model + AdamW moments.
-    learner.step(batch)
-    learner.optimizer.zero_grad(set_to_none=True)
+    if repeats:  # optimizer state first (one step), so every baseline below holds model + AdamW moments
+        learner.step(batch)
+        learner.optimizer.zero_grad(set_to_none=True)
     base_kb = _status_kb("VmRSS")
     _reset_peak()
     packed = pack([s.prompt_ids for s in samples], [s.completion_ids for s in samples], 0)
@@ -89,9 +92,10 @@ def child(mode: str, tokens: int, rows: int, prompt_tokens: int, repeats: int, m
         t0 = time.perf_counter()
         learner.step(batch)
         times.append(time.perf_counter() - t0)
+    steps = dict(step_s_min=min(times), step_s_median=statistics.median(times),
+                 step_peak_gb=(_status_kb("VmHWM") - base_kb) / 2**20) if times else {}
     return dict(mode=mode, tokens=tokens, rows=rows, logprob_peak_gb=logprob_peak_kb / 2**20,
-                logprob_fwd_bwd_s=fwd_bwd_s, step_s_min=min(times), step_s_median=statistics.median(times),
-                step_peak_gb=(_status_kb("VmHWM") - base_kb) / 2**20, baseline_rss_gb=base_kb / 2**20,
+                logprob_fwd_bwd_s=fwd_bwd_s, **steps, baseline_rss_gb=base_kb / 2**20,
                 threads=torch.get_num_threads())
 
 
@@ -101,7 +105,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=[512, 2048], help="tokens per row")
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--prompt-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=2, help="timed learner steps per process")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="timed learner steps per process; 0 = the log-prob forward + backward only")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--out", default=None, help="also write the results here (JSON lines)")
     ap.add_argument("--child", nargs=2, metavar=("MODE", "TOKENS"), help=argparse.SUPPRESS)
@@ -131,16 +136,22 @@ def main() -> None:
         if "failed" in r:
             print(f"{shape:>14} {r['mode']:>10} {r['failed']:>16}")
             continue
-        print(f"{shape:>14} {r['mode']:>10} {r['logprob_peak_gb']:>16.2f} {r['step_peak_gb']:>13.2f} "
-              f"{r['step_s_min']:>8.1f}/{r['step_s_median']:.1f}")
+        steps = (f"{r['step_peak_gb']:>13.2f} {r['step_s_min']:>8.1f}/{r['step_s_median']:.1f}" if "step_s_min" in r
+                 else f"{'-':>13} {'-':>8} (fwd+bwd {r['logprob_fwd_bwd_s']:.1f} s)")
+        print(f"{shape:>14} {r['mode']:>10} {r['logprob_peak_gb']:>16.2f} {steps}")
     for tokens in a.tokens:
         by = {r["mode"]: r for r in results if r["tokens"] == tokens and "failed" not in r}
         if "full" in by:
             for m in ("lean", "lean+ckpt"):
-                if m in by:
-                    print(f"{tokens} tokens: {m} vs full: logprob peak {by['full']['logprob_peak_gb'] / by[m]['logprob_peak_gb']:.2f}x "
-                          f"less, step peak {by['full']['step_peak_gb'] / by[m]['step_peak_gb']:.2f}x less, "
-                          f"step time {by[m]['step_s_min'] / by['full']['step_s_min']:.2f}x")
+                if m not in by:
+                    continue
+                f, r = by["full"], by[m]
+                line = (f"{tokens} tokens: {m} vs full: log-prob peak {f['logprob_peak_gb'] / r['logprob_peak_gb']:.2f}x less, "
+                        f"fwd+bwd time {r['logprob_fwd_bwd_s'] / f['logprob_fwd_bwd_s']:.2f}x")
+                if "step_s_min" in r and "step_s_min" in f:
+                    line += (f", step peak {f['step_peak_gb'] / r['step_peak_gb']:.2f}x less, "
+                             f"step time (min) {r['step_s_min'] / f['step_s_min']:.2f}x")
+                print(line)
 
 
 if __name__ == "__main__":

@@ -92,3 +92,14 @@ def test_an_unknown_head_takes_the_full_logits_path():
     batch = _batch(50, seed=4)
     torch.testing.assert_close(completion_logprobs(gpt2, batch, 1.0) * batch.completion_mask,
                                completion_logprobs(gpt2, batch, 1.0, chunk_tokens=None) * batch.completion_mask)
+
+
+def test_a_batch_without_completion_tokens_still_backpropagates(model):
+    from asyncrl.policy import chunked_token_logprobs
+
+    hidden = torch.randn(2, 3, 8, requires_grad=True)
+    head = torch.nn.Linear(8, 11)
+    out = chunked_token_logprobs(head, hidden, torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3), 1.0)
+    assert out.shape == (2, 3) and not out.any() and out.requires_grad
+    out.sum().backward()
+    assert not hidden.grad.any()

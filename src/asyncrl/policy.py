@@ -466,10 +466,10 @@ def chunked_token_logprobs(head, hidden: Tensor, targets: Tensor, mask: Tensor, 
                                                            use_reentrant=False))
         else:
             parts.append(_head_logprobs(head, h, t, temperature))
+    if not parts:  # no completion token at all: zeros, still attached to the graph for backward()
+        return hidden[..., 0].float() * 0
     out = torch.zeros(N * C, dtype=torch.float32, device=hidden.device)
-    if parts:
-        out = out.index_put((keep,), torch.cat(parts))
-    return out.view(N, C)
+    return out.index_put((keep,), torch.cat(parts)).view(N, C)
 
 
 def completion_logprobs(model, batch: Packed, temperature: float, with_hidden: bool = False,
