@@ -125,7 +125,8 @@ def load_trainer_state(ckpt: Path) -> dict:
 # --- checkpoint folders ------------------------------------------------------------------------
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, config_yaml: str,
-                    keep: int = 0, protect: Path | None = None, save_merged: bool = False) -> Path:
+                    keep: int = 0, protect: Path | None = None, save_merged: bool = False,
+                    model_state: dict | None = None) -> Path:
     """Write ``checkpoints/step_<step>`` atomically, point ``latest`` at it, and delete all but the
     newest ``keep`` step folders (0 = keep all), never ``protect``: the folder the run's
     generators load their model and tokenizer from (for a resumed run, its start checkpoint),
@@ -133,7 +134,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
 
     A peft ``model`` (LoRA) writes its adapter in peft's format (``adapter_config.json`` +
     ``adapter_model.safetensors``) instead of the full weights; ``save_merged`` adds the merged
-    plain model and the tokenizer in ``merged/``."""
+    plain model and the tokenizer in ``merged/``. ``model_state``: the weights to write instead of
+    ``model``'s own (a sharded learner's, gathered: the folder is the same as one rank's)."""
     ckpts = Path(run_dir) / "checkpoints"
     final = ckpts / f"step_{step}"
 
@@ -144,7 +146,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
                 merged_copy(model).save_pretrained(tmp / "merged", safe_serialization=True)
                 tokenizer.save_pretrained(tmp / "merged")
         else:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
         tokenizer.save_pretrained(tmp)
         save_state(tmp, trainer_state)
         (tmp / "config.yaml").write_text(config_yaml)

@@ -494,6 +494,16 @@ class LearnerSettings(Section):
     """Recompute each decoder layer's activations in backward instead of keeping them
     (transformers' gradient checkpointing, non-reentrant): less memory, about one more forward of
     time per step."""
+    ranks: int = Field(1, ge=1, json_schema_extra=_extra(flat="learner_ranks"))
+    """Learner processes training one model with FSDP2 (``torch.distributed.fsdp.fully_shard``):
+    parameters, gradients and AdamW state are sharded across them and each batch is split across
+    them by tokens. 1 = one learner process (no sharding). The run starts ranks 1..N-1 as local
+    processes (gloo on CPU, NCCL on GPU, one GPU each); under ``torchrun`` the launcher's
+    ``WORLD_SIZE`` is used. May change on resume (docs/learner.md)."""
+    rank_timeout_s: float = Field(300.0, gt=0, json_schema_extra=_extra(flat="learner_timeout_s"))
+    """learner_ranks > 1: how long a rank waits in a collective (an all-gather, a gradient
+    reduction) for the others before the run stops with one line; also the bound on starting
+    the ranks. A dead rank is noticed at once; this bounds a hung one."""
 
 
 class Sampling(Section):
@@ -927,7 +937,24 @@ class Config(_Command):
         if self.buffer.name == "tba" and self.buffer.per_prompt_capacity < batch.samples_per_prompt:
             raise ValueError("per_prompt_capacity must be >= samples_per_prompt")
         self._check_off_policy_correction()
+        self._check_learner_ranks()
         return self
+
+    def _check_learner_ranks(self) -> None:
+        """What the sharded learner (``learner_ranks > 1``) does not run yet: refused, not ignored."""
+        ranks = self.learner.ranks
+        if ranks == 1:
+            return
+        if self.batch.prompts_per_step < ranks:
+            raise ValueError(f"learner_ranks={ranks} splits each batch's prompt groups across ranks: "
+                             f"prompts_per_step ({self.batch.prompts_per_step}) must be >= learner_ranks")
+        if self.lora is not None:
+            raise ValueError("learner_ranks > 1 with LoRA is not supported yet: train the adapter with learner_ranks 1")
+        if getattr(self.loss, "decoupled", False):
+            raise ValueError("learner_ranks > 1 with decoupled PPO (a proximal copy of the weights) is not supported yet")
+        if self.runtime.name == "ray":
+            raise ValueError("learner_ranks > 1 runs ranks as local processes: runtime=ray is not supported yet "
+                             "(generators may still be Ray actors in a later version; use runtime=local)")
 
     @property
     def synchronous(self) -> bool:

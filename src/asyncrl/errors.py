@@ -17,6 +17,11 @@ class RunFailed(RuntimeError):
         self.summary = summary
 
 
+class LearnerFailed(RunFailed):
+    """A rank of the sharded learner died, hung or failed: the run stops at once, without a final
+    checkpoint (the sharded state cannot be gathered); the periodic checkpoints stay."""
+
+
 class RunAborted(BaseException):
     """A second Ctrl-C / SIGTERM: stop now, without the final checkpoint. A ``BaseException`` so
     that no ``except Exception`` on the way turns the abort into something else."""

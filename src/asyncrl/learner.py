@@ -4,6 +4,12 @@ Reference log-probs come with the samples when generators computed them (``refer
 generator``, the default: once per sample, on generator time); with ``reference_on: learner`` the
 learner computes them here with its own frozen copy of the initial policy, one extra no-grad
 forward per micro-batch, every time a sample is trained on.
+
+With ``learner_ranks > 1`` every rank holds a ``Learner`` over one FSDP2-sharded model
+(:mod:`asyncrl.sharding`): each rank trains on its share of the batch's prompt groups (split by
+tokens), FSDP reduces the gradients, and the calls that gather (``weights``, ``state_dict``,
+``full_model_state``, ``load_state_dict``) are collectives every rank makes in the same order
+(rank 0 is driven by the controller, the others by :mod:`asyncrl.runtime.learner_ranks`).
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from asyncrl.buffer import BufferBatch
 from asyncrl.config import Config
 from asyncrl.losses.common import LossInputs, mismatch_metrics, mismatch_sums, seq_sum
 from asyncrl.losses.registry import make_loss
-from asyncrl.lora import adapter_snapshot, is_peft
+from asyncrl.lora import ReferenceView, adapter_snapshot, is_peft, load_policy
 from asyncrl.optim import make_optimizer
-from asyncrl.policy import Packed, autocast, completion_logprobs, default_dtype, pack
+from asyncrl.policy import (TRAIN_DTYPE, Packed, autocast, completion_logprobs, default_dtype, load_model,
+                            load_tokenizer, pack)
+from asyncrl.sharding import RankGroup, split_groups_by_tokens
 from asyncrl.weights import snapshot
 
 
@@ -46,8 +54,51 @@ def _pad_floats(rows: list[list[float]], width: int) -> Tensor:  # [N, width]
     return out
 
 
+def load_learner_models(cfg: Config, policy_path: str, base_path: str, device: torch.device):
+    """(policy, reference or None, tokenizer) for a learner: the policy from ``policy_path`` (a
+    resume's checkpoint), fp32 master weights (bf16 autocast on GPU); with LoRA base + adapter
+    (resumed from policy_path's). The reference is always the *initial* policy (``base_path``),
+    also after a resume, and only with ``reference_on: learner``; with LoRA it is the policy's own
+    model with the adapter disabled (no second copy)."""
+    tokenizer = load_tokenizer(policy_path)
+    model = load_policy(cfg, policy_path, device, TRAIN_DTYPE)
+    ref = None
+    if cfg.loss.reference and cfg.loss.reference_on == "learner":
+        ref = ReferenceView(model) if cfg.lora else load_model(base_path, device)
+    return model, ref, tokenizer
+
+
+class Scorer(torch.nn.Module):
+    """Policy (+ PPO's value head) -> per-token completion log-probs ``[N, C]`` (+ values ``[N, C]``).
+
+    Every learner forward goes through this one module so that FSDP2 can shard it as its root:
+    the lean path calls the model's trunk and LM head directly (not ``model.forward``), and the
+    root's hooks are what gather the embeddings, final norm, head and value head."""
+
+    def __init__(self, model, value_head: torch.nn.Module | None, device: torch.device, temperature: float,
+                 chunk_tokens: int | None):
+        super().__init__()
+        self.model = model
+        self.value_head = value_head
+        self.device, self.temperature, self.chunk_tokens = device, temperature, chunk_tokens
+
+    def forward(self, packed: Packed) -> tuple[Tensor, Tensor | None]:
+        with_hidden = self.value_head is not None
+        with autocast(self.device):
+            out = completion_logprobs(self.model, packed, self.temperature, with_hidden=with_hidden,
+                                      chunk_tokens=self.chunk_tokens)
+        logp, hidden = out if with_hidden else (out, None)
+        values = self.value_head(hidden.float()).squeeze(-1) if with_hidden else None
+        # A copy, not a view: FSDP2's backward hook on a root output is lost through an in-place op
+        # on a view (values: the squeeze above is one).
+        return logp.clone(), (values.clone() if values is not None else None)
+
+
 class Learner:
-    def __init__(self, cfg: Config, model, ref_model, pad_id: int, device: torch.device):
+    def __init__(self, cfg: Config, model, ref_model, pad_id: int, device: torch.device,
+                 group: RankGroup | None = None):
+        """``group``: this process's place among ``learner_ranks`` > 1 ranks (the model is then
+        sharded here, before the optimizer is built); None = one learner process."""
         self.cfg = cfg
         self.model = model.train()
         self.ref_model = ref_model.eval() if ref_model is not None else None
@@ -61,15 +112,25 @@ class Learner:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.loss_fn = make_loss(cfg)
         self.value_head = None
-        # Trainable parameters only: all of them in full fine-tuning, the adapter with LoRA (lora.py).
-        params = [p for p in model.parameters() if p.requires_grad]
         if cfg.loss.name == "ppo":
             # PPO's critic shares the policy trunk: a linear head on the last hidden state.
             hidden = model.config.hidden_size
             self.value_head = torch.nn.Linear(hidden, 1).to(device=device, dtype=next(model.parameters()).dtype)
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
-            params += list(self.value_head.parameters())
+        temperature = cfg.sampling.temperature
+        self.scorer = Scorer(model, self.value_head, device, temperature, self.chunk_tokens)
+        self.ref_scorer = None
+        self.group = group
+        if group is not None:
+            from asyncrl.sharding import shard  # noqa: PLC0415 - torch.distributed.fsdp: only when sharding
+            shard(self.scorer, group, device)
+            if self.ref_model is not None:
+                self.ref_scorer = Scorer(self.ref_model, None, device, temperature, self.chunk_tokens)
+                shard(self.ref_scorer, group, device)
+        # Trainable parameters only: all of them in full fine-tuning, the adapter with LoRA (lora.py);
+        # the model's, then the value head's (the order checkpoints index the optimizer state by).
+        params = [p for p in self.scorer.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(params, cfg)
         self.version = 0  # optimizer steps taken; samples carry the version that generated them
         # Benchmarks set this to a dict: each step() then fills it with that step's seconds per phase
@@ -90,18 +151,16 @@ class Learner:
         self._mark_t = now
 
     def _micro_inputs(self, packed: Packed, beh: Tensor, rewards: Tensor, ref: Tensor | None) -> LossInputs:
-        with_hidden = self.value_head is not None
-        with autocast(self.device):
-            out = completion_logprobs(self.model, packed, self.cfg.sampling.temperature, with_hidden=with_hidden,
-                                      chunk_tokens=self.chunk_tokens)
-        logp, hidden = out if with_hidden else (out, None)
+        logp, values = self.scorer(packed)
         self._mark("policy_forward")
         if ref is None and self.ref_model is not None:
             with torch.no_grad():
-                ref = completion_logprobs(self.ref_model, packed, self.cfg.sampling.temperature,
-                                          chunk_tokens=self.chunk_tokens)
+                if self.ref_scorer is not None:
+                    ref = self.ref_scorer(packed)[0]
+                else:
+                    ref = completion_logprobs(self.ref_model, packed, self.cfg.sampling.temperature,
+                                              chunk_tokens=self.chunk_tokens)
             self._mark("ref_forward")
-        values = self.value_head(hidden.float()).squeeze(-1) if with_hidden else None
         prox = None
         if getattr(self.cfg.loss, "decoupled", False):
             if self._prox_model is None:  # sync_every 1: the latest sync is the current weights
@@ -127,6 +186,14 @@ class Learner:
         else:
             self._prox_model.load_state_dict(self.model.state_dict())
 
+    def _share(self, batch: BufferBatch, mb: int) -> tuple[list, int]:
+        """This rank's prompt groups (all of them on one rank; with ranks, a split balanced by
+        tokens that every rank computes alike) and the number of micro-batches every rank runs."""
+        if self.group is None:
+            return batch.groups, -(-len(batch.groups) // mb)
+        split = split_groups_by_tokens(batch.groups, self.group.world)
+        return [batch.groups[i] for i in split[self.group.rank]], max(-(-len(idx) // mb) for idx in split)
+
     def step(self, batch: BufferBatch) -> dict[str, float]:
         """One optimizer update on ``batch``; returns metrics (floats)."""
         t0 = time.perf_counter()
@@ -137,18 +204,26 @@ class Learner:
         if getattr(self.cfg.loss, "decoupled", False) and self.cfg.asynchrony.sync_every > 1 and (
                 self._prox_model is None or self.version % self.cfg.asynchrony.sync_every == 0):
             self._refresh_proximal()
-        prompts, comps, beh_rows, reward_rows, ref_rows = flatten(batch)
-        fresh_rows = torch.tensor([s.version == self.version for g in batch.groups for s in g.samples])  # [N]
-        mismatch: dict[str, float] = {}
-        n_groups = len(batch.groups)
+        n_groups = len(batch.groups)  # in the whole batch, over every rank
         mb = self.cfg.batch.micro_batch_prompts or n_groups
+        mine, n_micro = self._share(batch, mb)  # this rank's groups; micro-batches every rank runs
+        prompts, comps, beh_rows, reward_rows, ref_rows = flatten(BufferBatch(mine, []))
+        fresh_rows = torch.tensor([s.version == self.version for g in mine for s in g.samples])  # [n]
+        # FSDP averages gradients over ranks: each rank's share is scaled back up by the rank count.
+        world = self.group.world if self.group is not None else 1
+        mismatch: dict[str, float] = {}
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         kl_sum = loss_sum = 0.0
         tokens = 0
-        for g0 in range(0, n_groups, mb):
-            rows = slice(g0 * K, min(n_groups, g0 + mb) * K)
-            weight = (rows.stop - rows.start) / (n_groups * K)  # this micro-batch's share of groups
+        starts = list(range(0, len(mine), mb))
+        for i in range(n_micro):
+            # A rank with fewer micro-batches than another repeats its first one with weight 0: FSDP's
+            # collectives need every rank in every forward and backward.
+            pad_pass = i >= len(starts)
+            g0 = starts[0] if pad_pass else starts[i]
+            rows = slice(g0 * K, min(len(mine), g0 + mb) * K)
+            weight = 0.0 if pad_pass else (rows.stop - rows.start) / (n_groups * K)  # this micro-batch's share of groups
             packed = pack(prompts[rows], comps[rows], self.pad_id).to(self.device)
             C = packed.completion_ids.shape[1]
             beh = _pad_floats(beh_rows[rows], C).to(self.device)  # [n, C]
@@ -159,8 +234,10 @@ class Learner:
             inp = self._micro_inputs(packed, beh, rewards, ref)
             loss, metrics = self.loss_fn(inp, self.version)
             self._mark("loss")
-            (loss * weight).backward()
+            (loss * (weight * world)).backward()
             self._mark("backward")
+            if pad_pass:
+                continue
             loss_sum += loss.item() * weight
             for k, v in mismatch_sums(inp.logp, beh, inp.mask, fresh_rows[rows].to(self.device)).items():
                 mismatch[k] = mismatch.get(k, 0.0) + v
@@ -170,11 +247,15 @@ class Learner:
                 kl = seq_sum(inp.logp.detach() - inp.ref_logp, inp.mask).mean().item()
                 kl_sum += kl * weight
             tokens += int(packed.attention_mask.sum())
+        if self.group is not None:  # every rank's sums: the whole batch's
+            loss_sum, kl_sum, tokens, sums, mismatch = self.group.sum_metrics(loss_sum, kl_sum, tokens, sums, mismatch)
         self._mark("other")
         params = [p for grp in self.optimizer.param_groups for p in grp["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(
             params, self.cfg.optimizer.max_grad_norm if self.cfg.optimizer.max_grad_norm else float("inf")
-        ).item()
+        )
+        # Sharded: the norm of the whole gradient, a DTensor reduced over ranks.
+        grad_norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).item()
         lr = self.scheduler.get_last_lr()[0]
         # Numerical guard: a NaN/inf loss or gradient would poison the weights and Adam's moments
         # for good. Such an update is skipped (weights and optimizer state untouched); the step
@@ -209,13 +290,40 @@ class Learner:
     def weights(self) -> dict[str, Tensor]:
         """A CPU snapshot of the policy weights, safe to hand to other threads/processes, in the
         generators' dtype (bf16 on GPU: half the bytes to move; fp32 on CPU); tied tensors are
-        copied once (:func:`asyncrl.weights.snapshot`). With LoRA, the adapter tensors only (``lora.py``)."""
+        copied once (:func:`asyncrl.weights.snapshot`). With LoRA, the adapter tensors only (``lora.py``).
+        Sharded: gathered one tensor at a time; rank 0 gets the snapshot, other ranks ``{}``."""
+        if self.group is not None:
+            from asyncrl.sharding import full_snapshot  # noqa: PLC0415
+
+            return full_snapshot(self.model, default_dtype(self.device), self.group.rank)
         if is_peft(self.model):
             return adapter_snapshot(self.model, default_dtype(self.device))
         return snapshot(self.model, default_dtype(self.device))
 
+    def full_model_state(self) -> dict[str, Tensor] | None:
+        """Sharded: the model's whole state (fp32, CPU) on rank 0, for ``save_pretrained``; ``{}``
+        on other ranks. One rank: None (the model itself is saved)."""
+        if self.group is None:
+            return None
+        from asyncrl.sharding import full_state  # noqa: PLC0415
+
+        state = full_state(self.scorer)
+        return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+
     # --- checkpoint state beyond the model weights ---
     def state_dict(self) -> dict:
+        """The learner's state beyond the weights. Sharded: gathered (a collective), the same form
+        as one rank's, on rank 0 (other ranks' copy holds no optimizer state)."""
+        if self.group is not None:
+            from asyncrl.sharding import full_optimizer_state, full_state  # noqa: PLC0415
+
+            optimizer = full_optimizer_state(self.scorer, self.optimizer)
+            value_head = None
+            if self.value_head is not None:
+                state = full_state(self.scorer)
+                value_head = {k[len("value_head."):]: v for k, v in state.items() if k.startswith("value_head.")}
+            return {"version": self.version, "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
+                    "value_head": value_head}
         return {
             "version": self.version,
             "optimizer": self.optimizer.state_dict(),
@@ -224,8 +332,18 @@ class Learner:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Sharded: a collective; rank 0's ``state["optimizer"]`` is the one loaded (broadcast to
+        the others, which may pass None there); version, schedule and value head come from each
+        rank's ``state`` (the same everywhere)."""
         self.version = state["version"]
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.group is not None:
+            from asyncrl.sharding import load_full_state, load_optimizer_state  # noqa: PLC0415
+
+            load_optimizer_state(self.scorer, self.optimizer, state.get("optimizer"))
+            if self.value_head is not None and state.get("value_head") is not None:
+                load_full_state(self.scorer, {f"value_head.{k}": v for k, v in state["value_head"].items()})
+            return
+        self.optimizer.load_state_dict(state["optimizer"])
         if self.value_head is not None and state.get("value_head") is not None:
             self.value_head.load_state_dict(state["value_head"])

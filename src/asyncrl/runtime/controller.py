@@ -47,15 +47,15 @@ from asyncrl.buffer import make_buffer
 from asyncrl.checkpoint import find_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from asyncrl.config import Config, save_config
 from asyncrl.io import RUN_ENTRIES as RUN_FILES, atomic_write_text  # RUN_FILES: a run failing before training removes them
-from asyncrl.learner import Learner
-from asyncrl.lora import ReferenceView, load_policy
+from asyncrl.learner import Learner, load_learner_models
 from asyncrl.metrics import RunLogger
 from asyncrl.engines.vllm import require_vllm
-from asyncrl.errors import RunAborted, RunFailed  # noqa: F401 - RunAborted: re-exported
-from asyncrl.policy import TRAIN_DTYPE, load_model, load_tokenizer, resolve_device, resolve_model_path
+from asyncrl.errors import LearnerFailed, RunAborted, RunFailed  # noqa: F401 - RunAborted: re-exported
+from asyncrl.policy import resolve_device, resolve_model_path
 from asyncrl.runtime.cadence import CheckpointCadence
 from asyncrl.runtime.evaluator import Evaluator, TrainClock
 from asyncrl.runtime.hosts import Host, InlineHost, LocalHost, Worker
+from asyncrl.runtime.learner_ranks import start_sharded_learner
 from asyncrl.runtime.ray_host import RayHost  # imports no Ray until a RayHost is made
 from asyncrl.runtime.messages import FromWorker, GeneratorState, RequestDone
 from asyncrl.runtime.metrics_row import step_row
@@ -130,6 +130,9 @@ class Controller:
                     self._remove_run_files(fresh, before)
                 raise
             finally:
+                learner = getattr(self, "_learner", None)
+                if learner is not None and getattr(learner, "sharded", False):
+                    learner.close()  # the other ranks exit, the process group goes
                 torch.set_num_threads(threads)
                 set_rng_state(rng)
 
@@ -152,8 +155,10 @@ class Controller:
         except KeyboardInterrupt:  # Ctrl-C before the handler was installed, or off the main thread
             interrupted = True
         except (RunFailed, RewardError) as e:
-            if not self._trained:
-                raise  # nothing trained yet: no checkpoint, the run folder goes (see run())
+            if not self._trained or isinstance(e, LearnerFailed):
+                # Nothing trained yet: no checkpoint, the run folder goes (see run()). A failed learner
+                # rank: its state cannot be gathered for a final checkpoint; the periodic ones stay.
+                raise
             self._failure = str(e)  # between steps: the state is consistent, so the final checkpoint is written
         finally:
             self._clock.stop()  # training ends here; stopping workers is teardown
@@ -173,6 +178,7 @@ class Controller:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
         learner_threads, gen_threads = default_threads(cfg)
+        learner_threads = max(1, learner_threads // cfg.learner.ranks)  # each rank a share of the cores
         torch.set_num_threads(learner_threads)
         torch.manual_seed(cfg.seed)
         device = resolve_device(cfg.device)
@@ -181,7 +187,7 @@ class Controller:
         if cfg.resume:
             ckpt = find_checkpoint(cfg.resume)
             self._policy_path, self._trainer_state = str(ckpt), load_trainer_state(ckpt)
-        self._learner, self._tokenizer = self._load_learner(device, base_path)
+        self._learner, self._tokenizer = self._load_learner(device, base_path, learner_threads)
         self._buffer = make_buffer(
             cfg.buffer.name, max_lag=cfg.asynchrony.max_lag, group_size=cfg.batch.samples_per_prompt, seed=cfg.seed,
             **cfg.buffer.model_dump(exclude={"name"}),  # the tba settings (none for fifo)
@@ -205,17 +211,13 @@ class Controller:
         self._published = self._learner.version  # the version the workers were last sent
         self._setup_s = 0.0  # set-up seconds, once every worker is ready
 
-    def _load_learner(self, device, base_path: str) -> tuple[Learner, object]:
-        """The learner (and the tokenizer) from ``self._policy_path`` (a resume's checkpoint)."""
+    def _load_learner(self, device, base_path: str, threads: int) -> tuple[Learner, object]:
+        """The learner (and the tokenizer) from ``self._policy_path`` (a resume's checkpoint); with
+        ``learner_ranks > 1`` rank 0's side of the sharded learner (``learner_ranks.py``)."""
         cfg = self.cfg
-        tokenizer = load_tokenizer(self._policy_path)
-        # fp32 master weights; bf16 autocast on GPU. With LoRA: base + adapter (resumed from policy_path's).
-        model = load_policy(cfg, self._policy_path, device, TRAIN_DTYPE)
-        # The reference is always the *initial* policy, also after a resume; with LoRA that is the
-        # learner's own model with the adapter disabled (no second copy).
-        ref = None
-        if cfg.loss.reference and cfg.loss.reference_on == "learner":
-            ref = ReferenceView(model) if cfg.lora else load_model(base_path, device)
+        if cfg.learner.ranks > 1:
+            return start_sharded_learner(cfg, self._policy_path, base_path, threads)
+        model, ref, tokenizer = load_learner_models(cfg, self._policy_path, base_path, device)
         return Learner(cfg, model, ref, tokenizer.pad_token_id, device), tokenizer
 
     def _restore(self) -> tuple[RunStats, list[GeneratorState | None], float]:
@@ -341,12 +343,15 @@ class Controller:
 
     def _checkpoint(self, step: int) -> Path:
         learner = self._learner
+        # Sharded: both calls gather (collectives on every rank); rank 0 writes the folder.
+        model_state = learner.full_model_state()
         state = {"learner": learner.state_dict(), "counters": self._stats.counters(),
                  "buffer": self._buffer.state_dict(), "generators": self._pool.generator_states(),
                  "rng": rng_state(), "wall_time_s": self._clock.wall()}
         path = save_checkpoint(self.run_dir, step, learner.model, self._tokenizer, state, self._config_yaml,
                                keep=self.cfg.checkpoint.keep_checkpoints, protect=Path(self._policy_path),
-                               save_merged=bool(self.cfg.lora and self.cfg.lora.save_merged))
+                               save_merged=bool(self.cfg.lora and self.cfg.lora.save_merged),
+                               model_state=model_state)
         self._cadence.saved()
         return path
 

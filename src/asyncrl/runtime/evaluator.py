@@ -65,6 +65,9 @@ class Evaluator:
         self.history: list[dict] = []  # this process's evaluations, for the summary
         self.engine_name = cfg.engine.eval_engine or cfg.engine.name
         self.engine = None  # built at the first evaluation when it is not the learner's own model
+        # A sharded learner's model is in pieces across ranks (a forward on rank 0 alone would wait
+        # for the others): evaluation gets a whole copy, an hf engine loaded with its weights.
+        self.sharded = bool(getattr(learner, "sharded", False))
         # Tasks that report kl_ref / ref_perplexity (wants_kl) evaluate against the initial policy (or
         # reference_model); loaded at the first evaluation, reusing the learner's copy when it has one.
         self.wants_kl = bool(getattr(task, "wants_kl", False))
@@ -74,7 +77,7 @@ class Evaluator:
         if self.wants_kl and not reference_model:
             if cfg.lora:
                 self.ref = ReferenceView(learner.model)
-            else:  # the learner's reference (reference_on: learner), else None: loaded when first needed
+            elif not self.sharded:  # the learner's reference (reference_on: learner), else None: loaded when first needed
                 self.ref = learner.ref_model
 
     def due(self, step: int) -> bool:
@@ -90,11 +93,13 @@ class Evaluator:
         if self.wants_kl and self.ref is None:
             self.ref = load_model(self.ref_path, self.device).eval().requires_grad_(False)
         with autocast(self.device):
-            metrics, rows = evaluate(self.learner.model, self.tokenizer, self.task,
+            engine = self._engine()
+            metrics, rows = evaluate(getattr(engine, "model", None) if self.sharded else self.learner.model,
+                                     self.tokenizer, self.task,
                                      max_new_tokens=cfg.sampling.max_new_tokens, limit=cfg.evaluation.eval_limit,
                                      chat_template=cfg.chat_template, ref_model=self.ref,
                                      length_penalty=cfg.rewards.length_penalty, missing_eos_penalty=cfg.rewards.missing_eos_penalty,
-                                     engine=self._engine())
+                                     engine=engine)
         dt = time.perf_counter() - te
         self.logger.log_eval({"step": step, "wall_time_s": w, **metrics, "n": len(rows), "eval_time_s": dt},
                              rows[: cfg.evaluation.eval_log_generations])
@@ -105,7 +110,7 @@ class Evaluator:
     def _engine(self):
         """The evaluation engine holding the learner's current weights; None: hf, the learner's
         own model evaluates (no copy)."""
-        if self.engine_name == "hf":
+        if self.engine_name == "hf" and not self.sharded:
             return None
         if self.engine is None:
             # It holds policy_path's weights: those of the version this process started at,

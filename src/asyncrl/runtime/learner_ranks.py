@@ -1,0 +1,309 @@
+"""The learner's ranks (``learner_ranks > 1``): start them, drive them, stop them.
+
+Rank 0 is the controller's process; it alone talks to generators, buffer, logs and checkpoints.
+Ranks 1..N-1 are spawned here as local processes (``start_local_ranks``), or started by
+``torchrun`` (``asyncrl train`` under ``torchrun`` runs :func:`serve` on every rank but 0). Each
+holds a :class:`asyncrl.learner.Learner` over its shards of the one FSDP2 model
+(:mod:`asyncrl.sharding`).
+
+The seam: :class:`RankLeader` stands where the controller's learner stands. Each call that
+computes or gathers (``step``, ``weights``, ``state_dict``, ``full_model_state``,
+``load_state_dict``) is first announced to the other ranks (a broadcast of the call on a gloo
+group of its own), then made on rank 0's learner; the other ranks make the same call on theirs
+(:func:`serve`), so the collectives inside match.
+
+Failure: a rank that exits is noticed before the next call (local ranks) or inside the call's
+collectives (the peer's sockets close); a rank that hangs holds a collective at most
+``learner_timeout_s``. Either way the call raises :class:`asyncrl.errors.LearnerFailed` (one
+line), the controller stops without a final checkpoint (the sharded state cannot be gathered)
+and the periodic checkpoints stay as written. Followers exit when rank 0 goes (their wait for
+the next call fails when its sockets close).
+
+The announcements are pickled Python objects (the batch, small dicts) sent by rank 0 of this
+run's own process group: nothing read from a file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from asyncrl.config import Config
+from asyncrl.errors import LearnerFailed, one_line
+from asyncrl.learner import Learner, load_learner_models
+from asyncrl.runtime.hosts import main_module_hidden
+from asyncrl.sharding import RankGroup
+
+# How long followers wait for rank 0's next call: between steps the controller may wait for
+# generation for a long time. A dead rank 0 still ends the wait at once (closed sockets).
+IDLE_WAIT = timedelta(days=30)
+CALLS = ("step", "weights", "state_dict", "full_model_state", "load_state_dict")
+
+
+@dataclass
+class RankSpec:
+    """What a spawned rank starts from."""
+
+    cfg: dict  # Config.model_dump()
+    policy_path: str
+    base_path: str
+    rank: int
+    world: int
+    host: str
+    port: int  # rank 0's TCPStore
+    threads: int
+
+
+def rank_device(cfg: Config, local_rank: int) -> torch.device:
+    from asyncrl.policy import resolve_device  # noqa: PLC0415 - policy imports transformers
+
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def join_group(cfg: Config, rank: int, world: int, store, device: torch.device) -> tuple[RankGroup, Any]:
+    """Join the learner's process group (NCCL + gloo on CUDA, gloo on CPU) at ``store`` (None:
+    torchrun's environment); returns this rank's
+    :class:`RankGroup` and the gloo group calls are announced on."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    timeout = timedelta(seconds=cfg.learner.rank_timeout_s)
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+    if store is None:  # torchrun: its environment (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE)
+        dist.init_process_group(backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend, store=dist.PrefixStore("asyncrl-learner", store), rank=rank,
+                                world_size=world, timeout=timeout)
+    calls = dist.new_group(backend="gloo", timeout=IDLE_WAIT)
+    objects = dist.new_group(backend="gloo", timeout=timeout)
+    return RankGroup(rank, world, objects), calls
+
+
+# --- ranks 1..N-1 ----------------------------------------------------------------------------------
+
+def _spawned_rank(spec: RankSpec) -> None:
+    """A spawned rank's process: load, join, serve; its error goes to the store for rank 0's message."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    torch.set_num_threads(spec.threads)
+    store = dist.TCPStore(spec.host, spec.port, None, False, timedelta(seconds=60))
+    try:
+        cfg = Config(**spec.cfg)
+        device = rank_device(cfg, spec.rank)
+        model, ref, tokenizer = load_learner_models(cfg, spec.policy_path, spec.base_path, device)
+        store.set(f"loaded/{spec.rank}", "1")
+        group, calls = join_group(cfg, spec.rank, spec.world, store, device)
+        serve(Learner(cfg, model, ref, tokenizer.pad_token_id, device, group=group), calls)
+    except BaseException as e:  # noqa: BLE001 - reported to rank 0, then the process exits non-zero
+        try:
+            store.set(f"error/{spec.rank}", one_line(traceback.format_exc() if not str(e) else e, limit=400))
+        except Exception:  # noqa: BLE001 - rank 0 is gone: nobody to tell
+            pass
+        os._exit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def serve(learner: Learner, calls) -> None:
+    """Make rank 0's calls on this rank's learner until it says ``close`` (or is gone)."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    while True:
+        box: list = [None]
+        dist.broadcast_object_list(box, src=0, group=calls)
+        name, args = box[0]
+        if name == "close":
+            return
+        if name not in CALLS:
+            raise ValueError(f"unknown learner call {name!r}")
+        getattr(learner, name)(*args)
+
+
+# --- rank 0 ----------------------------------------------------------------------------------------
+
+class LocalRanks:
+    """Ranks 1..N-1 as spawned processes on this machine, and the TCPStore they meet at."""
+
+    def __init__(self, cfg: Config, policy_path: str, base_path: str, threads: int):
+        import torch.distributed as dist  # noqa: PLC0415
+        import torch.multiprocessing as mp  # noqa: PLC0415
+
+        self.world = cfg.learner.ranks
+        self.timeout_s = cfg.learner.rank_timeout_s
+        host = "127.0.0.1"
+        self.store = dist.TCPStore(host, 0, None, True, timedelta(seconds=cfg.learner.rank_timeout_s),
+                                   wait_for_workers=False)
+        ctx = mp.get_context("spawn")  # not fork: torch's thread pools are running
+        self.procs = []
+        for rank in range(1, self.world):
+            spec = RankSpec(cfg.model_dump(), policy_path, base_path, rank, self.world, host, self.store.port, threads)
+            p = ctx.Process(target=_spawned_rank, args=(spec,), name=f"asyncrl-learner-rank{rank}", daemon=True)
+            with main_module_hidden():
+                p.start()
+            self.procs.append(p)
+
+    def wait_loaded(self) -> None:
+        """Until every spawned rank has loaded its model (the slow part of starting, and the one
+        that fails on a bad model or too little memory): a rank that exits first is reported."""
+        deadline = time.monotonic() + self.timeout_s
+        for rank in range(1, self.world):
+            while True:
+                self.check_alive()
+                if self.store.check([f"loaded/{rank}"]):
+                    break
+                if time.monotonic() > deadline:
+                    raise LearnerFailed(f"learner rank {rank} did not start within learner_timeout_s={self.timeout_s:g}s")
+                time.sleep(0.05)
+
+    def check_alive(self) -> None:
+        for rank, p in enumerate(self.procs, start=1):
+            if p.exitcode is not None:
+                raise LearnerFailed(f"learner rank {rank} exited (exit code {p.exitcode})" + self._reason(rank))
+
+    def _reason(self, rank: int) -> str:
+        try:
+            if self.store.check([f"error/{rank}"]):
+                return ": " + self.store.get(f"error/{rank}").decode()
+        except Exception:  # noqa: BLE001
+            pass
+        return ""
+
+    def first_failure(self) -> str | None:
+        """A line naming a rank that exited (after a collective failed), if one did."""
+        time.sleep(0.2)  # the failed collective can come a moment before the exit is visible
+        for rank, p in enumerate(self.procs, start=1):
+            p.join(timeout=1.0) if p.exitcode is None and self._reason(rank) else None
+            if p.exitcode is not None:
+                return f"learner rank {rank} exited (exit code {p.exitcode})" + self._reason(rank)
+        return None
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        for p in self.procs:
+            p.join(timeout=timeout_s)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+
+
+class RankLeader:
+    """Rank 0's learner as the controller sees it: each call is announced to the other ranks,
+    then made here. Everything else (``version``, ``model``, ...) is the local learner's."""
+
+    sharded = True
+
+    def __init__(self, learner: Learner, calls, ranks: LocalRanks | None):
+        self._learner = learner
+        self._calls = calls
+        self._ranks = ranks  # None under torchrun (its agent watches the processes)
+        self._closed = False
+
+    def __getattr__(self, name: str):
+        return getattr(self._learner, name)
+
+    def _call(self, name: str, args: tuple = (), local: tuple | None = None):
+        import torch.distributed as dist  # noqa: PLC0415
+
+        if self._ranks is not None:
+            self._ranks.check_alive()
+        try:
+            dist.broadcast_object_list([(name, args)], src=0, group=self._calls)
+            return getattr(self._learner, name)(*(args if local is None else local))
+        except LearnerFailed:
+            raise
+        except Exception as e:  # noqa: BLE001 - a collective failed: a rank died or hung
+            who = self._ranks.first_failure() if self._ranks is not None else None
+            raise LearnerFailed(f"the sharded learner failed in {name}: " + (who or one_line(e, "first", limit=300))) \
+                from e
+
+    def step(self, batch):
+        return self._call("step", (batch,))
+
+    def weights(self):
+        return self._call("weights")
+
+    def state_dict(self):
+        return self._call("state_dict")
+
+    def full_model_state(self):
+        return self._call("full_model_state")
+
+    def load_state_dict(self, state: dict):
+        # The others need everything but the optimizer state, which rank 0 broadcasts shard-wise.
+        return self._call("load_state_dict", ({**state, "optimizer": None},), local=(state,))
+
+    def close(self) -> None:
+        """Tell the other ranks to exit, wait for them, leave the process group."""
+        if self._closed:
+            return
+        self._closed = True
+        import torch.distributed as dist  # noqa: PLC0415
+
+        try:
+            if self._ranks is None or all(p.exitcode is None for p in self._ranks.procs):
+                dist.broadcast_object_list([("close", ())], src=0, group=self._calls)
+        except Exception:  # noqa: BLE001 - a rank is gone already: nothing more to tell it
+            pass
+        if self._ranks is not None:
+            self._ranks.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def start_sharded_learner(cfg: Config, policy_path: str, base_path: str, threads: int):
+    """Rank 0's side of starting ``learner_ranks`` ranks: spawn the others (none under
+    ``torchrun``), load this rank's model, join, build the sharded learner; returns
+    ``(RankLeader, tokenizer)``."""
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    ranks = None if torchrun else LocalRanks(cfg, policy_path, base_path, threads)
+    try:
+        device = rank_device(cfg, int(os.environ.get("LOCAL_RANK", "0")))
+        model, ref, tokenizer = load_learner_models(cfg, policy_path, base_path, device)
+        store = None  # torchrun
+        if ranks is not None:
+            ranks.wait_loaded()
+            store = ranks.store
+        try:
+            group, calls = join_group(cfg, 0, cfg.learner.ranks, store, device)
+            learner = Learner(cfg, model, ref, tokenizer.pad_token_id, device, group=group)
+        except LearnerFailed:
+            raise
+        except Exception as e:  # noqa: BLE001
+            who = ranks.first_failure() if ranks is not None else None
+            raise LearnerFailed("the sharded learner failed to start: " + (who or one_line(e, "first", limit=300))) \
+                from e
+        return RankLeader(learner, calls, ranks), tokenizer
+    except BaseException:
+        if ranks is not None:
+            for p in ranks.procs:
+                p.kill()
+            ranks.close(timeout_s=5)
+        import torch.distributed as dist  # noqa: PLC0415
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+
+
+def serve_torchrun_rank(cfg: Config, policy_path: str, base_path: str) -> None:
+    """A ``torchrun`` rank other than 0: load, join, serve rank 0's calls until it closes."""
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    device = rank_device(cfg, int(os.environ.get("LOCAL_RANK", "0")))
+    model, ref, tokenizer = load_learner_models(cfg, policy_path, base_path, device)
+    group, calls = join_group(cfg, rank, world, None, device)
+    try:
+        serve(Learner(cfg, model, ref, tokenizer.pad_token_id, device, group=group), calls)
+    finally:
+        import torch.distributed as dist  # noqa: PLC0415
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
