@@ -225,7 +225,8 @@ def test_resumable_fields_are_marked_on_the_types():
         "vllm_kv_cache_gb", "vllm_max_model_len", "vllm_enforce_eager",
     }
     # added since: how the learner computes (memory only, same values)
-    assert resume_may_change() == old | {"logprob_chunk_tokens", "gradient_checkpointing"}
+    assert resume_may_change() == old | {"logprob_chunk_tokens", "gradient_checkpointing", "learner_ranks",
+                                         "learner_timeout_s"}
 
 
 def test_path_fields_are_made_absolute_in_one_place(tmp_path, monkeypatch):
