@@ -44,7 +44,8 @@ import torch
 import yaml
 
 from asyncrl.buffer import make_buffer
-from asyncrl.checkpoint import find_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from asyncrl.checkpoint import (find_checkpoint, list_checkpoints, load_trainer_state, rng_state, save_checkpoint,
+                               set_rng_state)
 from asyncrl.config import Config, save_config
 from asyncrl.io import RUN_ENTRIES as RUN_FILES, atomic_write_text  # RUN_FILES: a run failing before training removes them
 from asyncrl.learner import Learner, load_learner_models
@@ -155,10 +156,13 @@ class Controller:
         except KeyboardInterrupt:  # Ctrl-C before the handler was installed, or off the main thread
             interrupted = True
         except (RunFailed, RewardError) as e:
-            if not self._trained or isinstance(e, LearnerFailed):
-                # Nothing trained yet: no checkpoint, the run folder goes (see run()). A failed learner
-                # rank: its state cannot be gathered for a final checkpoint; the periodic ones stay.
-                raise
+            if not self._trained:
+                raise  # nothing trained yet: no checkpoint, the run folder goes (see run())
+            if isinstance(e, LearnerFailed):
+                # A failed learner rank: its state cannot be gathered for a final checkpoint.
+                kept = list_checkpoints(self.run_dir)
+                raise LearnerFailed(f"{e}; no final checkpoint, the last one is "
+                                    f"{kept[-1] if kept else 'none (none was due yet)'}") from e
             self._failure = str(e)  # between steps: the state is consistent, so the final checkpoint is written
         finally:
             self._clock.stop()  # training ends here; stopping workers is teardown

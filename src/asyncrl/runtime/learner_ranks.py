@@ -8,9 +8,10 @@ holds a :class:`asyncrl.learner.Learner` over its shards of the one FSDP2 model
 
 The seam: :class:`RankLeader` stands where the controller's learner stands. Each call that
 computes or gathers (``step``, ``weights``, ``state_dict``, ``full_model_state``,
-``load_state_dict``) is first announced to the other ranks (a broadcast of the call on a gloo
-group of its own), then made on rank 0's learner; the other ranks make the same call on theirs
-(:func:`serve`), so the collectives inside match.
+``load_state_dict``) is first announced to the other ranks (:class:`CallChannel`: a key in the
+ranks' TCPStore, which never blocks rank 0, whatever state another rank is in), then made on rank
+0's learner; the other ranks make the same call on theirs (:func:`serve`), so the collectives
+inside match.
 
 Failure: a rank that exits is noticed before the next call (local ranks) or inside the call's
 collectives (the peer's sockets close); a rank that hangs holds a collective at most
@@ -26,12 +27,11 @@ run's own process group: nothing read from a file.
 from __future__ import annotations
 
 import os
+import pickle
 import time
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
-
 import torch
 
 from asyncrl.config import Config
@@ -40,10 +40,44 @@ from asyncrl.learner import Learner, load_learner_models
 from asyncrl.runtime.hosts import main_module_hidden
 from asyncrl.sharding import RankGroup
 
-# How long followers wait for rank 0's next call: between steps the controller may wait for
-# generation for a long time. A dead rank 0 still ends the wait at once (closed sockets).
-IDLE_WAIT = timedelta(days=30)
 CALLS = ("step", "weights", "state_dict", "full_model_state", "load_state_dict")
+POLL = timedelta(seconds=1)  # a waiting rank re-checks that rank 0 is there this often
+
+
+class CallChannel:
+    """Rank 0's calls to the other ranks, in order, through a TCPStore: ``call/<n>`` holds the
+    n-th call, pickled. Rank 0 sets it (never waiting for anyone); the others wait for it as long
+    as it takes (between steps the controller may wait minutes for generation), ending when the
+    store goes (rank 0 is gone). Rank 0 deletes a call once made: every rank has read it by then,
+    since every call has collectives that need all ranks."""
+
+    def __init__(self, store):
+        import torch.distributed as dist  # noqa: PLC0415
+
+        self.store = dist.PrefixStore("asyncrl-calls", store)
+        self.n = 0
+
+    def announce(self, name: str, args: tuple) -> None:
+        self.store.set(f"call/{self.n}", pickle.dumps((name, args)))
+
+    def done(self) -> None:
+        self.store.delete_key(f"call/{self.n}")
+        self.n += 1
+
+    def next(self) -> tuple[str, tuple]:
+        import torch.distributed as dist  # noqa: PLC0415
+
+        key = f"call/{self.n}"
+        while True:
+            try:
+                self.store.wait([key], POLL)
+                break
+            except dist.DistNetworkError:
+                raise
+            except dist.DistStoreError:  # not yet: wait on
+                continue
+        self.n += 1
+        return pickle.loads(self.store.get(key))  # noqa: S301 - rank 0 of this run wrote it
 
 
 @dataclass
@@ -70,10 +104,10 @@ def rank_device(cfg: Config, local_rank: int) -> torch.device:
     return device
 
 
-def join_group(cfg: Config, rank: int, world: int, store, device: torch.device) -> tuple[RankGroup, Any]:
+def join_group(cfg: Config, rank: int, world: int, store, device: torch.device) -> tuple[RankGroup, CallChannel]:
     """Join the learner's process group (NCCL + gloo on CUDA, gloo on CPU) at ``store`` (None:
     torchrun's environment); returns this rank's
-    :class:`RankGroup` and the gloo group calls are announced on."""
+    :class:`RankGroup` and the channel rank 0's calls come through."""
     import torch.distributed as dist  # noqa: PLC0415
 
     timeout = timedelta(seconds=cfg.learner.rank_timeout_s)
@@ -83,9 +117,11 @@ def join_group(cfg: Config, rank: int, world: int, store, device: torch.device) 
     else:
         dist.init_process_group(backend, store=dist.PrefixStore("asyncrl-learner", store), rank=rank,
                                 world_size=world, timeout=timeout)
-    calls = dist.new_group(backend="gloo", timeout=IDLE_WAIT)
+    if store is None:
+        # torchrun's own store, which every rank has reached (distributed_c10d has no public getter).
+        store = dist.distributed_c10d._get_default_store()
     objects = dist.new_group(backend="gloo", timeout=timeout)
-    return RankGroup(rank, world, objects), calls
+    return RankGroup(rank, world, objects), CallChannel(store)
 
 
 # --- ranks 1..N-1 ----------------------------------------------------------------------------------
@@ -114,14 +150,10 @@ def _spawned_rank(spec: RankSpec) -> None:
             dist.destroy_process_group()
 
 
-def serve(learner: Learner, calls) -> None:
+def serve(learner: Learner, calls: CallChannel) -> None:
     """Make rank 0's calls on this rank's learner until it says ``close`` (or is gone)."""
-    import torch.distributed as dist  # noqa: PLC0415
-
     while True:
-        box: list = [None]
-        dist.broadcast_object_list(box, src=0, group=calls)
-        name, args = box[0]
+        name, args = calls.next()
         if name == "close":
             return
         if name not in CALLS:
@@ -201,27 +233,33 @@ class RankLeader:
 
     sharded = True
 
-    def __init__(self, learner: Learner, calls, ranks: LocalRanks | None):
+    def __init__(self, learner: Learner, calls: CallChannel, ranks: LocalRanks | None):
         self._learner = learner
         self._calls = calls
         self._ranks = ranks  # None under torchrun (its agent watches the processes)
         self._closed = False
+        self._failed = False
 
     def __getattr__(self, name: str):
         return getattr(self._learner, name)
 
     def _call(self, name: str, args: tuple = (), local: tuple | None = None):
-        import torch.distributed as dist  # noqa: PLC0415
-
-        if self._ranks is not None:
-            self._ranks.check_alive()
         try:
-            dist.broadcast_object_list([(name, args)], src=0, group=self._calls)
-            return getattr(self._learner, name)(*(args if local is None else local))
+            if self._ranks is not None:
+                self._ranks.check_alive()
+            self._calls.announce(name, args)
+            out = getattr(self._learner, name)(*(args if local is None else local))
+            self._calls.done()
+            return out
         except LearnerFailed:
+            self._failed = True
             raise
         except Exception as e:  # noqa: BLE001 - a collective failed: a rank died or hung
+            self._failed = True
             who = self._ranks.first_failure() if self._ranks is not None else None
+            if who is None and "timed out" in str(e).lower():
+                who = (f"a learner rank did not take part within learner_timeout_s="
+                       f"{self._learner.cfg.learner.rank_timeout_s:g}s (hung or too slow)")
             raise LearnerFailed(f"the sharded learner failed in {name}: " + (who or one_line(e, "first", limit=300))) \
                 from e
 
@@ -248,12 +286,12 @@ class RankLeader:
         self._closed = True
         import torch.distributed as dist  # noqa: PLC0415
 
-        try:
-            if self._ranks is None or all(p.exitcode is None for p in self._ranks.procs):
-                dist.broadcast_object_list([("close", ())], src=0, group=self._calls)
-        except Exception:  # noqa: BLE001 - a rank is gone already: nothing more to tell it
-            pass
+        if not self._failed:
+            self._calls.announce("close", ())
         if self._ranks is not None:
+            if self._failed:  # a rank hung or died: the others may be stuck in a collective
+                for p in self._ranks.procs:
+                    p.kill()
             self._ranks.close()
         if dist.is_initialized():
             dist.destroy_process_group()
