@@ -29,7 +29,7 @@ from asyncrl.lora import ReferenceView, adapter_snapshot, is_peft, load_policy
 from asyncrl.optim import make_optimizer
 from asyncrl.policy import (TRAIN_DTYPE, Packed, autocast, completion_logprobs, default_dtype, load_model,
                             load_tokenizer, pack)
-from asyncrl.sharding import RankGroup, split_groups_by_tokens
+from asyncrl.sharding import RankGroup, split_groups_by_tokens, tied_aliases
 from asyncrl.weights import snapshot
 
 
@@ -308,7 +308,11 @@ class Learner:
         from asyncrl.sharding import full_state  # noqa: PLC0415
 
         state = full_state(self.scorer)
-        return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        # Tied tensors (input and output embeddings) are one parameter under two names: the full
+        # state has a copy under each; keep the first name, as save_pretrained does for one rank.
+        aliases = set(tied_aliases(self.model))
+        return {k[len("model."):]: v for k, v in state.items()
+                if k.startswith("model.") and k[len("model."):] not in aliases}
 
     # --- checkpoint state beyond the model weights ---
     def state_dict(self) -> dict:

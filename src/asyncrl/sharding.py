@@ -97,22 +97,36 @@ def shard(scorer: torch.nn.Module, group: RankGroup, device: torch.device) -> No
     fully_shard(scorer, mp_policy=mp)
 
 
+def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """Second names of tied parameters -> the first name (``lm_head.weight`` ->
+    ``model.embed_tokens.weight`` when the embeddings are tied), in ``named_parameters`` order."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            out[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return out
+
+
 def full_snapshot(model: torch.nn.Module, dtype: torch.dtype, rank: int) -> dict[str, Tensor]:
     """:func:`asyncrl.weights.snapshot` of a sharded model: each tensor is gathered in turn
     (``DTensor.full_tensor``, a collective) and copied to CPU in ``dtype`` on rank 0, so no rank
     holds more than its shards, one gathered tensor and (rank 0) the snapshot. Tied tensors are
     gathered and copied once and appear under every name. Other ranks get ``{}``."""
     out: dict[str, Tensor] = {}
-    seen: dict[int, Tensor] = {}
+    aliases = tied_aliases(model)
     for name, t in model.state_dict().items():
-        if id(t) not in seen:
-            full = t.full_tensor() if hasattr(t, "full_tensor") else t
-            full = full.detach()
-            seen[id(t)] = full.to("cpu", dtype=dtype if full.is_floating_point() else full.dtype, copy=True) \
-                if rank == 0 else full.new_empty(0)
-            del full
+        if name in aliases:
+            continue
+        full = (t.full_tensor() if hasattr(t, "full_tensor") else t).detach()
         if rank == 0:
-            out[name] = seen[id(t)]
+            out[name] = full.to("cpu", dtype=dtype if full.is_floating_point() else full.dtype, copy=True)
+        del full
+    for alias, name in aliases.items():
+        if rank == 0 and name in out:
+            out[alias] = out[name]
     return out
 
 
