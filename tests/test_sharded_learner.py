@@ -184,3 +184,24 @@ def test_two_gpu_ranks_train_as_one_rank(tmp_path):
     two = _train(tmp_path / "two", *SYNC, *extra, "--learner-ranks", "2")
     for a, b in zip(one, two):  # bf16 compute: looser than on CPU
         assert b["loss"] == pytest.approx(a["loss"], rel=2e-2)
+
+
+@pytest.mark.e2e
+def test_torchrun_starts_the_ranks_and_trains_as_one_rank(tmp_path):
+    import subprocess
+    import sys
+
+    one = _train(tmp_path / "one", *SYNC, "--steps", "4")
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "asyncrl.cli", "train", *SYNC, "--steps", "4", "--output-dir", str(tmp_path / "tr")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = read_jsonl(tmp_path / "tr" / "metrics.jsonl")
+    assert [r["reward_mean"] for r in two] == [r["reward_mean"] for r in one]
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], abs=1e-5, rel=1e-5)
+    # Under torchrun the launcher's world size is the rank count; another one is refused.
+    bad = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "asyncrl.cli", "train", "--learner-ranks", "3", "--output-dir", str(tmp_path / "bad")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "learner_ranks=3 but torchrun started 2 processes" in bad.stderr

@@ -25,6 +25,7 @@ configured no logging, otherwise left to the caller's handlers (docs/logging.md)
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -102,8 +103,9 @@ def default_output_dir(cfg: Config, command: str = "train") -> str:
     return f"runs/{cfg.task.name}-{cfg.loss.name}-lag{cfg.asynchrony.max_lag}-{stamp}"
 
 
-def train(config=None, *, reward_funcs=None, train_dataset=None, eval_dataset=None) -> dict:
-    """Train as ``asyncrl train`` does; returns the summary dict (also in ``summary.json``).
+def train(config=None, *, reward_funcs=None, train_dataset=None, eval_dataset=None) -> dict | None:
+    """Train as ``asyncrl train`` does; returns the summary dict (also in ``summary.json``); under
+    ``torchrun``, ranks other than 0 return None.
 
     ``config``: a :class:`Config`, a dict of its fields, a YAML path, or None for the defaults.
     ``reward_funcs``: one or a list of callables in TRL's convention (``async def`` too),
@@ -124,17 +126,40 @@ def train(config=None, *, reward_funcs=None, train_dataset=None, eval_dataset=No
         return run_train(cfg, inputs)
 
 
-def run_train(cfg: Config, inputs: TaskInputs | None = None) -> dict:
+def run_train(cfg: Config, inputs: TaskInputs | None = None) -> dict | None:
     """The one training entry point (``asyncrl train`` and :func:`train`): check the run folder
     and everything that needs no weights, then run the controller; returns the summary, raises
-    :class:`RunFailed` when the run stopped on an error."""
+    :class:`RunFailed` when the run stopped on an error. Under ``torchrun`` every rank but 0 only
+    serves the sharded learner and returns None."""
     with quiet_libraries():  # for the run only: the caller's transformers settings come back afterwards
         return _run_train(cfg, inputs)
 
 
-def _run_train(cfg: Config, inputs: TaskInputs | None) -> dict:
+def torchrun_rank() -> tuple[int, int] | None:
+    """(rank, world size) when this process is one of several that ``torchrun`` started, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+
+
+def _torchrun_config(cfg: Config, world: int) -> Config:
+    """Under torchrun the launcher's world size is the learner's rank count."""
+    if cfg.learner.ranks not in (1, world):
+        raise ConfigError(f"learner_ranks={cfg.learner.ranks} but torchrun started {world} processes: "
+                          f"pass --learner-ranks {world} or leave it out")
+    return type(cfg).model_validate({**cfg.model_dump(), "learner": {**cfg.learner.model_dump(), "ranks": world}})
+
+
+def _run_train(cfg: Config, inputs: TaskInputs | None) -> dict | None:
     from asyncrl.runtime.controller import Controller  # torch: see the note at the top
 
+    launched = torchrun_rank()
+    if launched is not None:
+        cfg = _torchrun_config(cfg, launched[1])
+        if launched[0] > 0:  # a learner rank only: rank 0 runs the controller and the generators
+            from asyncrl.runtime.learner_ranks import serve_torchrun_rank  # torch
+
+            serve_torchrun_rank(cfg)
+            return None
     if cfg.output_dir is None:
         cfg.output_dir = default_output_dir(cfg)
     inputs = inputs if inputs is not None and not inputs.empty else None

@@ -167,6 +167,8 @@ def cmd_train(cfg: Config) -> int:
     except RunAborted as e:
         print(f"asyncrl: {e}: no final checkpoint written (the last periodic one is kept)", file=sys.stderr)
         return SIGNAL_EXIT.get(e.signame, 130)
+    if summary is None:  # a torchrun rank other than 0: it served the learner; rank 0 reports
+        return 0
     acc = summary["final_accuracy"]
     return _report_done("train", summary, f", final accuracy {acc:.3f}" if acc is not None else "")
 

@@ -332,9 +332,16 @@ def start_sharded_learner(cfg: Config, policy_path: str, base_path: str, threads
         raise
 
 
-def serve_torchrun_rank(cfg: Config, policy_path: str, base_path: str) -> None:
-    """A ``torchrun`` rank other than 0: load, join, serve rank 0's calls until it closes."""
+def serve_torchrun_rank(cfg: Config) -> None:
+    """A ``torchrun`` rank other than 0: load, join, serve rank 0's calls until it closes. The
+    weights come from where rank 0's come from (the resumed checkpoint, else ``model``): a folder
+    every node sees."""
+    from asyncrl.checkpoint import find_checkpoint  # noqa: PLC0415
+    from asyncrl.policy import resolve_model_path  # noqa: PLC0415
+
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    base_path = resolve_model_path(cfg.model, cfg.task.name)
+    policy_path = str(find_checkpoint(cfg.resume)) if cfg.resume else base_path
     device = rank_device(cfg, int(os.environ.get("LOCAL_RANK", "0")))
     model, ref, tokenizer = load_learner_models(cfg, policy_path, base_path, device)
     group, calls = join_group(cfg, rank, world, None, device)
