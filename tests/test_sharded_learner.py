@@ -70,6 +70,8 @@ def _train(out: Path, *flags: str) -> list[dict]:
     # PPO's value head is sharded with the root; the reference lives on the learner
     ["--loss", "ppo", "--steps", "6", "--prompts-per-step", "5", "--micro-batch-prompts", "2",
      "--reference-on", "learner", "--kl-coef", "0.05"],
+    # several optimizer steps per batch: each mini-batch split across the ranks
+    ["--loss", "grpo", "--steps", "4", "--mini-batches", "2", "--batch-epochs", "2"],
 ])
 def test_two_ranks_train_as_one_rank(tmp_path, extra):
     one = _train(tmp_path / "one", *SYNC, *extra)

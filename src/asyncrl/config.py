@@ -478,7 +478,15 @@ class Batch(Section):
     samples_per_prompt: int = Field(8, ge=1)
     """K completions sampled per prompt."""
     micro_batch_prompts: int | None = Field(None, ge=1)
-    """Prompts per micro-batch (gradient accumulation); None = whole batch at once."""
+    """Prompts per micro-batch (gradient accumulation); None = whole (mini-)batch at once."""
+    mini_batches: int = Field(1, ge=1)
+    """Optimizer steps per generated batch: the batch's prompt groups are split into this many
+    equal mini-batches, one AdamW step each (TRL's ``steps_per_generation``, verl's
+    ``ppo_mini_batch_size`` = prompts_per_step / mini_batches). Versions count optimizer steps;
+    ``steps``, ``max_lag`` and the cadences count learner steps (batches): docs/learner.md."""
+    batch_epochs: int = Field(1, ge=1)
+    """Passes over each generated batch (TRL's ``num_iterations``, verl's ``ppo_epochs``): a
+    learner step takes mini_batches x batch_epochs optimizer steps."""
 
 
 class LearnerSettings(Section):
@@ -934,6 +942,9 @@ class Config(_Command):
             raise ValueError("workers=inline runs the generator in the learner's thread: it needs num_generators=1")
         if batch.micro_batch_prompts is not None and batch.micro_batch_prompts > batch.prompts_per_step:
             raise ValueError("micro_batch_prompts cannot exceed prompts_per_step")
+        if batch.prompts_per_step % batch.mini_batches:
+            raise ValueError(f"mini_batches={batch.mini_batches} must divide prompts_per_step={batch.prompts_per_step} "
+                             "(mini-batches of equal size)")
         if self.buffer.name == "tba" and self.buffer.per_prompt_capacity < batch.samples_per_prompt:
             raise ValueError("per_prompt_capacity must be >= samples_per_prompt")
         self._check_off_policy_correction()
@@ -945,9 +956,10 @@ class Config(_Command):
         ranks = self.learner.ranks
         if ranks == 1:
             return
-        if self.batch.prompts_per_step < ranks:
-            raise ValueError(f"learner_ranks={ranks} splits each batch's prompt groups across ranks: "
-                             f"prompts_per_step ({self.batch.prompts_per_step}) must be >= learner_ranks")
+        per_update = self.batch.prompts_per_step // self.batch.mini_batches
+        if per_update < ranks:
+            raise ValueError(f"learner_ranks={ranks} splits each (mini-)batch's prompt groups across ranks: "
+                             f"prompts_per_step / mini_batches ({per_update}) must be >= learner_ranks")
         if self.lora is not None:
             raise ValueError("learner_ranks > 1 with LoRA is not supported yet: train the adapter with learner_ranks 1")
         if getattr(self.loss, "decoupled", False):
@@ -955,6 +967,11 @@ class Config(_Command):
         if self.runtime.name == "ray":
             raise ValueError("learner_ranks > 1 runs ranks as local processes: runtime=ray is not supported yet "
                              "(generators may still be Ray actors in a later version; use runtime=local)")
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer steps (weight versions) per learner step: mini_batches x batch_epochs."""
+        return self.batch.mini_batches * self.batch.batch_epochs
 
     @property
     def synchronous(self) -> bool:

@@ -68,6 +68,24 @@ def load_learner_models(cfg: Config, policy_path: str, base_path: str, device: t
     return model, ref, tokenizer
 
 
+def _merge(updates: list[dict[str, float]]) -> dict[str, float]:
+    """The metrics of one learner step's optimizer steps: means, tokens summed, the last LR,
+    ``skipped_update`` if any was skipped, and ``optimizer_steps``."""
+    out: dict[str, float] = {}
+    for k in updates[0]:
+        values = [u[k] for u in updates if k in u]
+        if k == "skipped_update":
+            out[k] = any(values)
+        elif k == "learner_tokens":
+            out[k] = sum(values)
+        elif k == "lr":
+            out[k] = values[-1]
+        else:
+            out[k] = sum(values) / len(values)
+    out["optimizer_steps"] = len(updates)
+    return out
+
+
 class Scorer(torch.nn.Module):
     """Policy (+ PPO's value head) -> per-token completion log-probs ``[N, C]`` (+ values ``[N, C]``).
 
@@ -186,27 +204,48 @@ class Learner:
         else:
             self._prox_model.load_state_dict(self.model.state_dict())
 
-    def _share(self, batch: BufferBatch, mb: int) -> tuple[list, int]:
+    @property
+    def steps_done(self) -> int:
+        """Learner steps (batches) taken: ``version`` counts optimizer steps, ``updates_per_step`` per batch."""
+        return self.version // self.cfg.updates_per_step
+
+    def _share(self, groups: list, mb: int) -> tuple[list, int]:
         """This rank's prompt groups (all of them on one rank; with ranks, a split balanced by
         tokens that every rank computes alike) and the number of micro-batches every rank runs."""
         if self.group is None:
-            return batch.groups, -(-len(batch.groups) // mb)
-        split = split_groups_by_tokens(batch.groups, self.group.world)
-        return [batch.groups[i] for i in split[self.group.rank]], max(-(-len(idx) // mb) for idx in split)
+            return groups, -(-len(groups) // mb)
+        split = split_groups_by_tokens(groups, self.group.world)
+        return [groups[i] for i in split[self.group.rank]], max(-(-len(idx) // mb) for idx in split)
 
     def step(self, batch: BufferBatch) -> dict[str, float]:
-        """One optimizer update on ``batch``; returns metrics (floats)."""
+        """One learner step on ``batch``: ``mini_batches`` x ``batch_epochs`` optimizer steps (one
+        by default), each on an equal share of its prompt groups in batch order, every epoch over
+        the same mini-batches; returns metrics (floats: the mean over the optimizer steps, tokens
+        summed, ``skipped_update`` if any was skipped)."""
         t0 = time.perf_counter()
         if self.timings is not None:
             self.timings.clear()
             self._mark_t = t0
-        K = self.cfg.batch.samples_per_prompt
-        if getattr(self.cfg.loss, "decoupled", False) and self.cfg.asynchrony.sync_every > 1 and (
-                self._prox_model is None or self.version % self.cfg.asynchrony.sync_every == 0):
+        a, per = self.cfg.asynchrony, self.cfg.updates_per_step
+        if getattr(self.cfg.loss, "decoupled", False) and (per > 1 or a.sync_every > 1) and (
+                self._prox_model is None or per > 1 or self.steps_done % a.sync_every == 0):
             self._refresh_proximal()
-        n_groups = len(batch.groups)  # in the whole batch, over every rank
+        if per == 1:
+            m = self._update(batch.groups)
+        else:
+            size = len(batch.groups) // self.cfg.batch.mini_batches
+            minis = [batch.groups[j : j + size] for j in range(0, len(batch.groups), size)]
+            m = _merge([self._update(mini) for _ in range(self.cfg.batch.batch_epochs) for mini in minis])
+        dt = time.perf_counter() - t0
+        m.update(train_time_s=dt, learner_tokens_per_s=m["learner_tokens"] / dt)
+        return m
+
+    def _update(self, groups: list) -> dict[str, float]:
+        """One optimizer step on ``groups`` (this rank's share of them, with ranks)."""
+        K = self.cfg.batch.samples_per_prompt
+        n_groups = len(groups)  # over every rank
         mb = self.cfg.batch.micro_batch_prompts or n_groups
-        mine, n_micro = self._share(batch, mb)  # this rank's groups; micro-batches every rank runs
+        mine, n_micro = self._share(groups, mb)  # this rank's groups; micro-batches every rank runs
         prompts, comps, beh_rows, reward_rows, ref_rows = flatten(BufferBatch(mine, []))
         fresh_rows = torch.tensor([s.version == self.version for g in mine for s in g.samples])  # [n]
         # FSDP averages gradients over ranks: each rank's share is scaled back up by the rank count.
@@ -269,7 +308,6 @@ class Learner:
         self.scheduler.step()
         self._mark("optimizer")
         self.version += 1
-        dt = time.perf_counter() - t0
         return {
             "loss": loss_sum,
             # Sequence-level KL(pi || ref) estimated on the batch's samples: mean over sequences of
@@ -278,9 +316,9 @@ class Learner:
             "grad_norm": grad_norm,
             "skipped_update": skipped,
             "lr": lr,
-            "train_time_s": dt,
+            "train_time_s": 0.0,  # set by step(), over all its optimizer steps
             "learner_tokens": tokens,
-            "learner_tokens_per_s": tokens / dt,
+            "learner_tokens_per_s": 0.0,
             **{f"loss/{k}": v for k, v in sums.items()},
             # Behaviour (engine) vs learner log-probs of the sampled tokens: the mismatch that
             # importance-sampling corrections exist for; "_fresh" = staleness-0 samples only.

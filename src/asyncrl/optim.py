@@ -10,12 +10,18 @@ from asyncrl.config import Config
 
 
 def lr_lambda(cfg: Config):
+    """The LR factor per optimizer step. ``steps`` and ``warmup_steps`` count learner steps; with
+    several optimizer steps per learner step (``updates_per_step``) the schedule runs over
+    optimizer steps, stretched by that factor."""
+    per = getattr(cfg, "updates_per_step", 1)  # sft/rm: one optimizer step per step
+    warmup, total = cfg.optimizer.warmup_steps * per, cfg.steps * per
+
     def f(step: int) -> float:
-        if cfg.optimizer.warmup_steps and step < cfg.optimizer.warmup_steps:
-            return (step + 1) / cfg.optimizer.warmup_steps
+        if warmup and step < warmup:
+            return (step + 1) / warmup
         if cfg.optimizer.lr_schedule == "constant":
             return 1.0
-        frac = min(1.0, (step - cfg.optimizer.warmup_steps) / max(1, cfg.steps - cfg.optimizer.warmup_steps))
+        frac = min(1.0, (step - warmup) / max(1, total - warmup))
         if cfg.optimizer.lr_schedule == "linear":
             return 1.0 - frac
         return 0.5 * (1.0 + math.cos(math.pi * frac))

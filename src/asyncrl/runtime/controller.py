@@ -192,14 +192,16 @@ class Controller:
             ckpt = find_checkpoint(cfg.resume)
             self._policy_path, self._trainer_state = str(ckpt), load_trainer_state(ckpt)
         self._learner, self._tokenizer = self._load_learner(device, base_path, learner_threads)
+        # The buffer measures staleness in versions (optimizer steps); max_lag counts learner steps.
         self._buffer = make_buffer(
-            cfg.buffer.name, max_lag=cfg.asynchrony.max_lag, group_size=cfg.batch.samples_per_prompt, seed=cfg.seed,
+            cfg.buffer.name, max_lag=cfg.asynchrony.max_lag * cfg.updates_per_step, group_size=cfg.batch.samples_per_prompt,
+            seed=cfg.seed,
             **cfg.buffer.model_dump(exclude={"name"}),  # the tba settings (none for fifo)
         )
         self._stats, resumed_states, wall0 = self._restore()
         self.host = make_host(cfg, self._policy_path, base_path, gen_threads, self.inputs)
         self.scheduler = Scheduler(cfg.asynchrony.max_lag, cfg.batch.prompts_per_step, self.host.depth)
-        self._logger = RunLogger(self.run_dir, cfg.steps, self._learner.version,
+        self._logger = RunLogger(self.run_dir, cfg.steps, self._learner.steps_done,
                                  resume=self._trainer_state is not None, cfg=cfg)
         self._config_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
         self._pool = WorkerPool(self.host, self.scheduler, self._stats, num_generators=cfg.asynchrony.num_generators,
@@ -212,7 +214,7 @@ class Controller:
                                     base_path=base_path, logger=self._logger, clock=self._clock)
         self._failure: str | None = None  # why the run stopped early (non-finite updates, a user error)
         self._skipped_in_a_row = 0
-        self._published = self._learner.version  # the version the workers were last sent
+        self._published = self._learner.steps_done  # the learner step whose weights the workers were last sent
         self._setup_s = 0.0  # set-up seconds, once every worker is ready
 
     def _load_learner(self, device, base_path: str, threads: int) -> tuple[Learner, object]:
@@ -251,7 +253,7 @@ class Controller:
         self._setup_s = time.perf_counter() - self._t_setup
         self._clock.restart()
         self._stats.sync_time_s += self._publish()
-        if self._learner.version == 0:
+        if self._learner.steps_done == 0:
             self._evaluator.run(0)
         self._trained = True  # from here on a failure keeps the run folder and checkpoints
 
@@ -265,8 +267,8 @@ class Controller:
         return not self._stop_requested and self.failure is None
 
     def _train(self) -> None:
-        while self._learner.version < self.cfg.steps and self._running():
-            self._pool.dispatch(self._learner.version, self._published)
+        while self._learner.steps_done < self.cfg.steps and self._running():
+            self._pool.dispatch(self._learner.steps_done, self._published)
             tw = time.perf_counter()
             done = self._wait_for_request()
             if done is None:
@@ -282,7 +284,7 @@ class Controller:
 
     def _wait_for_request(self) -> RequestDone | None:
         """The completed request to train on next; None when the run stops first."""
-        step = self._learner.version
+        step = self._learner.steps_done
         taken = self.scheduler.take(step)
         while taken is None and self._running():
             msg = self._poll()
@@ -305,7 +307,7 @@ class Controller:
         if batch is None:
             return
         m = self._learner.step(batch)
-        step = self._learner.version
+        step = self._learner.steps_done
         skipped = m.pop("skipped_update")
         self._count_skipped(step, skipped, m)
         sync_s, sync_bytes = 0.0, 0
@@ -342,7 +344,7 @@ class Controller:
         """Send the learner's current weights to the workers; returns the seconds it took."""
         ts = time.perf_counter()
         self._pool.publish(self._learner.weights(), self._learner.version)
-        self._published = self._learner.version
+        self._published = self._learner.steps_done  # the scheduler counts learner steps
         return time.perf_counter() - ts
 
     def _checkpoint(self, step: int) -> Path:
@@ -362,7 +364,7 @@ class Controller:
     # --- the end (the workers have stopped) --------------------------------------------------------
     def _finish(self, interrupted: bool) -> dict:
         """Final evaluation (unless stopped or failed), final checkpoint, ``summary.json``."""
-        step = self._learner.version
+        step = self._learner.steps_done
         self._stats.set_redispatched(self.scheduler.stats.redispatched)
         final_acc = None
         try:
