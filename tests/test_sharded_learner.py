@@ -207,3 +207,26 @@ def test_torchrun_starts_the_ranks_and_trains_as_one_rank(tmp_path):
                           "-m", "asyncrl.cli", "train", "--learner-ranks", "3", "--output-dir", str(tmp_path / "bad")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "learner_ranks=3 but torchrun started 2 processes" in bad.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_to_the_whole_process_group_stops_every_rank_after_a_final_checkpoint(tmp_path, sig, code):
+    """A terminal's Ctrl-C (or a scheduler's SIGTERM) reaches every rank: rank 0 stops after the step and
+    writes the final checkpoint, which needs the other ranks, so they leave the signal to it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "asyncrl.cli", "train", "--learner-ranks", "2", "--steps", "100000",
+                             "--max-lag", "0", "--eval-every", "0", "--output-dir", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "metrics.jsonl").is_file() and
+                                          len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    os.killpg(proc.pid, sig)  # the whole group, as a terminal does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and (out / "checkpoints" / f"step_{summary['steps']}").is_dir()

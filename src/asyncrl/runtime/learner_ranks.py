@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -126,10 +127,19 @@ def join_group(cfg: Config, rank: int, world: int, store, device: torch.device) 
 
 # --- ranks 1..N-1 ----------------------------------------------------------------------------------
 
+def _leave_signals_to_rank_0() -> None:
+    """Ctrl-C and SIGTERM (sent to the whole process group by terminals, schedulers, torchrun) are
+    rank 0's: it finishes the step and writes the final checkpoint, which needs every rank, then
+    tells the others to exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _spawned_rank(spec: RankSpec) -> None:
     """A spawned rank's process: load, join, serve; its error goes to the store for rank 0's message."""
     import torch.distributed as dist  # noqa: PLC0415
 
+    _leave_signals_to_rank_0()
     torch.set_num_threads(spec.threads)
     store = dist.TCPStore(spec.host, spec.port, None, False, timedelta(seconds=60))
     try:
@@ -339,6 +349,7 @@ def serve_torchrun_rank(cfg: Config) -> None:
     from asyncrl.checkpoint import find_checkpoint  # noqa: PLC0415
     from asyncrl.policy import resolve_model_path  # noqa: PLC0415
 
+    _leave_signals_to_rank_0()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     base_path = resolve_model_path(cfg.model, cfg.task.name)
     policy_path = str(find_checkpoint(cfg.resume)) if cfg.resume else base_path
