@@ -46,7 +46,7 @@ def test_groups_are_split_by_tokens_into_balanced_non_empty_shares():
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(prompts_per_step=2), "prompts_per_step .2. must be >= learner_ranks"),
+    (dict(prompts_per_step=2), r"prompts_per_step / mini_batches \(2\) must be >= learner_ranks"),
     (dict(lora_rank=4), "LoRA is not supported yet"),
     (dict(loss="ppo", decoupled=True), "decoupled PPO"),
     (dict(runtime="ray", workers="process"), "runtime=ray is not supported yet"),
@@ -72,6 +72,8 @@ def _train(out: Path, *flags: str) -> list[dict]:
      "--reference-on", "learner", "--kl-coef", "0.05"],
     # several optimizer steps per batch: each mini-batch split across the ranks
     ["--loss", "grpo", "--steps", "4", "--mini-batches", "2", "--batch-epochs", "2"],
+    # micro-batches by token budget on each rank's share
+    ["--loss", "rloo", "--steps", "3", "--micro-batch-tokens", "160"],
 ])
 def test_two_ranks_train_as_one_rank(tmp_path, extra):
     one = _train(tmp_path / "one", *SYNC, *extra)

@@ -479,6 +479,10 @@ class Batch(Section):
     """K completions sampled per prompt."""
     micro_batch_prompts: int | None = Field(None, ge=1)
     """Prompts per micro-batch (gradient accumulation); None = whole (mini-)batch at once."""
+    micro_batch_tokens: int | None = Field(None, ge=1)
+    """Micro-batches by token budget instead of prompt count: whole prompt groups, bucketed by
+    length, at most this many padded tokens (rows x (longest prompt + longest completion)) per
+    micro-batch; a group over the budget alone is its own micro-batch. None = micro_batch_prompts."""
     mini_batches: int = Field(1, ge=1)
     """Optimizer steps per generated batch: the batch's prompt groups are split into this many
     equal mini-batches, one AdamW step each (TRL's ``steps_per_generation``, verl's
@@ -942,6 +946,8 @@ class Config(_Command):
             raise ValueError("workers=inline runs the generator in the learner's thread: it needs num_generators=1")
         if batch.micro_batch_prompts is not None and batch.micro_batch_prompts > batch.prompts_per_step:
             raise ValueError("micro_batch_prompts cannot exceed prompts_per_step")
+        if batch.micro_batch_tokens is not None and batch.micro_batch_prompts is not None:
+            raise ValueError("micro_batch_tokens and micro_batch_prompts both size micro-batches: pass one of them")
         if batch.prompts_per_step % batch.mini_batches:
             raise ValueError(f"mini_batches={batch.mini_batches} must divide prompts_per_step={batch.prompts_per_step} "
                              "(mini-batches of equal size)")

@@ -68,6 +68,33 @@ def load_learner_models(cfg: Config, policy_path: str, base_path: str, device: t
     return model, ref, tokenizer
 
 
+def micro_batches_by_tokens(groups: list, budget_tokens: int) -> list[list]:
+    """Prompt groups -> micro-batches of at most ``budget_tokens`` padded tokens each (rows x
+    (longest prompt + longest completion), what :func:`asyncrl.policy.pack` allocates).
+
+    Whole groups only (the losses compare the K samples of a prompt). Groups are bucketed by
+    length: sorted by their longest row (stable), then packed greedily, so a micro-batch holds
+    rows of similar length and pads little. A group over the budget on its own is its own
+    micro-batch."""
+    def width(g) -> tuple[int, int]:
+        return max(len(s.prompt_ids) for s in g.samples), max(len(s.completion_ids) for s in g.samples)
+
+    out: list[list] = []
+    current: list = []
+    p_max = c_max = rows = 0
+    for g in sorted(groups, key=lambda g: sum(width(g))):
+        p, c = width(g)
+        np_, nc, nr = max(p_max, p), max(c_max, c), rows + len(g.samples)
+        if current and nr * (np_ + nc) > budget_tokens:
+            out.append(current)
+            current, np_, nc, nr = [], p, c, len(g.samples)
+        current.append(g)
+        p_max, c_max, rows = np_, nc, nr
+    if current:
+        out.append(current)
+    return out
+
+
 def _merge(updates: list[dict[str, float]]) -> dict[str, float]:
     """The metrics of one learner step's optimizer steps: means, tokens summed, the last LR,
     ``skipped_update`` if any was skipped, and ``optimizer_steps``."""
@@ -209,13 +236,24 @@ class Learner:
         """Learner steps (batches) taken: ``version`` counts optimizer steps, ``updates_per_step`` per batch."""
         return self.version // self.cfg.updates_per_step
 
-    def _share(self, groups: list, mb: int) -> tuple[list, int]:
-        """This rank's prompt groups (all of them on one rank; with ranks, a split balanced by
-        tokens that every rank computes alike) and the number of micro-batches every rank runs."""
+    def _micro_batches(self, groups: list) -> list[list]:
+        """``groups`` (one rank's) as micro-batches: ``micro_batch_tokens`` -> by padded tokens,
+        length-bucketed (:func:`micro_batches_by_tokens`); else ``micro_batch_prompts`` groups
+        at a time in batch order (all at once when unset)."""
+        b = self.cfg.batch
+        if b.micro_batch_tokens is not None:
+            return micro_batches_by_tokens(groups, b.micro_batch_tokens)
+        mb = b.micro_batch_prompts or len(groups)
+        return [groups[g0 : g0 + mb] for g0 in range(0, len(groups), mb)]
+
+    def _share(self, groups: list) -> tuple[list[list], int]:
+        """This rank's micro-batches (of all the groups on one rank; with ranks, of a split
+        balanced by tokens that every rank computes alike) and how many every rank runs."""
         if self.group is None:
-            return groups, -(-len(groups) // mb)
-        split = split_groups_by_tokens(groups, self.group.world)
-        return [groups[i] for i in split[self.group.rank]], max(-(-len(idx) // mb) for idx in split)
+            micro = self._micro_batches(groups)
+            return micro, len(micro)
+        shares = [self._micro_batches([groups[i] for i in idx]) for idx in split_groups_by_tokens(groups, self.group.world)]
+        return shares[self.group.rank], max(len(m) for m in shares)
 
     def step(self, batch: BufferBatch) -> dict[str, float]:
         """One learner step on ``batch``: ``mini_batches`` x ``batch_epochs`` optimizer steps (one
@@ -244,10 +282,7 @@ class Learner:
         """One optimizer step on ``groups`` (this rank's share of them, with ranks)."""
         K = self.cfg.batch.samples_per_prompt
         n_groups = len(groups)  # over every rank
-        mb = self.cfg.batch.micro_batch_prompts or n_groups
-        mine, n_micro = self._share(groups, mb)  # this rank's groups; micro-batches every rank runs
-        prompts, comps, beh_rows, reward_rows, ref_rows = flatten(BufferBatch(mine, []))
-        fresh_rows = torch.tensor([s.version == self.version for g in mine for s in g.samples])  # [n]
+        micro, n_micro = self._share(groups)  # this rank's micro-batches; how many every rank runs
         # FSDP averages gradients over ranks: each rank's share is scaled back up by the rank count.
         world = self.group.world if self.group is not None else 1
         mismatch: dict[str, float] = {}
@@ -255,19 +290,18 @@ class Learner:
         sums: dict[str, float] = {}
         kl_sum = loss_sum = 0.0
         tokens = 0
-        starts = list(range(0, len(mine), mb))
         for i in range(n_micro):
             # A rank with fewer micro-batches than another repeats its first one with weight 0: FSDP's
             # collectives need every rank in every forward and backward.
-            pad_pass = i >= len(starts)
-            g0 = starts[0] if pad_pass else starts[i]
-            rows = slice(g0 * K, min(len(mine), g0 + mb) * K)
-            weight = 0.0 if pad_pass else (rows.stop - rows.start) / (n_groups * K)  # this micro-batch's share of groups
-            packed = pack(prompts[rows], comps[rows], self.pad_id).to(self.device)
+            pad_pass = i >= len(micro)
+            part = micro[0] if pad_pass else micro[i]
+            prompts, comps, beh_rows, reward_rows, refs = flatten(BufferBatch(part, []))
+            fresh = torch.tensor([s.version == self.version for g in part for s in g.samples])  # [n]
+            weight = 0.0 if pad_pass else len(prompts) / (n_groups * K)  # this micro-batch's share of groups
+            packed = pack(prompts, comps, self.pad_id).to(self.device)
             C = packed.completion_ids.shape[1]
-            beh = _pad_floats(beh_rows[rows], C).to(self.device)  # [n, C]
-            rewards = torch.tensor(reward_rows[rows], dtype=torch.float32, device=self.device)  # [n]
-            refs = ref_rows[rows]
+            beh = _pad_floats(beh_rows, C).to(self.device)  # [n, C]
+            rewards = torch.tensor(reward_rows, dtype=torch.float32, device=self.device)  # [n]
             ref = _pad_floats(refs, C).to(self.device) if all(r is not None for r in refs) else None  # [n, C]
             self._mark("other")
             inp = self._micro_inputs(packed, beh, rewards, ref)
@@ -278,7 +312,7 @@ class Learner:
             if pad_pass:
                 continue
             loss_sum += loss.item() * weight
-            for k, v in mismatch_sums(inp.logp, beh, inp.mask, fresh_rows[rows].to(self.device)).items():
+            for k, v in mismatch_sums(inp.logp, beh, inp.mask, fresh.to(self.device)).items():
                 mismatch[k] = mismatch.get(k, 0.0) + v
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v * weight

@@ -1,0 +1,59 @@
+"""``--micro-batch-tokens``: micro-batches by padded-token budget, whole groups, bucketed by length."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asyncrl.config import Config
+from asyncrl.learner import micro_batches_by_tokens
+from asyncrl.policy import pack
+from asyncrl.types import Group, Prompt, Sample
+
+from test_mini_batches import _batch, _groups, _learner
+
+
+def _group(name: str, prompt: int, completions: list[int]) -> Group:
+    return Group(Prompt(name, name), [Sample(prompt_id=name, prompt_ids=[1] * prompt, completion_ids=[2] * c,
+                                             behaviour_logprobs=[-1.0] * c, reward=0.0, version=0, finished=True)
+                                      for c in completions])
+
+
+def _padded(micro: list[list[Group]]) -> int:
+    return sum(pack([s.prompt_ids for g in m for s in g.samples], [s.completion_ids for g in m for s in g.samples],
+                    0).input_ids.numel() for m in micro)
+
+
+def test_groups_are_bucketed_by_length_and_packed_under_the_budget():
+    groups = [_group("a", 4, [20, 18]), _group("b", 4, [2, 3]), _group("c", 4, [19, 20]), _group("d", 4, [3, 1]),
+              _group("e", 4, [60, 10])]
+    micro = micro_batches_by_tokens(groups, budget_tokens=100)
+    # b, d (width 4+3=7: 4 rows x 7 = 28), then a, c (4 rows x 24 = 96), then e alone (over budget: 2 x 64 = 128)
+    assert [[g.prompt.prompt_id for g in m] for m in micro] == [["b", "d"], ["a", "c"], ["e"]]
+    for m in micro[:-1]:
+        assert _padded([m]) <= 100
+    # Each group once, whole.
+    assert sorted(g.prompt.prompt_id for m in micro for g in m) == ["a", "b", "c", "d", "e"]
+    # Fewer padded tokens than the same number of micro-batches by prompt count in batch order.
+    by_count = [groups[0:2], groups[2:4], groups[4:5]]
+    assert _padded(micro) < _padded(by_count)
+
+
+@pytest.mark.parametrize("loss", ["tb", "grpo", "ppo"])
+def test_token_budget_micro_batches_do_not_change_the_update(loss):
+    base = Config(loss=loss, samples_per_prompt=4, prompts_per_step=4, warmup_steps=0, lr=1e-3, max_grad_norm=None)
+    batch = _batch(_groups(base, 4))
+    full = _learner(base)
+    micro = _learner(base.model_copy(update={"micro_batch_tokens": 40}))
+    plan = micro_batches_by_tokens(batch.groups, 40)
+    assert len(plan) > 1  # the budget does split this batch
+    mf, mm = full.step(batch), micro.step(batch)
+    assert mm["loss"] == pytest.approx(mf["loss"], rel=1e-5, abs=1e-7)
+    assert mm["learner_tokens"] == mf["learner_tokens"]
+    for (name, p), q in zip(full.model.named_parameters(), micro.model.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_one_micro_batch_size_at_a_time():
+    with pytest.raises(ValueError, match="micro_batch_tokens and micro_batch_prompts both"):
+        Config(micro_batch_tokens=512, micro_batch_prompts=2)
