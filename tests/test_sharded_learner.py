@@ -49,11 +49,19 @@ def test_groups_are_split_by_tokens_into_balanced_non_empty_shares():
     (dict(prompts_per_step=2), r"prompts_per_step / mini_batches \(2\) must be >= learner_ranks"),
     (dict(lora_rank=4), "LoRA is not supported yet"),
     (dict(loss="ppo", decoupled=True), "decoupled PPO"),
-    (dict(runtime="ray", workers="process"), "runtime=ray is not supported yet"),
+    (dict(runtime="ray", workers="process", learner_num_nodes=3), "cannot exceed learner_ranks - 1"),
 ])
 def test_what_the_sharded_learner_does_not_run_is_refused(kw, message):
     with pytest.raises(ValueError, match=message):
         Config(learner_ranks=3, **kw)
+
+
+def test_rank_actor_settings_are_refused_without_ranks():
+    with pytest.raises(ValueError, match="learner_num_nodes is not used by learner_ranks 1"):
+        Config(runtime="ray", workers="process", learner_num_nodes=2)
+    with pytest.raises(ValueError, match="learner_num_cpus is not used by ray_learner 'driver'"):
+        Config(runtime="ray", workers="process", learner_num_cpus=2)
+    Config(runtime="ray", workers="process", learner_ranks=2, learner_num_cpus=2)  # each rank actor's
 
 
 # --- the same training as one rank -----------------------------------------------------------------

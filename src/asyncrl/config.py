@@ -643,9 +643,15 @@ class RayRuntime(Section):
     """ray: run the learner (and the controller) in the driver process, or in an actor that
     reserves ``learner_num_cpus`` / ``learner_num_gpus`` on the cluster."""
     learner_num_cpus: float = Field(1.0, ge=0)
-    """ray, ``ray_learner: actor``: logical CPUs the learner actor reserves."""
+    """ray, ``ray_learner: actor``: logical CPUs the learner actor reserves; with
+    ``learner_ranks > 1`` also each learner rank actor (ranks 1..N-1)."""
     learner_num_gpus: float = Field(0.0, ge=0)
-    """ray, ``ray_learner: actor``: GPUs the learner actor reserves (fractions allowed)."""
+    """ray, ``ray_learner: actor``: GPUs the learner actor reserves (fractions allowed); with
+    ``learner_ranks > 1`` also each learner rank actor (one GPU each for NCCL)."""
+    learner_num_nodes: int | None = Field(None, ge=1)
+    """ray, ``learner_ranks > 1``: spread the rank actors (ranks 1..N-1) evenly over this many
+    nodes (a placement group of one bundle per node, ``STRICT_SPREAD``); None = wherever Ray
+    fits them (``PACK``: as few nodes as possible)."""
     reward_actor: bool = False
     """ray: load the reward-side models (reward model, victim, toxicity classifier) once, in one
     actor that every generator calls, instead of a copy per generator."""
@@ -661,9 +667,6 @@ class RayRuntime(Section):
 
     @model_validator(mode="after")
     def _sub_settings(self):
-        if self.ray_learner == "driver":
-            _refuse_unless_default(self, ("learner_num_cpus", "learner_num_gpus"), "ray_learner 'driver'",
-                                   "pass --ray-learner actor")
         if not self.reward_actor:
             _refuse_unless_default(self, ("reward_num_gpus",), "reward_actor false", "pass --reward-actor true")
         return self
@@ -960,8 +963,17 @@ class Config(_Command):
     def _check_learner_ranks(self) -> None:
         """What the sharded learner (``learner_ranks > 1``) does not run yet: refused, not ignored."""
         ranks = self.learner.ranks
+        rt = self.runtime
+        if rt.name == "ray" and ranks == 1:
+            if rt.ray_learner == "driver":
+                _refuse_unless_default(rt, ("learner_num_cpus", "learner_num_gpus"), "ray_learner 'driver'",
+                                       "pass --ray-learner actor (or --learner-ranks > 1 for rank actors)")
+            _refuse_unless_default(rt, ("learner_num_nodes",), "learner_ranks 1", "pass --learner-ranks > 1")
         if ranks == 1:
             return
+        if rt.name == "ray" and rt.learner_num_nodes is not None and rt.learner_num_nodes > ranks - 1:
+            raise ValueError(f"learner_num_nodes={rt.learner_num_nodes} spreads the {ranks - 1} rank actors "
+                             f"(ranks 1..{ranks - 1}) over nodes: it cannot exceed learner_ranks - 1")
         per_update = self.batch.prompts_per_step // self.batch.mini_batches
         if per_update < ranks:
             raise ValueError(f"learner_ranks={ranks} splits each (mini-)batch's prompt groups across ranks: "
@@ -970,9 +982,6 @@ class Config(_Command):
             raise ValueError("learner_ranks > 1 with LoRA is not supported yet: train the adapter with learner_ranks 1")
         if getattr(self.loss, "decoupled", False):
             raise ValueError("learner_ranks > 1 with decoupled PPO (a proximal copy of the weights) is not supported yet")
-        if self.runtime.name == "ray":
-            raise ValueError("learner_ranks > 1 runs ranks as local processes: runtime=ray is not supported yet "
-                             "(generators may still be Ray actors in a later version; use runtime=local)")
 
     @property
     def updates_per_step(self) -> int:

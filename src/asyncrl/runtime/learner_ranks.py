@@ -1,8 +1,10 @@
 """The learner's ranks (``learner_ranks > 1``): start them, drive them, stop them.
 
 Rank 0 is the controller's process; it alone talks to generators, buffer, logs and checkpoints.
-Ranks 1..N-1 are spawned here as local processes (``start_local_ranks``), or started by
-``torchrun`` (``asyncrl train`` under ``torchrun`` runs :func:`serve` on every rank but 0). Each
+Ranks 1..N-1 are spawned here as local processes (:class:`LocalRanks`, ``runtime: local``), as
+Ray actors in a placement group, possibly on other nodes (:class:`RayRanks`, ``runtime: ray``),
+or started by ``torchrun`` (``asyncrl train`` under ``torchrun`` runs :func:`serve` on every rank
+but 0). Each
 holds a :class:`asyncrl.learner.Learner` over its shards of the one FSDP2 model
 (:mod:`asyncrl.sharding`).
 
@@ -131,8 +133,11 @@ def _leave_signals_to_rank_0() -> None:
     """Ctrl-C and SIGTERM (sent to the whole process group by terminals, schedulers, torchrun) are
     rank 0's: it finishes the step and writes the final checkpoint, which needs every rank, then
     tells the others to exit."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except ValueError:  # not the main thread (a Ray actor's call): Ray delivers no terminal signals there
+        pass
 
 
 def _spawned_rank(spec: RankSpec) -> None:
@@ -173,6 +178,20 @@ def serve(learner: Learner, calls: CallChannel) -> None:
 
 # --- rank 0 ----------------------------------------------------------------------------------------
 
+def _wait_loaded(ranks) -> None:
+    """Until every rank 1..N-1 has loaded its model (the slow part of starting, and the one that
+    fails on a bad model or too little memory): a rank that ends first is reported."""
+    deadline = time.monotonic() + ranks.timeout_s
+    for rank in range(1, ranks.world):
+        while True:
+            ranks.check_alive()
+            if ranks.store.check([f"loaded/{rank}"]):
+                break
+            if time.monotonic() > deadline:
+                raise LearnerFailed(f"learner rank {rank} did not start within learner_timeout_s={ranks.timeout_s:g}s")
+            time.sleep(0.05)
+
+
 class LocalRanks:
     """Ranks 1..N-1 as spawned processes on this machine, and the TCPStore they meet at."""
 
@@ -195,17 +214,7 @@ class LocalRanks:
             self.procs.append(p)
 
     def wait_loaded(self) -> None:
-        """Until every spawned rank has loaded its model (the slow part of starting, and the one
-        that fails on a bad model or too little memory): a rank that exits first is reported."""
-        deadline = time.monotonic() + self.timeout_s
-        for rank in range(1, self.world):
-            while True:
-                self.check_alive()
-                if self.store.check([f"loaded/{rank}"]):
-                    break
-                if time.monotonic() > deadline:
-                    raise LearnerFailed(f"learner rank {rank} did not start within learner_timeout_s={self.timeout_s:g}s")
-                time.sleep(0.05)
+        _wait_loaded(self)
 
     def check_alive(self) -> None:
         for rank, p in enumerate(self.procs, start=1):
@@ -229,6 +238,10 @@ class LocalRanks:
                 return f"learner rank {rank} exited (exit code {p.exitcode})" + self._reason(rank)
         return None
 
+    def kill(self) -> None:
+        for p in self.procs:
+            p.kill()
+
     def close(self, timeout_s: float = 10.0) -> None:
         for p in self.procs:
             p.join(timeout=timeout_s)
@@ -237,13 +250,114 @@ class LocalRanks:
                 p.join(timeout=5)
 
 
+class _RankActor:
+    """A learner rank in a Ray actor: :func:`_spawned_rank` until rank 0 closes (one long call)."""
+
+    def run(self, spec: RankSpec) -> None:
+        _spawned_rank(spec)
+
+
+_RANK_ACTOR: list[Any] = []
+
+
+class RayRanks:
+    """Ranks 1..N-1 as Ray actors, each reserving ``learner_num_cpus`` / ``learner_num_gpus``, in a
+    placement group (``learner_num_nodes`` bundles ``STRICT_SPREAD``, else one per rank, ``PACK``).
+    They meet rank 0 at its TCPStore on this node's address."""
+
+    def __init__(self, cfg: Config, policy_path: str, base_path: str, threads: int):
+        import torch.distributed as dist  # noqa: PLC0415
+
+        from asyncrl.runtime.ray_host import config_for_actors, ensure_ray  # noqa: PLC0415
+        from asyncrl.runtime.object_store import ray_module  # noqa: PLC0415
+
+        self.ray = ray = ray_module()
+        self.world, self.timeout_s = cfg.learner.ranks, cfg.learner.rank_timeout_s
+        self.owns_ray = ensure_ray(cfg)
+        self.store = dist.TCPStore("127.0.0.1", 0, None, True, timedelta(seconds=self.timeout_s),
+                                   wait_for_workers=False)  # listens on every interface
+        host = ray.util.get_node_ip_address()
+        rt = cfg.runtime
+        n = self.world - 1
+        nodes = rt.learner_num_nodes or n
+        per_node = [n // nodes + (1 if i < n % nodes else 0) for i in range(nodes)]
+        bundles = [{"CPU": rt.learner_num_cpus * k, **({"GPU": rt.learner_num_gpus * k} if rt.learner_num_gpus else {})}
+                   for k in per_node]
+        self.pg = ray.util.placement_group(bundles, strategy="STRICT_SPREAD" if rt.learner_num_nodes else "PACK")
+        if not ray.wait([self.pg.ready()], timeout=self.timeout_s)[0]:
+            ray.util.remove_placement_group(self.pg)
+            raise LearnerFailed(f"the cluster cannot place {n} learner rank actors ({rt.learner_num_cpus:g} CPUs, "
+                                f"{rt.learner_num_gpus:g} GPUs each"
+                                + (f", over {rt.learner_num_nodes} nodes" if rt.learner_num_nodes else "") + ")")
+        if not _RANK_ACTOR:
+            _RANK_ACTOR.append(ray.remote(_RankActor))
+        strategy = ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy
+        cfg_dict = config_for_actors(cfg)
+        bundle_of = [b for b, k in enumerate(per_node) for _ in range(k)]
+        self.actors, self.refs = [], []
+        for rank in range(1, self.world):
+            actor = _RANK_ACTOR[0].options(
+                name=f"asyncrl-learner-rank{rank}-{self.store.port}", num_cpus=rt.learner_num_cpus,
+                num_gpus=rt.learner_num_gpus, max_restarts=0,
+                scheduling_strategy=strategy(placement_group=self.pg, placement_group_bundle_index=bundle_of[rank - 1]),
+            ).remote()
+            spec = RankSpec(cfg_dict, policy_path, base_path, rank, self.world, host, self.store.port,
+                            max(1, int(rt.learner_num_cpus)) if rt.learner_num_cpus >= 1 else threads)
+            self.actors.append(actor)
+            self.refs.append(actor.run.remote(spec))
+
+    def wait_loaded(self) -> None:
+        _wait_loaded(self)
+
+    def check_alive(self) -> None:
+        for rank, ref in enumerate(self.refs, start=1):
+            if self.ray.wait([ref], timeout=0)[0]:
+                raise LearnerFailed(f"learner rank {rank} (a Ray actor) ended" + self._reason(rank, ref))
+
+    def _reason(self, rank: int, ref) -> str:
+        try:
+            if self.store.check([f"error/{rank}"]):
+                return ": " + self.store.get(f"error/{rank}").decode()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self.ray.get(ref, timeout=0)
+        except Exception as e:  # noqa: BLE001 - the actor died: Ray says why
+            return ": " + one_line(e, "last", limit=300)
+        return ""
+
+    def first_failure(self) -> str | None:
+        time.sleep(0.5)  # the failed collective can come a moment before Ray sees the actor die
+        for rank, ref in enumerate(self.refs, start=1):
+            if self.ray.wait([ref], timeout=0)[0]:
+                return f"learner rank {rank} (a Ray actor) ended" + self._reason(rank, ref)
+        return None
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - gone already
+                pass
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self.ray.wait(self.refs, num_returns=len(self.refs), timeout=timeout_s)
+        self.kill()
+        try:
+            self.ray.util.remove_placement_group(self.pg)
+        except Exception:  # noqa: BLE001
+            pass
+        if self.owns_ray and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
 class RankLeader:
     """Rank 0's learner as the controller sees it: each call is announced to the other ranks,
     then made here. Everything else (``version``, ``model``, ...) is the local learner's."""
 
     sharded = True
 
-    def __init__(self, learner: Learner, calls: CallChannel, ranks: LocalRanks | None):
+    def __init__(self, learner: Learner, calls: CallChannel, ranks: LocalRanks | RayRanks | None):
         self._learner = learner
         self._calls = calls
         self._ranks = ranks  # None under torchrun (its agent watches the processes)
@@ -300,8 +414,7 @@ class RankLeader:
             self._calls.announce("close", ())
         if self._ranks is not None:
             if self._failed:  # a rank hung or died: the others may be stuck in a collective
-                for p in self._ranks.procs:
-                    p.kill()
+                self._ranks.kill()
             self._ranks.close()
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -312,7 +425,8 @@ def start_sharded_learner(cfg: Config, policy_path: str, base_path: str, threads
     ``torchrun``), load this rank's model, join, build the sharded learner; returns
     ``(RankLeader, tokenizer)``."""
     torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    ranks = None if torchrun else LocalRanks(cfg, policy_path, base_path, threads)
+    ranks = None if torchrun else (RayRanks if cfg.runtime.name == "ray" else LocalRanks)(cfg, policy_path, base_path,
+                                                                                          threads)
     try:
         device = rank_device(cfg, int(os.environ.get("LOCAL_RANK", "0")))
         model, ref, tokenizer = load_learner_models(cfg, policy_path, base_path, device)
@@ -332,8 +446,7 @@ def start_sharded_learner(cfg: Config, policy_path: str, base_path: str, threads
         return RankLeader(learner, calls, ranks), tokenizer
     except BaseException:
         if ranks is not None:
-            for p in ranks.procs:
-                p.kill()
+            ranks.kill()
             ranks.close(timeout_s=5)
         import torch.distributed as dist  # noqa: PLC0415
 

@@ -200,12 +200,12 @@ def _cpus_needed(cfg: Config, learner_actor: bool) -> float:
         need += 1
     if learner_actor:
         need += cfg.runtime.learner_num_cpus
-    return need
+    return need + (cfg.learner.ranks - 1) * cfg.runtime.learner_num_cpus  # the learner's rank actors
 
 
 def _gpus_needed(cfg: Config, learner_actor: bool) -> float:
     need = cfg.asynchrony.num_generators * cfg.runtime.generator_num_gpus + (cfg.runtime.reward_num_gpus if cfg.runtime.reward_actor else 0.0)
-    return need + (cfg.runtime.learner_num_gpus if learner_actor else 0.0)
+    return need + (cfg.runtime.learner_num_gpus if learner_actor else 0.0) + (cfg.learner.ranks - 1) * cfg.runtime.learner_num_gpus
 
 
 def ensure_ray(cfg: Config, learner_actor: bool = False) -> bool:
