@@ -240,3 +240,39 @@ def test_a_signal_to_the_whole_process_group_stops_every_rank_after_a_final_chec
     assert proc.returncode == code, err[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] and (out / "checkpoints" / f"step_{summary['steps']}").is_dir()
+
+
+@pytest.mark.e2e
+def test_a_sigkilled_two_rank_run_resumes_exactly_and_leaves_no_rank_behind(tmp_path, monkeypatch):
+    from test_resume import comparable, kill_after
+
+    run = tmp_path / "run"
+    monkeypatch.setenv("ASYNCRL_TEST_RUN", str(run))  # marks the killed run's processes (inherited)
+    flags = [*SYNC, "--save-every", "2", "--learner-ranks", "2", "--steps", "6"]
+    ref = _train(tmp_path / "ref", *flags)
+    kill_after(run, flags, rows=3)  # SIGKILL of rank 0 (the controller) after step 3: step_2 is the last checkpoint
+    deadline = time.time() + 30  # rank 1 notices its store is gone and exits by itself
+    while time.time() < deadline and _ranks_of(run):
+        time.sleep(0.2)
+    assert not _ranks_of(run), "a learner rank outlived rank 0"
+    assert main(["train", "--resume", str(run), "--steps", "6"]) == 0
+    rows = read_jsonl(run / "metrics.jsonl")
+    resumed = {r["step"]: r for r in rows}  # steps 3.. were logged twice: the resumed rows come last
+    assert comparable([resumed[s] for s in range(1, 7)]) == comparable(ref)
+
+
+def _ranks_of(run: Path) -> list[int]:
+    """Live processes spawned for the learner (their command line names multiprocessing's spawn and
+    the run's parent is gone); found through /proc, since the killed parent cannot be asked."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ")
+            env = (p / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmd and f"ASYNCRL_TEST_RUN={run}".encode() in env:
+            out.append(int(p.name))
+    return out
