@@ -363,11 +363,11 @@ class Learner:
         """A CPU snapshot of the policy weights, safe to hand to other threads/processes, in the
         generators' dtype (bf16 on GPU: half the bytes to move; fp32 on CPU); tied tensors are
         copied once (:func:`asyncrl.weights.snapshot`). With LoRA, the adapter tensors only (``lora.py``).
-        Sharded: gathered one tensor at a time; rank 0 gets the snapshot, other ranks ``{}``."""
+        Sharded: gathered one layer at a time; rank 0 gets the snapshot, other ranks ``{}``."""
         if self.group is not None:
             from asyncrl.sharding import full_snapshot  # noqa: PLC0415
 
-            return full_snapshot(self.model, default_dtype(self.device), self.group.rank)
+            return full_snapshot(self.scorer, self.model, default_dtype(self.device), self.group.rank)
         if is_peft(self.model):
             return adapter_snapshot(self.model, default_dtype(self.device))
         return snapshot(self.model, default_dtype(self.device))

@@ -110,23 +110,31 @@ def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
     return out
 
 
-def full_snapshot(model: torch.nn.Module, dtype: torch.dtype, rank: int) -> dict[str, Tensor]:
-    """:func:`asyncrl.weights.snapshot` of a sharded model: each tensor is gathered in turn
-    (``DTensor.full_tensor``, a collective) and copied to CPU in ``dtype`` on rank 0, so no rank
-    holds more than its shards, one gathered tensor and (rank 0) the snapshot. Tied tensors are
-    gathered and copied once and appear under every name. Other ranks get ``{}``."""
+def full_snapshot(root: torch.nn.Module, model: torch.nn.Module, dtype: torch.dtype, rank: int) -> dict[str, Tensor]:
+    """:func:`asyncrl.weights.snapshot` of a sharded ``model`` (inside the FSDP ``root``), one FSDP
+    unit (decoder layer) at a time: each unit is all-gathered in one collective (``unshard``), its
+    now-whole parameters are copied to CPU in ``dtype`` on rank 0, and it is resharded. No rank
+    holds more than its shards, one gathered layer and (rank 0) the snapshot. Tied parameters
+    are copied once and appear under every name as the same tensor. Other ranks get ``{}``."""
+    from torch.distributed.fsdp import FSDPModule  # noqa: PLC0415
+
+    copies: dict[int, Tensor] = {}
+    named: dict[str, Tensor] = {}
+    for unit in (m for m in root.modules() if isinstance(m, FSDPModule)):
+        unit.unshard()
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if name in named or hasattr(p, "full_tensor"):  # done, or still sharded (another unit's)
+                continue
+            if id(p) not in copies:
+                copies[id(p)] = p.detach().to("cpu", dtype=dtype, copy=True) if rank == 0 else p.new_empty(0)
+            named[name] = copies[id(p)]
+        unit.reshard()
+    if rank != 0:
+        return {}
     out: dict[str, Tensor] = {}
-    aliases = tied_aliases(model)
-    for name, t in model.state_dict().items():
-        if name in aliases:
-            continue
-        full = (t.full_tensor() if hasattr(t, "full_tensor") else t).detach()
-        if rank == 0:
-            out[name] = full.to("cpu", dtype=dtype if full.is_floating_point() else full.dtype, copy=True)
-        del full
-    for alias, name in aliases.items():
-        if rank == 0 and name in out:
-            out[alias] = out[name]
+    for name, t in model.state_dict().items():  # the model's own order; persistent buffers are not sharded
+        out[name] = named[name] if name in named else \
+            t.detach().to("cpu", dtype=dtype if t.is_floating_point() else t.dtype, copy=True)
     return out
 
 
