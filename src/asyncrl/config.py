@@ -980,8 +980,6 @@ class Config(_Command):
                              f"prompts_per_step / mini_batches ({per_update}) must be >= learner_ranks")
         if self.lora is not None:
             raise ValueError("learner_ranks > 1 with LoRA is not supported yet: train the adapter with learner_ranks 1")
-        if getattr(self.loss, "decoupled", False):
-            raise ValueError("learner_ranks > 1 with decoupled PPO (a proximal copy of the weights) is not supported yet")
 
     @property
     def updates_per_step(self) -> int:

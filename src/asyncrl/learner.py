@@ -166,9 +166,14 @@ class Learner:
         temperature = cfg.sampling.temperature
         self.scorer = Scorer(model, self.value_head, device, temperature, self.chunk_tokens)
         self.ref_scorer = None
+        self._prox_scorer = None  # sharded decoupled PPO: the proximal copy, sharded like the policy
         self.group = group
         if group is not None:
             from asyncrl.sharding import shard  # noqa: PLC0415 - torch.distributed.fsdp: only when sharding
+            if getattr(cfg.loss, "decoupled", False):  # copied before sharding, so it shards the same way
+                prox = copy.deepcopy(model).eval().requires_grad_(False)
+                self._prox_scorer = Scorer(prox, None, device, temperature, self.chunk_tokens)
+                shard(self._prox_scorer, group, device)
             shard(self.scorer, group, device)
             if self.ref_model is not None:
                 self.ref_scorer = Scorer(self.ref_model, None, device, temperature, self.chunk_tokens)
@@ -210,6 +215,10 @@ class Learner:
         if getattr(self.cfg.loss, "decoupled", False):
             if self._prox_model is None:  # sync_every 1: the latest sync is the current weights
                 prox = logp.detach()
+            elif self._prox_scorer is not None:
+                with torch.no_grad():
+                    prox = self._prox_scorer(packed)[0]
+                self._mark("prox_forward")
             else:
                 with torch.no_grad(), autocast(self.device):
                     prox = completion_logprobs(self._prox_model, packed, self.cfg.sampling.temperature,
@@ -226,7 +235,16 @@ class Learner:
         at the start of a run or resume: the copy is first taken at this Learner's first step).
         asyncrl takes one optimizer step per batch, so with ``sync_every 1`` the latest sync is the
         current weights and no copy is kept (prox = stopgrad of the policy's own forward)."""
-        if self._prox_model is None:
+        if self._prox_scorer is not None:  # sharded: each rank copies its own shards, no communication
+            # The root units keep their parameters gathered after a forward: shard them back first,
+            # so both sides are the sharded parameters.
+            self.scorer.reshard()
+            self._prox_scorer.reshard()
+            with torch.no_grad():
+                for q, p in zip(self._prox_scorer.model.parameters(), self.model.parameters()):
+                    q.copy_(p)
+            self._prox_model = self._prox_scorer.model
+        elif self._prox_model is None:
             self._prox_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         else:
             self._prox_model.load_state_dict(self.model.state_dict())
