@@ -191,12 +191,20 @@ def test_a_hung_rank_stops_the_run_within_the_timeout(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
-def test_two_gpu_ranks_train_as_one_rank(tmp_path):
+@pytest.mark.parametrize("offload", [[], ["--learner-cpu-offload", "true"]])
+def test_two_gpu_ranks_train_as_one_rank(tmp_path, offload):
     extra = ["--device", "cuda", "--loss", "tb", "--steps", "5"]
     one = _train(tmp_path / "one", *SYNC, *extra)
-    two = _train(tmp_path / "two", *SYNC, *extra, "--learner-ranks", "2")
+    two = _train(tmp_path / "two", *SYNC, *extra, "--learner-ranks", "2", *offload)
     for a, b in zip(one, two):  # bf16 compute: looser than on CPU
         assert b["loss"] == pytest.approx(a["loss"], rel=2e-2)
+
+
+def test_cpu_offload_is_for_sharded_gpu_learners():
+    for kw in (dict(), dict(learner_ranks=2, device="cpu")):
+        with pytest.raises(ValueError, match="learner_cpu_offload .* needs learner_ranks > 1 and a GPU device"):
+            Config(learner_cpu_offload=True, **kw)
+    Config(learner_cpu_offload=True, learner_ranks=2, device="cuda")
 
 
 @pytest.mark.e2e

@@ -512,6 +512,10 @@ class LearnerSettings(Section):
     them by tokens. 1 = one learner process (no sharding). The run starts ranks 1..N-1 as local
     processes (gloo on CPU, NCCL on GPU, one GPU each); under ``torchrun`` the launcher's
     ``WORLD_SIZE`` is used. May change on resume (docs/learner.md)."""
+    cpu_offload: bool = Field(False, json_schema_extra=_extra(flat="learner_cpu_offload"))
+    """learner_ranks > 1 on GPUs: keep each rank's parameter shards, gradients and AdamW state in
+    host memory (FSDP2 ``CPUOffloadPolicy``; the optimizer step runs on the CPU), copying a layer
+    to the GPU when it computes: less GPU memory, slower steps."""
     rank_timeout_s: float = Field(300.0, gt=0, json_schema_extra=_extra(flat="learner_timeout_s"))
     """learner_ranks > 1: how long a rank waits in a collective (an all-gather, a gradient
     reduction) for the others before the run stops with one line; also the bound on starting
@@ -969,6 +973,9 @@ class Config(_Command):
                 _refuse_unless_default(rt, ("learner_num_cpus", "learner_num_gpus"), "ray_learner 'driver'",
                                        "pass --ray-learner actor (or --learner-ranks > 1 for rank actors)")
             _refuse_unless_default(rt, ("learner_num_nodes",), "learner_ranks 1", "pass --learner-ranks > 1")
+        if self.learner.cpu_offload and (ranks == 1 or self.device == "cpu"):
+            raise ValueError("learner_cpu_offload moves a sharded learner's state from GPUs to host memory: it needs "
+                             "learner_ranks > 1 and a GPU device")
         if ranks == 1:
             return
         if rt.name == "ray" and rt.learner_num_nodes is not None and rt.learner_num_nodes > ranks - 1:

@@ -173,11 +173,11 @@ class Learner:
             if getattr(cfg.loss, "decoupled", False):  # copied before sharding, so it shards the same way
                 prox = copy.deepcopy(model).eval().requires_grad_(False)
                 self._prox_scorer = Scorer(prox, None, device, temperature, self.chunk_tokens)
-                shard(self._prox_scorer, group, device)
-            shard(self.scorer, group, device)
+                shard(self._prox_scorer, group, device, cfg.learner.cpu_offload)
+            shard(self.scorer, group, device, cfg.learner.cpu_offload)
             if self.ref_model is not None:
                 self.ref_scorer = Scorer(self.ref_model, None, device, temperature, self.chunk_tokens)
-                shard(self.ref_scorer, group, device)
+                shard(self.ref_scorer, group, device, cfg.learner.cpu_offload)
         # Trainable parameters only: all of them in full fine-tuning, the adapter with LoRA (lora.py);
         # the model's, then the value head's (the order checkpoints index the optimizer state by).
         params = [p for p in self.scorer.parameters() if p.requires_grad]

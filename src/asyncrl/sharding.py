@@ -86,15 +86,19 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
-def shard(scorer: torch.nn.Module, group: RankGroup, device: torch.device) -> None:
-    """``fully_shard`` each decoder layer of ``scorer.model``, then ``scorer`` itself (the root)."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: PLC0415
+def shard(scorer: torch.nn.Module, group: RankGroup, device: torch.device, cpu_offload: bool = False) -> None:
+    """``fully_shard`` each decoder layer of ``scorer.model``, then ``scorer`` itself (the root).
+    ``cpu_offload`` (CUDA only): shards, gradients and optimizer state live in host memory."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard  # noqa: PLC0415
 
+    if cpu_offload and device.type != "cuda":
+        raise ValueError(f"learner_cpu_offload needs GPU ranks; this learner runs on {device}")
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
           if device.type == "cuda" else MixedPrecisionPolicy())
+    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
     for layer in decoder_layers(scorer.model):
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(scorer, mp_policy=mp)
+        fully_shard(layer, mp_policy=mp, offload_policy=offload)
+    fully_shard(scorer, mp_policy=mp, offload_policy=offload)
 
 
 def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
