@@ -47,7 +47,7 @@ def test_groups_are_split_by_tokens_into_balanced_non_empty_shares():
 
 @pytest.mark.parametrize("kw, message", [
     (dict(prompts_per_step=2), r"prompts_per_step / mini_batches \(2\) must be >= learner_ranks"),
-    (dict(lora_rank=4), "LoRA is not supported yet"),
+    (dict(lora_rank=4, lora_save_merged=True), "lora_save_merged with learner_ranks > 1 is not supported"),
     (dict(runtime="ray", workers="process", learner_num_nodes=3), "cannot exceed learner_ranks - 1"),
 ])
 def test_what_the_sharded_learner_does_not_run_is_refused(kw, message):
@@ -83,6 +83,9 @@ def _train(out: Path, *flags: str) -> list[dict]:
     ["--loss", "rloo", "--steps", "3", "--micro-batch-tokens", "160"],
     # decoupled PPO: a sharded proximal copy, refreshed at each batch's start (2 mini-batches)
     ["--loss", "ppo", "--decoupled", "true", "--steps", "3", "--mini-batches", "2"],
+    # LoRA: frozen base and trained adapter in the same units (rank 0's random A on every rank), the
+    # reference = the adapter switched off through the sharded root, adapter-only publish and checkpoint
+    ["--lora-rank", "4", "--steps", "4", "--lr", "1e-3", "--reference-on", "learner", "--kl-coef", "0.05"],
 ])
 def test_two_ranks_train_as_one_rank(tmp_path, extra):
     one = _train(tmp_path / "one", *SYNC, *extra)
@@ -95,8 +98,10 @@ def test_two_ranks_train_as_one_rank(tmp_path, extra):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5, rel=1e-5), a["step"]
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5), a["step"]
         assert b["learner_tokens"] == a["learner_tokens"]
-    w1 = load_file(str(tmp_path / "one" / "checkpoints" / f"step_{one[-1]['step']}" / "model.safetensors"))
-    w2 = load_file(str(tmp_path / "two" / "checkpoints" / f"step_{two[-1]['step']}" / "model.safetensors"))
+        assert b["kl"] == pytest.approx(a["kl"], abs=1e-6)
+    weights = "adapter_model.safetensors" if "--lora-rank" in extra else "model.safetensors"
+    w1 = load_file(str(tmp_path / "one" / "checkpoints" / f"step_{one[-1]['step']}" / weights))
+    w2 = load_file(str(tmp_path / "two" / "checkpoints" / f"step_{two[-1]['step']}" / weights))
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-6)

@@ -141,7 +141,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
 
     def fill(tmp: Path) -> None:
         if is_peft(model):
-            model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+            model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False,
+                                  **({"state_dict": model_state} if model_state is not None else {}))
             if save_merged:
                 merged_copy(model).save_pretrained(tmp / "merged", safe_serialization=True)
                 tokenizer.save_pretrained(tmp / "merged")

@@ -985,8 +985,9 @@ class Config(_Command):
         if per_update < ranks:
             raise ValueError(f"learner_ranks={ranks} splits each (mini-)batch's prompt groups across ranks: "
                              f"prompts_per_step / mini_batches ({per_update}) must be >= learner_ranks")
-        if self.lora is not None:
-            raise ValueError("learner_ranks > 1 with LoRA is not supported yet: train the adapter with learner_ranks 1")
+        if self.lora is not None and self.lora.save_merged:
+            raise ValueError("lora_save_merged with learner_ranks > 1 is not supported: merge the saved adapter "
+                             "afterwards (peft's merge_and_unload) or train with learner_ranks 1")
 
     @property
     def updates_per_step(self) -> int:

@@ -175,7 +175,7 @@ class Learner:
                 self._prox_scorer = Scorer(prox, None, device, temperature, self.chunk_tokens)
                 shard(self._prox_scorer, group, device, cfg.learner.cpu_offload)
             shard(self.scorer, group, device, cfg.learner.cpu_offload)
-            if self.ref_model is not None:
+            if self.ref_model is not None and not isinstance(self.ref_model, ReferenceView):
                 self.ref_scorer = Scorer(self.ref_model, None, device, temperature, self.chunk_tokens)
                 shard(self.ref_scorer, group, device, cfg.learner.cpu_offload)
         # Trainable parameters only: all of them in full fine-tuning, the adapter with LoRA (lora.py);
@@ -207,6 +207,8 @@ class Learner:
             with torch.no_grad():
                 if self.ref_scorer is not None:
                     ref = self.ref_scorer(packed)[0]
+                elif self.group is not None:  # sharded LoRA: the policy's own root, adapter off
+                    ref = self._adapter_off_logprobs(packed)
                 else:
                     ref = completion_logprobs(self.ref_model, packed, self.cfg.sampling.temperature,
                                               chunk_tokens=self.chunk_tokens)
@@ -228,6 +230,17 @@ class Learner:
             logp=logp, mask=packed.completion_mask, behaviour_logp=beh, rewards=rewards,
             group_size=self.cfg.batch.samples_per_prompt, ref_logp=ref, values=values, prox_logp=prox,
         )
+
+    def _adapter_off_logprobs(self, packed: Packed) -> Tensor:
+        """A sharded LoRA learner's reference log-probs ``[n, C]``: the policy with its adapter
+        disabled, in eval mode, through the FSDP root (what :class:`ReferenceView` does unsharded)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.model.disable_adapter():
+                return self.scorer(packed)[0]
+        finally:
+            self.model.train(was_training)
 
     def _refresh_proximal(self) -> None:
         """Decoupled PPO with ``sync_every > 1``: keep a frozen copy of the weights the controller
@@ -385,17 +398,27 @@ class Learner:
         if self.group is not None:
             from asyncrl.sharding import full_snapshot  # noqa: PLC0415
 
-            return full_snapshot(self.scorer, self.model, default_dtype(self.device), self.group.rank)
+            dtype = default_dtype(self.device)
+            if is_peft(self.model):  # the adapter only: gather the trained parameters, then peft's names
+                state = full_snapshot(self.scorer, self.model, dtype, self.group.rank, keep=self._trained_names())
+                return adapter_snapshot(self.model, dtype, state) if self.group.rank == 0 else {}
+            return full_snapshot(self.scorer, self.model, dtype, self.group.rank)
         if is_peft(self.model):
             return adapter_snapshot(self.model, default_dtype(self.device))
         return snapshot(self.model, default_dtype(self.device))
+
+    def _trained_names(self) -> set[str]:
+        return {n for n, p in self.model.named_parameters() if p.requires_grad}
 
     def full_model_state(self) -> dict[str, Tensor] | None:
         """Sharded: the model's whole state (fp32, CPU) on rank 0, for ``save_pretrained``; ``{}``
         on other ranks. One rank: None (the model itself is saved)."""
         if self.group is None:
             return None
-        from asyncrl.sharding import full_state  # noqa: PLC0415
+        from asyncrl.sharding import full_snapshot, full_state  # noqa: PLC0415
+
+        if is_peft(self.model):  # LoRA: the adapter's parameters (peft's save_pretrained picks them)
+            return full_snapshot(self.scorer, self.model, torch.float32, self.group.rank, keep=self._trained_names())
 
         state = full_state(self.scorer)
         # Tied tensors (input and output embeddings) are one parameter under two names: the full

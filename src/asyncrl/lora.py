@@ -89,12 +89,13 @@ def load_policy(cfg, path: str, device: torch.device, dtype: torch.dtype | None 
     return model
 
 
-def adapter_snapshot(model, dtype: torch.dtype) -> dict[str, Tensor]:
+def adapter_snapshot(model, dtype: torch.dtype, state: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """A CPU copy of the adapter tensors only (peft's names, as in ``adapter_model.safetensors``),
-    floating tensors cast to ``dtype``: the LoRA weight-sync payload."""
+    floating tensors cast to ``dtype``: the LoRA weight-sync payload. ``state``: the model's
+    parameters by name to take them from (a sharded learner's, gathered) instead of the model."""
     from peft import get_peft_model_state_dict  # optional: see the note at the top
 
-    state = get_peft_model_state_dict(model, save_embedding_layers=False)
+    state = get_peft_model_state_dict(model, state_dict=state, save_embedding_layers=False)
     return {k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else v.dtype, copy=True)
             for k, v in state.items()}
 

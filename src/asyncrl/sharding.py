@@ -96,6 +96,13 @@ def shard(scorer: torch.nn.Module, group: RankGroup, device: torch.device, cpu_o
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
           if device.type == "cuda" else MixedPrecisionPolicy())
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    # Every rank starts from rank 0's weights: each rank keeps its own slice of what it holds, so
+    # anything initialised at random (a fresh LoRA adapter's A) would otherwise differ per slice.
+    import torch.distributed as dist  # noqa: PLC0415
+
+    with torch.no_grad():
+        for t in scorer.state_dict().values():
+            dist.broadcast(t, src=0)
     for layer in decoder_layers(scorer.model):
         fully_shard(layer, mp_policy=mp, offload_policy=offload)
     fully_shard(scorer, mp_policy=mp, offload_policy=offload)
@@ -114,12 +121,14 @@ def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
     return out
 
 
-def full_snapshot(root: torch.nn.Module, model: torch.nn.Module, dtype: torch.dtype, rank: int) -> dict[str, Tensor]:
+def full_snapshot(root: torch.nn.Module, model: torch.nn.Module, dtype: torch.dtype, rank: int,
+                  keep: set[str] | None = None) -> dict[str, Tensor]:
     """:func:`asyncrl.weights.snapshot` of a sharded ``model`` (inside the FSDP ``root``), one FSDP
     unit (decoder layer) at a time: each unit is all-gathered in one collective (``unshard``), its
     now-whole parameters are copied to CPU in ``dtype`` on rank 0, and it is resharded. No rank
     holds more than its shards, one gathered layer and (rank 0) the snapshot. Tied parameters
-    are copied once and appear under every name as the same tensor. Other ranks get ``{}``."""
+    are copied once and appear under every name as the same tensor. Other ranks get ``{}``.
+    ``keep``: only these parameter names (a LoRA adapter's), no buffers."""
     from torch.distributed.fsdp import FSDPModule  # noqa: PLC0415
 
     copies: dict[int, Tensor] = {}
@@ -127,14 +136,16 @@ def full_snapshot(root: torch.nn.Module, model: torch.nn.Module, dtype: torch.dt
     for unit in (m for m in root.modules() if isinstance(m, FSDPModule)):
         unit.unshard()
         for name, p in model.named_parameters(remove_duplicate=False):
-            if name in named or hasattr(p, "full_tensor"):  # done, or still sharded (another unit's)
-                continue
+            if name in named or hasattr(p, "full_tensor") or (keep is not None and name not in keep):
+                continue  # done, still sharded (another unit's), or not wanted
             if id(p) not in copies:
                 copies[id(p)] = p.detach().to("cpu", dtype=dtype, copy=True) if rank == 0 else p.new_empty(0)
             named[name] = copies[id(p)]
         unit.reshard()
     if rank != 0:
         return {}
+    if keep is not None:
+        return named
     out: dict[str, Tensor] = {}
     for name, t in model.state_dict().items():  # the model's own order; persistent buffers are not sharded
         out[name] = named[name] if name in named else \

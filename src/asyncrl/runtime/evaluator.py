@@ -19,7 +19,7 @@ from typing import Callable
 from asyncrl.config import Config
 from asyncrl.engines import make_engine
 from asyncrl.evaluation import evaluate
-from asyncrl.lora import ReferenceView
+from asyncrl.lora import ReferenceView, load_policy
 from asyncrl.policy import autocast, load_model, resolve_model_path
 
 
@@ -75,7 +75,7 @@ class Evaluator:
         self.ref_path = resolve_model_path(reference_model, cfg.task.name) if reference_model else base_path
         self.ref = None
         if self.wants_kl and not reference_model:
-            if cfg.lora:
+            if cfg.lora and not self.sharded:
                 self.ref = ReferenceView(learner.model)
             elif not self.sharded:  # the learner's reference (reference_on: learner), else None: loaded when first needed
                 self.ref = learner.ref_model
@@ -115,7 +115,9 @@ class Evaluator:
         if self.engine is None:
             # It holds policy_path's weights: those of the version this process started at,
             # not necessarily the current one (a resumed run's first evaluation comes later).
-            self.engine = make_engine(self.cfg, self.policy_path, self.tokenizer, name=self.engine_name,
+            # A sharded learner's hf copy: the policy as the generators build it (with LoRA, base + adapter).
+            model = load_policy(self.cfg, self.policy_path, self.device) if self.engine_name == "hf" else None
+            self.engine = make_engine(self.cfg, self.policy_path, self.tokenizer, name=self.engine_name, model=model,
                                       temperature=1.0, seed=self.cfg.seed, version=self.start_version)
         if self.engine.version != self.learner.version:
             self.engine.load_weights(self.learner.weights(), self.learner.version)
