@@ -226,7 +226,7 @@ def test_resumable_fields_are_marked_on_the_types():
     }
     # added since: how the learner computes (memory only, same values)
     assert resume_may_change() == old | {"logprob_chunk_tokens", "gradient_checkpointing", "learner_ranks",
-                                         "learner_timeout_s", "learner_num_nodes", "learner_cpu_offload"}
+                                         "learner_timeout_s", "learner_num_nodes", "learner_cpu_offload", "padding_free"}
 
 
 def test_path_fields_are_made_absolute_in_one_place(tmp_path, monkeypatch):

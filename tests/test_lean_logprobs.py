@@ -103,3 +103,45 @@ def test_a_batch_without_completion_tokens_still_backpropagates(model):
     assert out.shape == (2, 3) and not out.any() and out.requires_grad
     out.sum().backward()
     assert not hidden.grad.any()
+
+
+def _run_free(model, batch, padding_free):
+    model.zero_grad(set_to_none=True)
+    logp, hidden = completion_logprobs(model, batch, 0.7, with_hidden=True, padding_free=padding_free)
+    w = torch.linspace(0.1, 1.0, logp.numel()).view_as(logp)
+    m = batch.completion_mask
+    ((logp * m * w).sum() + (hidden * m.unsqueeze(-1)).sum() * 1e-3).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return (logp * m).detach(), (hidden * m.unsqueeze(-1)).detach(), grads
+
+
+def test_padding_free_rows_give_the_padded_values_and_gradients(model):
+    # Rows of very different lengths (one completion empty): packed into one [1, T] sequence, kept
+    # apart by a block-diagonal mask here (SDPA), by position ids alone under flash-attention.
+    batch = _batch(model.config.vocab_size, seed=5)
+    a, ha, ga = _run_free(model, batch, padding_free=False)
+    b, hb, gb = _run_free(model, batch, padding_free=True)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hb, ha, rtol=1e-5, atol=1e-5)
+    assert ga.keys() == gb.keys()
+    for k in ga:
+        torch.testing.assert_close(gb[k], ga[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert batch.input_ids.numel() > int(batch.attention_mask.sum())  # there was padding to drop
+
+
+def test_the_packed_row_holds_only_real_tokens(model, monkeypatch):
+    from asyncrl.policy import padding_free_hidden
+
+    batch = _batch(model.config.vocab_size, seed=6)
+    seen = {}
+    trunk, _ = trunk_and_head(model)
+
+    def spy(**kw):
+        seen.update(kw)
+        return trunk(**kw)
+
+    padding_free_hidden(spy, batch, "flash_attention_2")  # the varlen form: no mask, positions restart per row
+    assert seen["attention_mask"] is None
+    assert seen["input_ids"].shape == (1, int(batch.attention_mask.sum()))
+    starts = (seen["position_ids"][0] == 0).nonzero().squeeze(-1).tolist()
+    assert len(starts) == batch.input_ids.shape[0]  # one restart per row

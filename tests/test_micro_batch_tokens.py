@@ -57,3 +57,20 @@ def test_token_budget_micro_batches_do_not_change_the_update(loss):
 def test_one_micro_batch_size_at_a_time():
     with pytest.raises(ValueError, match="micro_batch_tokens and micro_batch_prompts both"):
         Config(micro_batch_tokens=512, micro_batch_prompts=2)
+
+
+@pytest.mark.parametrize("loss", ["grpo", "ppo"])
+def test_a_padding_free_learner_step_equals_the_padded_one(loss):
+    base = Config(loss=loss, samples_per_prompt=4, prompts_per_step=3, warmup_steps=0, lr=1e-3, max_grad_norm=None)
+    batch = _batch(_groups(base, 3))
+    padded, free = _learner(base), _learner(base.model_copy(update={"padding_free": True}))
+    assert free.padding_free and not padded.padding_free  # SDPA here: off unless asked
+    mp, mf = padded.step(batch), free.step(batch)
+    assert mf["loss"] == pytest.approx(mp["loss"], rel=1e-5, abs=1e-6)
+    for (name, p), q in zip(padded.model.named_parameters(), free.model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_padding_free_needs_the_lean_path():
+    with pytest.raises(ValueError, match="padding_free packs the rows for the lean log-prob path"):
+        Config(padding_free=True, logprob_chunk_tokens=None)

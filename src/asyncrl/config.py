@@ -506,6 +506,12 @@ class LearnerSettings(Section):
     """Recompute each decoder layer's activations in backward instead of keeping them
     (transformers' gradient checkpointing, non-reentrant): less memory, about one more forward of
     time per step."""
+    padding_free: bool | None = None
+    """Run the trunk on each micro-batch's rows packed into one sequence without padding. None =
+    where the model's attention is flash-attention (``flash_attention_2``/``_3``: varlen kernels,
+    rows kept apart by position ids); true = always (with other attention through a
+    block-diagonal mask: the same values, but attention then costs the square of the whole
+    micro-batch's tokens: for checking, not speed); false = never. Needs lean log-probs."""
     ranks: int = Field(1, ge=1, json_schema_extra=_extra(flat="learner_ranks"))
     """Learner processes training one model with FSDP2 (``torch.distributed.fsdp.fully_shard``):
     parameters, gradients and AdamW state are sharded across them and each batch is split across
@@ -973,6 +979,9 @@ class Config(_Command):
                 _refuse_unless_default(rt, ("learner_num_cpus", "learner_num_gpus"), "ray_learner 'driver'",
                                        "pass --ray-learner actor (or --learner-ranks > 1 for rank actors)")
             _refuse_unless_default(rt, ("learner_num_nodes",), "learner_ranks 1", "pass --learner-ranks > 1")
+        if self.learner.padding_free and self.learner.logprob_chunk_tokens is None:
+            raise ValueError("padding_free packs the rows for the lean log-prob path: it needs logprob_chunk_tokens "
+                             "(not none)")
         if self.learner.cpu_offload and (ranks == 1 or self.device == "cpu"):
             raise ValueError("learner_cpu_offload moves a sharded learner's state from GPUs to host memory: it needs "
                              "learner_ranks > 1 and a GPU device")

@@ -27,8 +27,8 @@ from asyncrl.losses.common import LossInputs, mismatch_metrics, mismatch_sums, s
 from asyncrl.losses.registry import make_loss
 from asyncrl.lora import ReferenceView, adapter_snapshot, is_peft, load_policy
 from asyncrl.optim import make_optimizer
-from asyncrl.policy import (TRAIN_DTYPE, Packed, autocast, completion_logprobs, default_dtype, load_model,
-                            load_tokenizer, pack)
+from asyncrl.policy import (FLASH_VARLEN, TRAIN_DTYPE, Packed, autocast, completion_logprobs, default_dtype,
+                            load_model, load_tokenizer, pack)
 from asyncrl.sharding import RankGroup, split_groups_by_tokens, tied_aliases
 from asyncrl.weights import snapshot
 
@@ -121,17 +121,18 @@ class Scorer(torch.nn.Module):
     root's hooks are what gather the embeddings, final norm, head and value head."""
 
     def __init__(self, model, value_head: torch.nn.Module | None, device: torch.device, temperature: float,
-                 chunk_tokens: int | None):
+                 chunk_tokens: int | None, padding_free: bool = False):
         super().__init__()
         self.model = model
         self.value_head = value_head
         self.device, self.temperature, self.chunk_tokens = device, temperature, chunk_tokens
+        self.padding_free = padding_free
 
     def forward(self, packed: Packed) -> tuple[Tensor, Tensor | None]:
         with_hidden = self.value_head is not None
         with autocast(self.device):
             out = completion_logprobs(self.model, packed, self.temperature, with_hidden=with_hidden,
-                                      chunk_tokens=self.chunk_tokens)
+                                      chunk_tokens=self.chunk_tokens, padding_free=self.padding_free)
         logp, hidden = out if with_hidden else (out, None)
         values = self.value_head(hidden.float()).squeeze(-1) if with_hidden else None
         # A copy, not a view: FSDP2's backward hook on a root output is lost through an in-place op
@@ -164,7 +165,11 @@ class Learner:
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
         temperature = cfg.sampling.temperature
-        self.scorer = Scorer(model, self.value_head, device, temperature, self.chunk_tokens)
+        padding_free = cfg.learner.padding_free
+        if padding_free is None:  # where the attention takes packed rows natively
+            padding_free = getattr(model.config, "_attn_implementation", None) in FLASH_VARLEN
+        self.padding_free = bool(padding_free) and self.chunk_tokens is not None
+        self.scorer = Scorer(model, self.value_head, device, temperature, self.chunk_tokens, self.padding_free)
         self.ref_scorer = None
         self._prox_scorer = None  # sharded decoupled PPO: the proximal copy, sharded like the policy
         self.group = group

@@ -472,8 +472,40 @@ def chunked_token_logprobs(head, hidden: Tensor, targets: Tensor, mask: Tensor, 
     return out.index_put((keep,), torch.cat(parts)).view(N, C)
 
 
+# Attention implementations that take several sequences packed into one row, told apart by
+# position_ids restarting at 0 (flash-attention's varlen kernels; transformers' _is_packed_sequence).
+FLASH_VARLEN = frozenset({"flash_attention_2", "flash_attention_3"})
+
+
+def padding_free_hidden(trunk, batch: Packed, attn_implementation: str | None) -> Tensor:
+    """The trunk's last hidden states at the completion-predicting positions ``[N, C, H]``, from
+    the rows packed into one sequence without padding (``[1, T]``, T = the real tokens only).
+
+    Flash-attention (``FLASH_VARLEN``) keeps the rows apart by their position ids alone; any other
+    attention gets a block-diagonal causal mask ``[1, 1, T, T]`` (same values, but the attention
+    costs T^2 over the whole micro-batch: for checking, not for speed). Masked positions of the
+    result hold the first token's state (the caller masks them)."""
+    real = batch.attention_mask.bool()  # [N, P+C]
+    ids = batch.input_ids[real].unsqueeze(0)  # [1, T] row by row (boolean indexing is row-major)
+    pos = batch.position_ids[real].unsqueeze(0)  # [1, T] each row from 0
+    lengths = real.sum(-1)  # [N]
+    offsets = torch.cumsum(lengths, 0) - lengths  # [N] where each row starts
+    P, C = batch.prompt_len, batch.completion_ids.shape[1]
+    prompt_lens = real[:, :P].sum(-1)  # [N]
+    # Completion token j of row i is predicted by flat position offset_i + prompt_len_i - 1 + j.
+    index = (offsets + prompt_lens - 1).unsqueeze(-1) + torch.arange(C, device=ids.device)  # [N, C]
+    index = torch.where(batch.completion_mask.bool(), index, torch.zeros_like(index))
+    mask = None
+    if attn_implementation not in FLASH_VARLEN:
+        row = torch.repeat_interleave(torch.arange(len(lengths), device=ids.device), lengths)  # [T]
+        t = torch.arange(row.numel(), device=ids.device)
+        mask = ((row[:, None] == row[None, :]) & (t[:, None] >= t[None, :]))[None, None]  # [1, 1, T, T]
+    hidden = trunk(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state[0]
+    return hidden[index]  # [N, C, H]
+
+
 def completion_logprobs(model, batch: Packed, temperature: float, with_hidden: bool = False,
-                        chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS):
+                        chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS, padding_free: bool = False):
     """Per-token log-probs of the completion tokens.
 
     Returns logp [N, C] (masked positions hold garbage; multiply by ``batch.completion_mask``) and,
@@ -483,14 +515,19 @@ def completion_logprobs(model, batch: Packed, temperature: float, with_hidden: b
     whole batch, then only the completion positions go through the LM head, in chunks recomputed
     in backward (:func:`chunked_token_logprobs`). None, or another model: the model's own forward,
     whose [N, P+C, V] logits are all materialised. Both give the same values (fp32: within 1e-6).
+    ``padding_free`` (lean path only): the trunk runs on the rows packed without padding
+    (:func:`padding_free_hidden`).
     """
     P, C = batch.prompt_len, batch.completion_ids.shape[1]
     parts = trunk_and_head(model) if chunk_tokens is not None else None
     if parts is not None:
         trunk, head = parts
-        out = trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids, use_cache=False)
-        hidden = out.last_hidden_state[:, P - 1 : P - 1 + C]  # [N, C, H]
+        if padding_free:
+            hidden = padding_free_hidden(trunk, batch, getattr(model.config, "_attn_implementation", None))
+        else:
+            out = trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids, use_cache=False)
+            hidden = out.last_hidden_state[:, P - 1 : P - 1 + C]  # [N, C, H]
         logp = chunked_token_logprobs(head, hidden, batch.completion_ids, batch.completion_mask, temperature,
                                       chunk_tokens)
         return (logp, hidden) if with_hidden else logp
