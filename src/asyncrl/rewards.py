@@ -84,8 +84,8 @@ class RewardState:
     """What a reward function gets as ``trainer_state`` (TRL passes transformers' ``TrainerState``;
     these are the attributes of it that reward schedules use)."""
 
-    global_step: int  # learner step (policy version) of the weights that sampled these completions
-    max_steps: int  # the run's ``steps``
+    global_step: int  # policy version (optimizer steps) of the weights that sampled these completions
+    max_steps: int  # the run's optimizer steps: ``steps`` x mini_batches x batch_epochs
 
 
 @dataclass

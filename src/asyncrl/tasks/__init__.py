@@ -84,7 +84,9 @@ def make_task(cfg: Config, inputs: TaskInputs | None = None) -> Task:
                           eval_prompts=inputs.eval_dataset if inputs.eval_dataset is not None else cfg.task.eval_prompts,
                           template=cfg.task.prompt_template, reward_errors=cfg.rewards.reward_errors, column_map=cfg.task.column_map,
                           prompts_split=cfg.task.prompts_split, eval_prompts_split=cfg.task.eval_prompts_split,
-                          max_steps=getattr(cfg, "steps", 0))  # (asyncrl eval: no steps)
+                          # Optimizer steps, as the policy versions the rewards' global_step counts
+                          # (asyncrl eval: no steps).
+                          max_steps=getattr(cfg, "steps", 0) * getattr(cfg, "updates_per_step", 1))
     if cfg.task.name == "reward_model":
         return RewardModelTask(cfg.task.prompts, cfg.task.reward_model, prompt_field=cfg.task.prompt_field,
                                eval_prompts=cfg.task.eval_prompts, template=cfg.task.prompt_template,
