@@ -125,3 +125,14 @@ def test_a_run_counts_versions_in_optimizer_steps_and_bounds_lag_in_learner_step
     assert main(["train", "--resume", str(out), "--steps", "7"]) == 0
     assert read_jsonl(out / "metrics.jsonl")[-1]["step"] == 7
     assert main(["train", "--resume", str(out), "--steps", "8", "--mini-batches", "1"]) == 2
+
+
+def test_reward_functions_see_optimizer_steps_in_global_step_and_max_steps(tmp_path):
+    from asyncrl.tasks import make_task
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"question": f"{i}+1=", "answer": i + 1}) + "\n" for i in range(4)))
+    task = make_task(Config(task="custom", prompts=str(rows), prompt_field="question",
+                            reward_funcs=["tests.reward_fns:exact"], steps=5, prompts_per_step=4, mini_batches=2,
+                            batch_epochs=3))
+    assert task.max_steps == 30  # 5 learner steps x 2 x 3: the unit of the versions (global_step)
