@@ -74,3 +74,37 @@ def test_a_padding_free_learner_step_equals_the_padded_one(loss):
 def test_padding_free_needs_the_lean_path():
     with pytest.raises(ValueError, match="padding_free packs the rows for the lean log-prob path"):
         Config(padding_free=True, logprob_chunk_tokens=None)
+
+
+@pytest.mark.parametrize("loss", ["grpo", "rloo", "ppo"])
+def test_truncated_completions_can_be_masked_out_of_the_loss(loss):
+    import copy
+
+    base = Config(loss=loss, samples_per_prompt=4, prompts_per_step=2, warmup_steps=0, lr=1e-3, max_grad_norm=None,
+                  max_new_tokens=6)
+    batch = _batch(_groups(base, 2))
+    for i, s in enumerate(s for g in batch.groups for s in g.samples):
+        s.finished = i not in (1, 6)  # two completions "cut at max_new_tokens" (the learner reads the flag)
+    masked = _learner(base.model_copy(update={"mask_truncated_completions": True}))
+    m = masked.step(batch)
+    # By hand: the same learner on a copy whose cut completions carry no tokens to train on is the
+    # same update, since a masked row contributes nothing but its reward (kept in the baselines).
+    ref = _learner(base)
+    emptied = copy.deepcopy(batch)
+    for g in emptied.groups:
+        for s in g.samples:
+            if not s.finished:
+                s.completion_ids, s.behaviour_logprobs = s.completion_ids[:0], []
+                s.ref_logprobs = [] if s.ref_logprobs is not None else None
+    r = ref.step(emptied)
+    assert m["loss"] == pytest.approx(r["loss"], rel=1e-5, abs=1e-7)
+    for (name, p), q in zip(masked.model.named_parameters(), ref.model.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+    unmasked = _learner(base).step(batch)
+    assert unmasked["loss"] != pytest.approx(m["loss"], rel=1e-3)  # the mask does change the update
+
+
+def test_tb_and_online_dpo_do_not_offer_masking_truncated_completions():
+    for loss in ("tb", "online_dpo"):
+        with pytest.raises(ValueError):
+            Config(loss=loss, mask_truncated_completions=True)

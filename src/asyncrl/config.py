@@ -337,6 +337,11 @@ class _Corrected(_Loss):
     """token_mask: upper bound of the kept ratio band."""
     is_geo_delta: float = Field(0.1, gt=0, lt=1)
     """geometric_mask: sequences whose geometric-mean ratio leaves [1-delta, 1+delta] are masked."""
+    mask_truncated_completions: bool = False
+    """grpo/rloo/ppo: completions cut at ``max_new_tokens`` (no EOS) get no loss: their tokens are
+    masked out of the policy (and value) loss, while their rewards still count in the group's
+    baseline (TRL's ``mask_truncated_completions``; DAPO's overlong filtering). tb and online_dpo
+    score whole sequences against each other, so they do not offer it."""
 
     @property
     def correction(self) -> str:

@@ -15,6 +15,7 @@ tokens), FSDP reduces the gradients, and the calls that gather (``weights``, ``s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 
@@ -332,6 +333,7 @@ class Learner:
             pad_pass = i >= len(micro)
             part = micro[0] if pad_pass else micro[i]
             prompts, comps, beh_rows, reward_rows, refs = flatten(BufferBatch(part, []))
+            finished = [s.finished for g in part for s in g.samples]  # [n]
             fresh = torch.tensor([s.version == self.version for g in part for s in g.samples])  # [n]
             weight = 0.0 if pad_pass else len(prompts) / (n_groups * K)  # this micro-batch's share of groups
             packed = pack(prompts, comps, self.pad_id).to(self.device)
@@ -341,6 +343,10 @@ class Learner:
             ref = _pad_floats(refs, C).to(self.device) if all(r is not None for r in refs) else None  # [n, C]
             self._mark("other")
             inp = self._micro_inputs(packed, beh, rewards, ref)
+            if getattr(self.cfg.loss, "mask_truncated_completions", False):
+                # Cut at max_new_tokens: no loss on these tokens (their rewards still shape the baselines).
+                keep = torch.tensor(finished, dtype=inp.mask.dtype, device=self.device).unsqueeze(-1)  # [n, 1]
+                inp = dataclasses.replace(inp, mask=inp.mask * keep)
             loss, metrics = self.loss_fn(inp, self.version)
             self._mark("loss")
             (loss * (weight * world)).backward()
