@@ -16,19 +16,11 @@ from asyncrl.errors import LearnerFailed  # noqa: E402
 from asyncrl.runtime.controller import Controller  # noqa: E402
 
 from conftest import read_jsonl  # noqa: E402
+from test_ray import no_ray_left  # noqa: E402, F401 - the autouse fixture: no Ray before or after a test
 
 pytestmark = pytest.mark.e2e
 
 SYNC = ["--max-lag", "0", "--eval-every", "0", "--max-new-tokens", "6", "--save-every-minutes", "none"]
-
-
-@pytest.fixture(autouse=True)
-def no_ray_left():
-    assert not ray.is_initialized()
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
-        pytest.fail("the test left Ray initialised")
 
 
 @pytest.mark.parametrize("learner", ["driver", "actor"])
