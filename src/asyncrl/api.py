@@ -238,5 +238,9 @@ def precheck_train(cfg: Config, inputs: TaskInputs | None = None):
         resolve_model_path(reference_model, cfg.task.name)
     resolve_device(cfg.device)
     check_prompt_lengths(task, cfg, model_path, train=True)
+    if cfg.asynchrony.prompt_sharding:
+        from asyncrl.generator import in_shard  # torch
+
+        in_shard(task, (0, cfg.asynchrony.num_generators))  # a prompt list too short for the shards: one line
     return task
 

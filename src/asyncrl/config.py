@@ -610,6 +610,12 @@ class Asynchrony(Section):
     ``max_lag`` is 0, else process. ``inline`` with ``max_lag: N`` generates N steps ahead and then
     trains on every batch exactly N steps stale, deterministically and with no overlap: a
     simulated lag for studying off-policy robustness, not a speed-up. See docs/runtime.md."""
+    prompt_sharding: bool = False
+    """Each generator slot draws only its own disjoint shard of the training prompts (TBA's
+    searchers): a task with a prompt list splits it by position (slot i of n takes every n-th
+    prompt), a procedural task (arithmetic) by a stable hash of the prompt id. False = each
+    generator draws from all prompts, in its own seeded order. A replacement generator keeps its
+    slot's shard; a resume with the same num_generators keeps every shard."""
     max_generator_restarts: int = Field(3, ge=0, json_schema_extra=RESUMABLE)
     """Generator workers that died (process killed, actor lost, exception inside, out of memory)
     are replaced, get the latest weights, and their in-flight requests are re-dispatched; more

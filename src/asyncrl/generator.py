@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,23 @@ class GeneratorSettings:
     reward_errors: str = "stop"  # "stop" or "skip" (see checked_rewards)
     length_penalty: float = 0.0
     missing_eos_penalty: float = 0.0
+    shard: tuple[int, int] | None = None  # (slot, shards): draw only that shard's prompts; None = all
+
+
+def in_shard(task, shard: tuple[int, int]):
+    """Whether a prompt belongs to ``shard`` = (slot, n): a task with a prompt list
+    (``train_pool``) splits it by position, every n-th prompt from ``slot``; any other task
+    (procedural prompts) by a stable hash of the prompt id (crc32, the same in every process)."""
+    slot, n = shard
+    pool = getattr(task, "train_pool", None)
+    if pool is not None:
+        prompts = pool()
+        if len(prompts) < n:
+            raise ValueError(f"prompt_sharding splits {len(prompts)} training prompts into {n} shards (one per "
+                             "generator): it needs at least num_generators prompts")
+        mine = {p.prompt_id for p in prompts[slot::n]}
+        return lambda p: p.prompt_id in mine
+    return lambda p: zlib.crc32(p.prompt_id.encode()) % n == slot
 
 
 class Generator:
@@ -65,7 +83,13 @@ class Generator:
         self.rng = rng
         self._prompt_seed = settings.seed
         self._prompts_drawn = 0
-        self._prompts = task.train_prompts(settings.seed)
+        self._keep = in_shard(task, settings.shard) if settings.shard is not None else None
+        self._prompts = self._stream(settings.seed)
+
+    def _stream(self, seed: int):
+        """The task's training-prompt stream of ``seed``, only this generator's shard of it."""
+        stream = self.task.train_prompts(seed)
+        return stream if self._keep is None else filter(self._keep, stream)
 
     def stream_state(self) -> tuple[int, int]:
         """(prompt-stream seed, prompts drawn): where the training-prompt stream stands."""
@@ -75,7 +99,7 @@ class Generator:
         """Continue the stream of ``seed`` after its first ``drawn`` prompts (a resumed run), by
         replaying it: the task's streams are cheap, seeded iterators."""
         self._prompt_seed, self._prompts_drawn = seed, drawn
-        self._prompts = self.task.train_prompts(seed)
+        self._prompts = self._stream(seed)
         for _ in range(drawn):
             next(self._prompts)
 

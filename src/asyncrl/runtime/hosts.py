@@ -53,8 +53,9 @@ class Host(Protocol):
     depth: int | None  # requests one worker may hold; None = unbounded (inline: served on send)
     publisher: WeightPublisher  # made and owned by the host; closed once, by close()
 
-    def start(self, worker_id: int, start_version: int) -> Worker:
-        """Start a worker under ``worker_id`` (never reused); it reports ``WorkerReady``."""
+    def start(self, worker_id: int, start_version: int, slot: int = 0) -> Worker:
+        """Start a worker under ``worker_id`` (never reused) in generator ``slot``; it reports
+        ``WorkerReady``."""
         ...
 
     def next_message(self, timeout_s: float) -> FromWorker | None:
@@ -143,6 +144,12 @@ def _run_local(spec: WorkerSpec, outbox, inbox) -> None:
     worker_loop(spec, inbox, outbox)
 
 
+def shard_of(cfg_dict: dict, slot: int) -> tuple[int, int] | None:
+    """The prompt shard of generator ``slot``: (slot, num_generators) with ``prompt_sharding``."""
+    a = cfg_dict["asynchrony"]
+    return (slot, a["num_generators"]) if a.get("prompt_sharding") else None
+
+
 # Serialises main_module_hidden between threads that start worker processes.
 _SPAWN_LOCK = threading.Lock()
 
@@ -208,10 +215,10 @@ class LocalHost:
         self.workers: dict[int, _LocalWorker] = {}
         self._lost: set[int] = set()
 
-    def start(self, worker_id: int, start_version: int) -> Worker:
+    def start(self, worker_id: int, start_version: int, slot: int = 0) -> Worker:
         spec = WorkerSpec(self.cfg_dict, self.policy_path, self.ref_path, worker_id, start_version,
                           transport=self.publisher.name, receiver_spec=self.publisher.receiver_spec(worker_id),
-                          threads=self.threads, inputs=self.inputs)
+                          threads=self.threads, inputs=self.inputs, shard=shard_of(self.cfg_dict, slot))
         if self.name == "process":
             reader, writer = self._ctx.Pipe(duplex=False)
             outbox = PipeOutbox(writer)
@@ -321,9 +328,9 @@ class InlineHost:
         self._replies: deque = deque()
         self._workers: dict[int, _InlineWorker] = {}
 
-    def start(self, worker_id: int, start_version: int) -> Worker:
+    def start(self, worker_id: int, start_version: int, slot: int = 0) -> Worker:
         spec = WorkerSpec(self.cfg_dict, self.policy_path, self.ref_path, worker_id, start_version,
-                          transport=self.publisher.name, inputs=self.inputs)
+                          transport=self.publisher.name, inputs=self.inputs, shard=shard_of(self.cfg_dict, slot))
         gen = build_generator(spec)
         self._replies.append(WorkerReady(worker_id))
         worker = self._workers[worker_id] = _InlineWorker(GeneratorService(gen, DirectReceiver(), worker_id),

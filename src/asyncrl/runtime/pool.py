@@ -65,7 +65,7 @@ class WorkerPool:
     def _start(self, slot: int) -> None:
         wid, self._next_id = self._next_id, self._next_id + 1
         self.slot_of[wid] = slot
-        self.workers[wid] = self.host.start(wid, self._version())
+        self.workers[wid] = self.host.start(wid, self._version(), slot)
 
     # --- traffic ------------------------------------------------------------------------------------
     def dispatch(self, step: int, published: int) -> None:

@@ -37,7 +37,7 @@ from asyncrl.errors import one_line
 from asyncrl.policy import resolve_device
 from asyncrl.runtime.broadcast import BroadcastPublisher
 from asyncrl.tasks import make_task
-from asyncrl.runtime.hosts import WORKER_DEPTH
+from asyncrl.runtime.hosts import WORKER_DEPTH, shard_of
 from asyncrl.runtime.object_store import ObjectRefBox, ObjectStorePublisher, ray_module, resolved
 from asyncrl.runtime.spec import WorkerSpec
 from asyncrl.runtime.transport import WeightPublisher
@@ -389,7 +389,7 @@ class RayHost:
             told = True
 
     # --- Host protocol ---
-    def start(self, worker_id: int, start_version: int) -> RayWorker:
+    def start(self, worker_id: int, start_version: int, slot: int = 0) -> RayWorker:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         if worker_id in self.workers:
@@ -403,7 +403,8 @@ class RayHost:
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=bundle)
         spec = WorkerSpec(self.cfg_dict, self.policy_path, self.ref_path, worker_id, start_version,
                           transport=self.publisher.name, receiver_spec=self.publisher.receiver_spec(worker_id),
-                          threads=self.threads, inputs=self.inputs, reward_actor=self.reward_actor)
+                          threads=self.threads, inputs=self.inputs, reward_actor=self.reward_actor,
+                          shard=shard_of(self.cfg_dict, slot))
         name = f"asyncrl-gen-{worker_id}-{self._token}"
         # max_restarts=0: a dead generator is replaced by the controller under a fresh id (with the
         # latest weights and its requests re-dispatched), not silently restarted by Ray.

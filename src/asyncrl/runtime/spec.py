@@ -24,6 +24,7 @@ class WorkerSpec:
     threads: int | None = None  # torch threads of a worker with its own process; None = leave as is
     inputs: Any = None  # asyncrl.train's TaskInputs (same process) or their cloudpickled bytes
     reward_actor: Any = None  # Ray: handle of the shared reward actor (RemoteRewardTask); else None
+    shard: tuple[int, int] | None = None  # (slot, num_generators) with prompt_sharding; None = every prompt
 
     @classmethod
     def of(cls, cfg, model_path: str, worker_id: int = 0, **kw) -> "WorkerSpec":

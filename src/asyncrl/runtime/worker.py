@@ -64,7 +64,8 @@ def build_generator(spec: WorkerSpec, task=None):
     settings = GeneratorSettings(
         samples_per_prompt=cfg.batch.samples_per_prompt, seed=cfg.seed * 1000 + worker_id + offset,
         chat_template=cfg.chat_template, temperature=cfg.sampling.temperature, reward_errors=cfg.rewards.reward_errors,
-        length_penalty=cfg.rewards.length_penalty, missing_eos_penalty=cfg.rewards.missing_eos_penalty)
+        length_penalty=cfg.rewards.length_penalty, missing_eos_penalty=cfg.rewards.missing_eos_penalty,
+        shard=spec.shard)
     return Generator(engine, task if task is not None else make_task(cfg, inputs), tokenizer, settings,
                      ref_model=ref, rng=rng)
 
