@@ -118,10 +118,12 @@ class FakeHost:
     def __init__(self):
         self.publisher = FakePublisher()
         self.started: list[FakeWorker] = []
+        self.slots: list[int] = []
         self.closed = 0
 
-    def start(self, wid, version):
+    def start(self, wid, version, slot=0):
         self.started.append(FakeWorker(wid, version))
+        self.slots.append(slot)  # the generator slot each start was for (prompt shards follow it)
         return self.started[-1]
 
     def close(self):
@@ -183,6 +185,7 @@ def test_pool_replaces_a_lost_worker_in_its_slot_and_redispatches_its_requests()
     assert host.started[1].killed and 1 not in pool.workers and 1 not in pool.ready
     assert host.publisher.removed == [1]
     assert pool.slot_of[2] == 1 and host.started[2].wid == 2
+    assert host.slots == [0, 1, 1]  # the replacement started in the lost worker's slot
     assert pool.stats.generator_restarts == 1 and pool.failure is None
     assert notes == [f"generator 1 lost (RuntimeError: boom); {len(held)} request(s) to re-dispatch, "
                      f"starting a replacement"]

@@ -117,8 +117,9 @@ class Evaluator:
             # not necessarily the current one (a resumed run's first evaluation comes later).
             # A sharded learner's hf copy: the policy as the generators build it (with LoRA, base + adapter).
             model = load_policy(self.cfg, self.policy_path, self.device) if self.engine_name == "hf" else None
-            self.engine = make_engine(self.cfg, self.policy_path, self.tokenizer, name=self.engine_name, model=model,
-                                      temperature=1.0, seed=self.cfg.seed, version=self.start_version)
+            self.engine = make_engine(self.cfg, self.policy_path, self.tokenizer, name=self.engine_name,
+                                      temperature=1.0, seed=self.cfg.seed, version=self.start_version,
+                                      **({"model": model} if model is not None else {}))
         if self.engine.version != self.learner.version:
             self.engine.load_weights(self.learner.weights(), self.learner.version)
         return self.engine
