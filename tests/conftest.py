@@ -114,9 +114,11 @@ def run_killing_a_busy_worker(ctl, kill, after_rows: int = 3, timeout_s: float =
 
 
 def assert_accounting(summary: dict) -> None:
-    """fifo: every generated sample was trained, is still in the buffer, or was dropped."""
+    """fifo: every generated sample was trained, is still in the buffer, was dropped, or was
+    filtered (dynamic sampling)."""
     a = summary["accounting"]
-    assert a["samples_generated"] == a["samples_trained"] + a["samples_in_buffer"] + a["samples_dropped"], a
+    assert a["samples_generated"] == (a["samples_trained"] + a["samples_in_buffer"] + a["samples_dropped"]
+                                      + a.get("samples_filtered", 0)), a
 
 
 def wait_for_rows(metrics: Path, n: int, timeout_s: float = 120.0) -> bool:

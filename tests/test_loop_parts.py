@@ -57,7 +57,9 @@ OLD_COUNTERS = {"samples_seen": 640, "dropped": 3, "reward_errors": 1, "generato
 
 def test_run_stats_round_trip_the_checkpoints_counters():
     stats = RunStats.resumed(OLD_COUNTERS, restored=12)
-    assert stats.counters() == OLD_COUNTERS and list(stats.counters()) == list(OLD_COUNTERS)
+    # The old keys stay, in their order; keys added since (dynamic sampling's "filtered") start at 0.
+    assert stats.counters() == {**OLD_COUNTERS, "filtered": 0}
+    assert list(stats.counters())[: len(OLD_COUNTERS)] == list(OLD_COUNTERS)
     assert stats.restored == 12 and stats.trained_here == 0 and stats.restarts == 0  # this process starts at 0
     stats.samples_seen += 64
     stats.set_redispatched(2)
@@ -396,11 +398,11 @@ def test_metrics_row_reward_parts_and_an_empty_request():
 # summary.json's keys as main 1948c35 wrote them.
 SUMMARY_KEYS = ["steps", "interrupted", "signal", "failed", "final_accuracy", "wall_time_s", "setup_time_s",
                 "samples_seen", "dropped", "reward_errors", "generator_restarts", "requests_redispatched",
-                "skipped_updates", "accounting", "checkpoint", "run_dir", "eval_history", "gen_time_s",
+                "skipped_updates", "filtered", "accounting", "checkpoint", "run_dir", "eval_history", "gen_time_s",
                 "score_time_s", "gen_tokens", "train_time_s", "wait_time_s", "sync_time_s", "eval_time_s",
                 "weight_load_s", "sync_bytes"]
 ACCOUNTING_KEYS = ["samples_generated", "samples_restored", "samples_trained", "samples_in_buffer",
-                   "samples_dropped", "samples_evicted", "requests"]
+                   "samples_dropped", "samples_evicted", "samples_filtered", "requests"]
 
 
 def test_summary_keys_and_accounting():

@@ -78,6 +78,16 @@ class ReplayBuffer(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+def split_informative(groups: list[Group]) -> tuple[list[Group], list[Group]]:
+    """(groups whose rewards differ, groups whose K rewards all tie): dynamic sampling keeps the
+    first, which are the only ones a group baseline gives an advantage to."""
+    keep, tied = [], []
+    for g in groups:
+        rewards = [s.reward for s in g.samples]
+        (tied if rewards and max(rewards) == min(rewards) else keep).append(g)
+    return keep, tied
+
+
 def _check_num_groups(num_groups: int) -> None:
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, got {num_groups}")

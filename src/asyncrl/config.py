@@ -488,6 +488,15 @@ class Batch(Section):
     """Micro-batches by token budget instead of prompt count: whole prompt groups, bucketed by
     length, at most this many padded tokens (rows x (longest prompt + longest completion)) per
     micro-batch; a group over the budget alone is its own micro-batch. None = micro_batch_prompts."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: prompt groups whose K rewards are all equal (no advantage to learn
+    from) are not put in the buffer but counted (``filtered``); a step short of
+    ``prompts_per_step`` groups waits for more generation, up to ``dynamic_sampling_attempts``
+    extra requests, then trains on what it has, topped up with the latest filtered groups
+    (``dynamic_sampling/topped_up`` in metrics.jsonl)."""
+    dynamic_sampling_attempts: int = Field(4, ge=0)
+    """dynamic_sampling: extra generation requests one learner step may wait for before it trains
+    on what it has."""
     mini_batches: int = Field(1, ge=1)
     """Optimizer steps per generated batch: the batch's prompt groups are split into this many
     equal mini-batches, one AdamW step each (TRL's ``steps_per_generation``, verl's
@@ -972,6 +981,11 @@ class Config(_Command):
             raise ValueError("micro_batch_prompts cannot exceed prompts_per_step")
         if batch.micro_batch_tokens is not None and batch.micro_batch_prompts is not None:
             raise ValueError("micro_batch_tokens and micro_batch_prompts both size micro-batches: pass one of them")
+        if not batch.dynamic_sampling:
+            _refuse_unless_default(batch, ("dynamic_sampling_attempts",), "dynamic_sampling false",
+                                   "pass --dynamic-sampling true")
+        elif batch.samples_per_prompt < 2:
+            raise ValueError("dynamic_sampling filters groups whose rewards all tie: it needs samples_per_prompt >= 2")
         if batch.prompts_per_step % batch.mini_batches:
             raise ValueError(f"mini_batches={batch.mini_batches} must divide prompts_per_step={batch.prompts_per_step} "
                              "(mini-batches of equal size)")

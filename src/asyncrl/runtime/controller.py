@@ -54,6 +54,7 @@ from asyncrl.engines.vllm import require_vllm
 from asyncrl.errors import LearnerFailed, RunAborted, RunFailed  # noqa: F401 - RunAborted: re-exported
 from asyncrl.policy import resolve_device, resolve_model_path
 from asyncrl.runtime.cadence import CheckpointCadence
+from asyncrl.runtime.dynamic_sampling import DynamicSampler
 from asyncrl.runtime.evaluator import Evaluator, TrainClock
 from asyncrl.runtime.hosts import Host, InlineHost, LocalHost, Worker
 from asyncrl.runtime.learner_ranks import start_sharded_learner
@@ -209,6 +210,9 @@ class Controller:
                                 note=self._logger.progress.note, resumed_states=resumed_states)
         self.workers = self._pool.workers
         self._clock = TrainClock(wall0)
+        b = cfg.batch
+        self._dynamic = DynamicSampler(b.prompts_per_step, b.dynamic_sampling_attempts, b.mini_batches) \
+            if b.dynamic_sampling else None
         self._cadence = CheckpointCadence(cfg.checkpoint.save_every, cfg.checkpoint.save_every_minutes, cfg.steps)
         self._evaluator = Evaluator(cfg, task, self._learner, self._tokenizer, device, policy_path=self._policy_path,
                                     base_path=base_path, logger=self._logger, clock=self._clock)
@@ -237,6 +241,7 @@ class Controller:
             self._buffer.load_state_dict(state["buffer"])
         generators = [GeneratorState(**g) if g is not None else None for g in state.get("generators", [])]
         stats = RunStats.resumed(state.get("counters", {}), restored=len(self._buffer))
+        stats.buffer_at_start = dict(self._buffer.stats())  # its counters are run totals
         return stats, generators, float(state.get("wall_time_s", 0.0))
 
     # --- start: workers ready, initial weights, step-0 evaluation ----------------------------------
@@ -301,8 +306,14 @@ class Controller:
         """Train on a batch once ``done``'s groups are in the buffer; log, evaluate, checkpoint."""
         cfg, stats = self.cfg, self._stats
         self._pool.record(done)
-        self._buffer.add(done.groups)
-        batch = self._buffer.sample(cfg.batch.prompts_per_step, learner_version=self._learner.version)
+        dyn = self._dynamic
+        self._buffer.add(dyn.admit(done.groups) if dyn is not None else done.groups)
+        if dyn is not None:  # a batch of groups with an advantage, or wait for more generation
+            stats.filtered = stats.filtered_at_start + dyn.filtered_here
+            batch = dyn.batch(self._buffer, self._learner.version)
+            stats.filtered = stats.filtered_at_start + dyn.filtered_here  # a top-up un-filters
+        else:
+            batch = self._buffer.sample(cfg.batch.prompts_per_step, learner_version=self._learner.version)
         stats.dropped += batch.dropped if batch is not None else 0
         if batch is None:
             return
@@ -321,7 +332,8 @@ class Controller:
         self._logger.log_step(step_row(
             step=step, wall_s=self._clock.wall(), stats=stats, batch=batch, fresh=done.groups,
             replies=self._pool.take_pending(), learner_metrics=m, skipped=skipped, sync_s=sync_s,
-            sync_bytes=sync_bytes, wait_s=wait_s, buffer_stats=self._buffer.stats()))
+            sync_bytes=sync_bytes, wait_s=wait_s, buffer_stats=self._buffer.stats(),
+            extra=dyn.row(stats.filtered) if dyn is not None else None))
         if self._evaluator.due(step):
             self._evaluator.run(step)
         if self._cadence.due(step, failed=self.failure is not None):

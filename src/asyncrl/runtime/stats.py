@@ -14,13 +14,13 @@ add to one instance.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from asyncrl.types import GenStats
 
 # The checkpoint's "counters" dict, in this order (checkpoint.py stores it as given).
 COUNTER_KEYS = ("samples_seen", "dropped", "reward_errors", "generator_restarts", "requests_redispatched",
-                "skipped_updates")
+                "skipped_updates", "filtered")
 # summary.json's time and throughput totals, in this order.
 TIMING_KEYS = ("gen_time_s", "score_time_s", "gen_tokens", "train_time_s", "wait_time_s", "sync_time_s",
                "eval_time_s", "weight_load_s", "sync_bytes")
@@ -35,6 +35,7 @@ class RunStats:
     generator_restarts: int = 0
     requests_redispatched: int = 0
     skipped_updates: int = 0  # non-finite loss or gradient norm
+    filtered: int = 0  # samples held back by dynamic sampling (their group's rewards all tied)
     # --- this process's part ---
     generated: int = 0  # samples in replies received
     discarded: int = 0  # samples in late or second replies (never trained)
@@ -42,6 +43,9 @@ class RunStats:
     restored: int = 0  # samples in the buffer restored from the checkpoint
     seen_at_start: int = 0  # samples_seen when this process started
     redispatched_at_start: int = 0  # requests_redispatched when this process started
+    filtered_at_start: int = 0  # filtered when this process started
+    # The restored buffer's loss counters (dropped, evicted, ...) when this process started.
+    buffer_at_start: dict = field(default_factory=dict)
     last_sync_bytes: int = 0  # bytes the latest publish moved
     # --- time and throughput totals of this process (summary.json) ---
     gen_time_s: float = 0.0
@@ -62,6 +66,7 @@ class RunStats:
         known = {k: counters[k] for k in COUNTER_KEYS if k in (counters or {})}
         stats = cls(**known, restored=restored)
         stats.seen_at_start = stats.samples_seen
+        stats.filtered_at_start = stats.filtered
         stats.redispatched_at_start = stats.requests_redispatched
         return stats
 

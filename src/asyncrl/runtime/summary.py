@@ -38,10 +38,13 @@ def build_summary(*, steps: int, interrupted: bool, signal: str | None, failed: 
             "samples_restored": stats.restored,
             "samples_trained": stats.trained_here,
             "samples_in_buffer": buffer_len,
-            "samples_dropped": int(buffer_stats.get("dropped", 0)) + stats.discarded
-            + sum(r.samples for r in unconsumed),
-            "samples_evicted": int(sum(buffer_stats.get(k, 0) for k in ("evicted", "evicted_prompt_cap",
-                                                                         "duplicates"))),
+            # The buffer's counters come back with its state on resume: this process's part only.
+            "samples_dropped": int(buffer_stats.get("dropped", 0) - stats.buffer_at_start.get("dropped", 0))
+            + stats.discarded + sum(r.samples for r in unconsumed),
+            "samples_evicted": int(sum(buffer_stats.get(k, 0) - stats.buffer_at_start.get(k, 0)
+                                       for k in ("evicted", "evicted_prompt_cap", "duplicates"))),
+            # Dynamic sampling: held back because their group's rewards all tied (never trained).
+            "samples_filtered": stats.filtered - stats.filtered_at_start,
             "requests": {"dispatched": sched.dispatched, "completed": sched.completed, "taken": sched.taken,
                          "discarded": sched.discarded, "taken_out_of_order": sched.taken_out_of_order,
                          "unconsumed": len(unconsumed)},
