@@ -42,7 +42,8 @@ def test_a_short_step_waits_then_trains_topped_up_with_the_latest_tied_groups():
     assert [g.prompt.prompt_id for g in batch.groups] == ["a", "d", "f"]
     assert (dyn.filtered_here, dyn.filtered_groups_here) == (6, 3)  # b, c, e stay filtered; f was trained
     assert dyn.row(6) == {"dynamic_sampling/extra_requests": 2, "dynamic_sampling/topped_up": 1,
-                          "dynamic_sampling/groups": 3, "filtered_total": 6}
+                          "dynamic_sampling/groups": 3, "dynamic_sampling/filtered_fraction": 8 / 12,
+                          "filtered_total": 6}
     assert len(buffer) == 0 and dyn.waited == 0 and [g.prompt.prompt_id for g in dyn.held] == ["c", "e"]
 
 

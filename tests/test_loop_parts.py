@@ -356,12 +356,14 @@ def test_cadence_by_steps_and_by_minutes():
 
 # --- the metrics row --------------------------------------------------------------------------------------
 
-# A default job's row as main 1948c35 wrote it (metrics.jsonl keys, in order).
+# A default job's row as main 1948c35 wrote it (metrics.jsonl keys, in order), then the keys added since.
 ROW_KEYS = ["step", "wall_time_s", "samples_seen", "reward_mean", "fresh_reward_mean", "loss", "kl", "staleness_mean",
             "staleness_max", "dropped_total", "reward_errors_total", "generator_restarts_total",
             "requests_redispatched_total", "skipped_update", "skipped_updates_total", "gen_tokens_per_s",
             "learner_tokens_per_s", "sync_time_s", "sync_bytes", "wait_time_s", "grad_norm", "lr", "train_time_s",
-            "learner_tokens", "loss/logZ_mean", "buffer/size", "buffer/dropped"]
+            "learner_tokens", "loss/logZ_mean", "buffer/size", "buffer/dropped",
+            # added since: how much the generators produced and how busy they were
+            "samples_produced", "generator_busy_share"]
 
 
 def test_metrics_row_keys_order_and_values():
@@ -372,8 +374,10 @@ def test_metrics_row_keys_order_and_values():
          "learner_tokens": 40, "loss/logZ_mean": 0.3}
     row = step_row(step=3, wall_s=9.5, stats=stats, batch=batch, fresh=[_group([0.0, 0.0])],
                    replies=[_stats(gen=2.0, tokens=10), _stats(gen=3.0, tokens=15)], learner_metrics=m, skipped=False,
-                   sync_s=0.1, sync_bytes=64, wait_s=0.4, buffer_stats={"size": 2.0, "dropped": 0.0})
+                   sync_s=0.1, sync_bytes=64, wait_s=0.4, buffer_stats={"size": 2.0, "dropped": 0.0}, produced=16,
+                   generator_busy_share=0.25)
     assert list(row) == ROW_KEYS
+    assert (row["samples_produced"], row["generator_busy_share"]) == (16, 0.25)
     assert row["reward_mean"] == 0.75 and row["fresh_reward_mean"] == 0.0 and row["gen_tokens_per_s"] == 5.0
     assert (row["dropped_total"], row["skipped_updates_total"], row["skipped_update"]) == (1, 5, 0)
     assert "loss" in m  # the learner's dict is left as it was

@@ -219,6 +219,7 @@ class Controller:
         self._failure: str | None = None  # why the run stopped early (non-finite updates, a user error)
         self._skipped_in_a_row = 0
         self._published = self._learner.steps_done  # the learner step whose weights the workers were last sent
+        self._last_row = (0, 0.0)  # (samples generated, training wall seconds) at the previous metrics row; _start sets it
         self._setup_s = 0.0  # set-up seconds, once every worker is ready
 
     def _load_learner(self, device, base_path: str, threads: int) -> tuple[Learner, object]:
@@ -257,6 +258,7 @@ class Controller:
         self._pool.started = True
         self._setup_s = time.perf_counter() - self._t_setup
         self._clock.restart()
+        self._last_row = (self._stats.generated, self._clock.wall())
         self._stats.sync_time_s += self._publish()
         if self._learner.steps_done == 0:
             self._evaluator.run(0)
@@ -329,11 +331,18 @@ class Controller:
         stats.train_time_s += m["train_time_s"]
         stats.wait_time_s += wait_s
         stats.sync_time_s += sync_s
+        wall, replies = self._clock.wall(), self._pool.take_pending()
+        busy_s = sum(r.gen_time_s + r.score_time_s for r in replies)
+        span_s = (wall - self._last_row[1]) * cfg.asynchrony.num_generators
         self._logger.log_step(step_row(
-            step=step, wall_s=self._clock.wall(), stats=stats, batch=batch, fresh=done.groups,
-            replies=self._pool.take_pending(), learner_metrics=m, skipped=skipped, sync_s=sync_s,
+            # Evaluation pauses the training clock while generators may go on: at most 1.
+            produced=stats.generated - self._last_row[0],
+            generator_busy_share=min(1.0, busy_s / span_s) if span_s > 0 else 0.0,
+            step=step, wall_s=wall, stats=stats, batch=batch, fresh=done.groups,
+            replies=replies, learner_metrics=m, skipped=skipped, sync_s=sync_s,
             sync_bytes=sync_bytes, wait_s=wait_s, buffer_stats=self._buffer.stats(),
             extra=dyn.row(stats.filtered) if dyn is not None else None))
+        self._last_row = (stats.generated, self._clock.wall())
         if self._evaluator.due(step):
             self._evaluator.run(step)
         if self._cadence.due(step, failed=self.failure is not None):

@@ -31,10 +31,13 @@ class DynamicSampler:
         self.filtered_groups_here = 0
         self.waited = 0  # extra requests the current step has waited for
         self._row: dict[str, float] = {}
+        self._step_seen = self._step_filtered = 0  # samples admitted / held back since the last batch
 
     def admit(self, groups: list[Group]) -> list[Group]:
         """The groups of a completed request that go into the buffer; ties are held back and counted."""
         keep, tied = split_informative(groups)
+        self._step_seen += sum(len(g.samples) for g in groups)
+        self._step_filtered += sum(len(g.samples) for g in tied)
         for g in tied:
             self.held.append(g)  # the oldest held group leaves the reserve: filtered for good
             self.filtered_here += len(g.samples)
@@ -64,8 +67,10 @@ class DynamicSampler:
         if batch is None:  # nothing at all to train on yet (nothing generated survived): keep waiting
             return None
         self._row = {"dynamic_sampling/extra_requests": self.waited, "dynamic_sampling/topped_up": topped,
-                     "dynamic_sampling/groups": len(batch.groups)}
+                     "dynamic_sampling/groups": len(batch.groups),
+                     "dynamic_sampling/filtered_fraction": self._step_filtered / max(1, self._step_seen)}
         self.waited = 0
+        self._step_seen = self._step_filtered = 0
         return batch
 
     def row(self, filtered_total: int) -> dict[str, float]:

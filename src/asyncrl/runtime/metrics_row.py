@@ -26,12 +26,15 @@ def reward_parts(replies: list[GenStats]) -> dict[str, float]:
 
 def step_row(*, step: int, wall_s: float, stats: RunStats, batch, fresh: list[Group], replies: list[GenStats],
              learner_metrics: dict, skipped: bool, sync_s: float, sync_bytes: int, wait_s: float,
-             buffer_stats: dict, extra: dict | None = None) -> dict:
+             buffer_stats: dict, extra: dict | None = None, produced: int = 0,
+             generator_busy_share: float = 0.0) -> dict:
     """The row of learner step ``step``. ``batch``: what it trained on (its groups and staleness);
     ``fresh``: the groups of the request taken this step; ``replies``: the stats of the replies
     accepted since the previous step; ``learner_metrics``: ``Learner.step``'s dict without
     ``skipped_update`` (not modified); ``stats``: the run totals after this step; ``extra``: more
-    entries (dynamic sampling's)."""
+    entries (dynamic sampling's); ``produced``: samples generated since the previous row;
+    ``generator_busy_share``: the generators' sampling + scoring seconds since the previous row
+    over num_generators x the wall seconds in between (1 = never idle)."""
     m = dict(learner_metrics)
     gen_t = sum(s.gen_time_s for s in replies)
     gen_tok = sum(s.tokens for s in replies)
@@ -62,5 +65,7 @@ def step_row(*, step: int, wall_s: float, stats: RunStats, batch, fresh: list[Gr
         "wait_time_s": wait_s,
         **m,
         **{f"buffer/{k}": v for k, v in buffer_stats.items()},
+        "samples_produced": produced,
+        "generator_busy_share": generator_busy_share,
         **(extra or {}),  # dynamic sampling's entries, when it is on
     }
