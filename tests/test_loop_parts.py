@@ -22,7 +22,7 @@ from asyncrl.runtime.messages import (
     GenerateRequest, GeneratorState, RequestDone, RestoreGenerator, WeightsUpdate, WorkerError, WorkerLost,
     WorkerReady,
 )
-from asyncrl.runtime.metrics_row import reward_parts, step_row
+from asyncrl.runtime.metrics_row import measures_the_clock, reward_parts, step_row
 from asyncrl.runtime.pool import WorkerPool
 from asyncrl.runtime.scheduler import Scheduler
 from asyncrl.runtime.stats import COUNTER_KEYS, TIMING_KEYS, RunStats
@@ -381,6 +381,9 @@ def test_metrics_row_keys_order_and_values():
     assert row["reward_mean"] == 0.75 and row["fresh_reward_mean"] == 0.0 and row["gen_tokens_per_s"] == 5.0
     assert (row["dropped_total"], row["skipped_updates_total"], row["skipped_update"]) == (1, 5, 0)
     assert "loss" in m  # the learner's dict is left as it was
+    clock = [k for k in row if measures_the_clock(k)]
+    assert clock == ["wall_time_s", "gen_tokens_per_s", "learner_tokens_per_s", "sync_time_s", "wait_time_s",
+                     "train_time_s", "generator_busy_share"]
 
 
 def test_metrics_row_reward_parts_and_an_empty_request():

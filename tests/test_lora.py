@@ -13,6 +13,7 @@ import torch
 from asyncrl.buffer import BufferBatch
 from asyncrl.checkpoint import save_checkpoint
 from asyncrl.cli import main
+from asyncrl.runtime.metrics_row import measures_the_clock
 from asyncrl.config import Config
 from asyncrl.engines.hf import HFEngine
 from asyncrl.learner import Learner
@@ -163,7 +164,7 @@ FLAGS = ["--steps", "6", "--prompts-per-step", "4", "--samples-per-prompt", "4",
 
 
 def _comparable(rows):
-    return [{k: v for k, v in r.items() if not (k.endswith("_s") or k.endswith("_per_s"))} for r in rows]
+    return [{k: v for k, v in r.items() if not measures_the_clock(k)} for r in rows]
 
 
 @pytest.mark.e2e

@@ -15,6 +15,7 @@ import pytest
 
 from asyncrl.checkpoint import find_checkpoint
 from asyncrl.cli import main
+from asyncrl.runtime.metrics_row import measures_the_clock
 
 from conftest import assert_accounting, read_jsonl
 
@@ -26,13 +27,8 @@ FLAGS = ["--steps", str(STEPS), "--prompts-per-step", "4", "--samples-per-prompt
          "--save-every-minutes", "none", "--keep-checkpoints", "0"]
 
 
-def timing(key: str) -> bool:
-    """Fields that measure this machine's clock, different in every run, resumed or not."""
-    return key.endswith("_s") or key.endswith("_per_s")
-
-
 def comparable(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not timing(k)} for r in rows]
+    return [{k: v for k, v in r.items() if not measures_the_clock(k)} for r in rows]
 
 
 def kill_after(out: Path, flags: list[str], rows: int) -> None:

@@ -12,6 +12,13 @@ from asyncrl.runtime.stats import RunStats
 from asyncrl.types import GenStats, Group
 
 
+def measures_the_clock(key: str) -> bool:
+    """Whether metrics key ``key`` is measured with this machine's clock (seconds, rates, busy
+    shares): it differs between two runs of the same seed, resumed or not, so comparisons of runs
+    leave it out."""
+    return key.endswith("_s") or key.endswith("_per_s") or key.endswith("_share")
+
+
 def reward_parts(replies: list[GenStats]) -> dict[str, float]:
     """Each reward function's mean over the fresh samples of ``replies`` (the custom task's
     ``rewards/<name>/mean``, as TRL names it); NaN for a function that scored nothing."""
