@@ -35,12 +35,14 @@ def _rows(tmp_path: Path) -> Path:
     return p
 
 
-@pytest.mark.parametrize("transport", ["queue", "broadcast"])
-def test_sigkilled_process_generator_is_replaced_and_its_requests_redispatched(tmp_path, monkeypatch, transport):
+@pytest.mark.parametrize("transport, generation", [("queue", "gated"), ("broadcast", "gated"),
+                                                   ("queue", "continuous")])
+def test_sigkilled_process_generator_is_replaced_and_its_requests_redispatched(tmp_path, monkeypatch, transport,
+                                                                             generation):
     monkeypatch.chdir(ROOT)  # the spawned workers import tests.reward_fns from the current directory
     cfg = load_config(None, dict(SMALL, task="custom", model=BASE, prompts=str(_rows(tmp_path)),
                                  prompt_field="question", reward="tests.reward_fns:slow_exact", workers="process",
-                                 num_generators=2, max_lag=2, weight_transport=transport,
+                                 num_generators=2, max_lag=2, weight_transport=transport, generation=generation,
                                  output_dir=str(tmp_path / "run")))
     summary, killed = run_killing_a_busy_worker(Controller(cfg, tmp_path / "run"),
                                                 lambda w: os.kill(w.pid, signal.SIGKILL))

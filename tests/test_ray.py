@@ -285,14 +285,15 @@ def test_two_node_cluster_spreads_generators_over_both_nodes(tmp_path, capsys):
         cluster.shutdown()
 
 
-def test_killed_generator_actor_is_replaced_and_the_run_reaches_its_target(tmp_path, monkeypatch):
+@pytest.mark.parametrize("generation", ["gated", "continuous"])
+def test_killed_generator_actor_is_replaced_and_the_run_reaches_its_target(tmp_path, monkeypatch, generation):
     monkeypatch.chdir(ROOT)  # actors import tests.reward_fns from the driver's working directory
     rows = write_jsonl(tmp_path / "rows.jsonl", [{"question": f"{a}+{b}=", "answer": a + b}
                                                   for a, b in [(1, 2), (12, 3), (40, 9), (7, 7), (3, 5)]])
     out = tmp_path / "run"
     cfg = load_config(None, dict(SMALL, steps=10, task="custom", model=BASE, prompts=str(rows),
                                  prompt_field="question", reward="tests.reward_fns:slow_exact", runtime="ray",
-                                 num_generators=2, max_lag=2, output_dir=str(out)))
+                                 num_generators=2, max_lag=2, generation=generation, output_dir=str(out)))
     summary, killed = run_killing_a_busy_worker(Controller(cfg, out),
                                                 lambda w: ray.kill(ray.get_actor(w.name), no_restart=True))
     assert killed, "no generator was killed"

@@ -229,6 +229,12 @@ class TbaBuffer:
       to the reward-prioritised pick over unused prompts (counted in ``recency_fallbacks``),
       preferring prompt diversity. Only when every prompt is in the batch do prompts repeat.
 
+    Fresh data (``newest_lag``, set by ``generation: continuous``): ``sample`` returns None while
+    the newest stored sample is more than ``newest_lag`` versions behind ``learner_version``, so the
+    learner waits for the generators instead of replaying ever older data (TBA's sync barrier holds
+    its trainer the same way). Older samples are still replayed: this bounds the freshest data, not
+    each draw. None = no such wait (gated generation adds a fresh request every step).
+
     K samples per group: without replacement when the prompt holds >= K, otherwise all of them plus
     uniform draws with replacement, because the losses reshape rows to [B, K] and need exactly K.
     Deduplication makes this case common for easy prompts (many identical correct answers).
@@ -242,6 +248,7 @@ class TbaBuffer:
         per_prompt_capacity: int,
         capacity: int,
         seed: int,
+        newest_lag: int | None = None,
     ):
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -258,6 +265,9 @@ class TbaBuffer:
         self.inv_temp = inv_temp
         self.per_prompt_capacity = per_prompt_capacity
         self.capacity = capacity
+        if newest_lag is not None and newest_lag < 0:
+            raise ValueError(f"newest_lag must be >= 0, got {newest_lag}")
+        self.newest_lag = newest_lag
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._prompts: dict[str, Prompt] = {}
@@ -327,6 +337,8 @@ class TbaBuffer:
             pids = list(self._entries)  # [P] insertion order, so draws are reproducible per seed
             max_version = {p: max(e.sample.version for e in self._entries[p].values()) for p in pids}
             newest = max(max_version.values())
+            if self.newest_lag is not None and learner_version - newest > self.newest_lag:
+                return None  # wait for fresher data (continuous generation)
             recent = [p for p in pids if max_version[p] == newest]  # [R] refreshed at latest sync
             # Softmax logits, max-shifted so large inv_temp cannot overflow exp.
             logits = [
@@ -460,9 +472,11 @@ def make_buffer(
     inv_temp: float | None = None,
     per_prompt_capacity: int | None = None,
     capacity: int | None = None,
+    newest_lag: int | None = None,
 ) -> ReplayBuffer:
-    """Build the buffer named by ``mode`` ("fifo" or "tba"); the last four are tba's settings (the
-    fields of config.TbaBuffer), ignored by fifo."""
+    """Build the buffer named by ``mode`` ("fifo" or "tba"); the last five are tba's settings (the
+    fields of config.TbaBuffer and ``TbaBuffer.newest_lag``), ignored by fifo, whose ``max_lag``
+    already bounds every sample it hands out."""
     if mode == "fifo":
         return FifoBuffer(max_lag=max_lag)
     if mode == "tba":
@@ -473,5 +487,6 @@ def make_buffer(
             per_prompt_capacity=per_prompt_capacity,
             capacity=capacity,
             seed=seed,
+            newest_lag=newest_lag,
         )
     raise ValueError(f"unknown buffer mode {mode!r}; expected one of 'fifo', 'tba'")

@@ -640,6 +640,36 @@ class Asynchrony(Section):
     turns), else cores / (1 + num_generators), at least 1."""
 
 
+class GatedGeneration(Section):
+    """``gated``: one generation request per learner step, through the scheduler's lag gate."""
+
+    name: Literal["gated"] = Field("gated", json_schema_extra=_extra(flat="generation"))
+    """``gated``: each learner step consumes one generation request of ``prompts_per_step``
+    prompts, dispatched through the scheduler's lag gate, so no sample is older than ``max_lag``
+    when trained on. ``continuous``: the generators are TBA's searchers: they keep generating
+    while the learner trains (up to ``max_samples_ahead``), every reply goes into the buffer when
+    it arrives, and each learner step samples its batch from the buffer (docs/runtime.md)."""
+
+
+class ContinuousGeneration(Section):
+    """``continuous``: generators run ahead of the learner, up to a bound (TBA's searchers)."""
+
+    name: Literal["continuous"] = Field("continuous", json_schema_extra=_extra(flat="generation"))
+    """Generation: ``continuous``."""
+    initial_buffer_samples: int = Field(0, ge=0)
+    """continuous: the first learner step of a process waits until the buffer holds this many
+    samples (TBA: 500 on GSM8K); 0 = as soon as the buffer has a batch."""
+    max_samples_ahead: int | None = Field(None, ge=1)
+    """continuous: generation pauses (no new request) while the samples generated or being
+    generated exceed those the learner consumed (trained on, each draw with ``tba``; dropped as
+    stale; filtered) by this many. fifo: the buffer plus the requests in flight. None =
+    ``initial_buffer_samples`` + 2 requests per generator (a request: ``prompts_per_step`` x
+    ``samples_per_prompt`` samples)."""
+
+
+GenerationConfig = Annotated[Union[GatedGeneration, ContinuousGeneration], Field(discriminator="name")]
+
+
 class LocalRuntime(Section):
     """``local``: generators as inline/thread/process workers on this machine."""
 
@@ -933,6 +963,8 @@ class Config(_Command):
     """Generation engines."""
     asynchrony: Asynchrony = Field(default_factory=Asynchrony)
     """Asynchrony."""
+    generation: GenerationConfig = Field(default_factory=GatedGeneration)
+    """How generation is paced against the learner: gated (one request per step) or continuous."""
     runtime: RuntimeConfig = Field(default_factory=LocalRuntime, json_schema_extra=RESUMABLE)
     """Where the roles run."""
     buffer: BufferConfig = Field(default_factory=FifoBuffer)
@@ -993,7 +1025,35 @@ class Config(_Command):
             raise ValueError("per_prompt_capacity must be >= samples_per_prompt")
         self._check_off_policy_correction()
         self._check_learner_ranks()
+        self._check_generation()
         return self
+
+    def _check_generation(self) -> None:
+        gen = self.generation
+        if gen.name != "continuous":
+            return
+        if self.asynchrony.max_lag == 0:
+            raise ValueError("generation=continuous generates while the learner trains, so samples are at least one "
+                             "step stale: it needs max_lag >= 1 (max_lag 0 is synchronous on-policy training)")
+        if gen.max_samples_ahead is not None and gen.initial_buffer_samples > gen.max_samples_ahead:
+            raise ValueError(f"initial_buffer_samples={gen.initial_buffer_samples} can never be reached with "
+                             f"max_samples_ahead={gen.max_samples_ahead}: raise max_samples_ahead")
+
+    @property
+    def request_samples(self) -> int:
+        """Samples in one generation request: prompts_per_step x samples_per_prompt."""
+        return self.batch.prompts_per_step * self.batch.samples_per_prompt
+
+    @property
+    def samples_ahead_bound(self) -> int | None:
+        """continuous generation's production bound (``max_samples_ahead`` or its default); None
+        when gated."""
+        gen = self.generation
+        if gen.name != "continuous":
+            return None
+        if gen.max_samples_ahead is not None:
+            return gen.max_samples_ahead
+        return gen.initial_buffer_samples + 2 * self.asynchrony.num_generators * self.request_samples
 
     def _check_learner_ranks(self) -> None:
         """What the sharded learner (``learner_ranks > 1``) does not run yet: refused, not ignored."""

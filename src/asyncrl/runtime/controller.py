@@ -10,9 +10,11 @@ A run is four methods, read top to bottom (the parts they call have their own mo
 3. ``_train``: until ``steps``: send what the scheduler's lag gate allows, wait for a completed
    request (any completion order the bound allows) while the pool handles worker messages
    (replies; lost workers replaced in their slot and sent the latest weights, their requests
-   re-dispatched), then ``_train_step``: train on a batch from the buffer, publish weights every
-   ``sync_every`` steps, log one metrics row (``metrics_row.step_row``), evaluate / checkpoint on
-   cadence;
+   re-dispatched), ``_admit`` its groups to the buffer, take ``_next_batch`` and ``_learn``: train
+   on it, publish weights every ``sync_every`` steps, log one metrics row
+   (``metrics_row.step_row``), evaluate / checkpoint on cadence. ``generation: continuous``
+   (``_train_continuous``) admits every reply as it arrives and keeps dispatching up to the
+   ``ContinuousScheduler``'s production bound, and each step samples the buffer;
 4. ``_finish``: (after the pool stopped the workers) final evaluation, final checkpoint,
    ``summary.json`` (``summary.build_summary``).
 
@@ -62,7 +64,7 @@ from asyncrl.runtime.ray_host import RayHost  # imports no Ray until a RayHost i
 from asyncrl.runtime.messages import FromWorker, GeneratorState, RequestDone
 from asyncrl.runtime.metrics_row import step_row
 from asyncrl.runtime.pool import WorkerPool
-from asyncrl.runtime.scheduler import Scheduler
+from asyncrl.runtime.scheduler import ContinuousScheduler, Scheduler
 from asyncrl.runtime.stats import RunStats
 from asyncrl.runtime.summary import build_summary
 from asyncrl.runtime.worker import default_threads
@@ -194,14 +196,18 @@ class Controller:
             self._policy_path, self._trainer_state = str(ckpt), load_trainer_state(ckpt)
         self._learner, self._tokenizer = self._load_learner(device, base_path, learner_threads)
         # The buffer measures staleness in versions (optimizer steps); max_lag counts learner steps.
+        lag_versions = cfg.asynchrony.max_lag * cfg.updates_per_step
+        continuous_tba = cfg.generation.name == "continuous" and cfg.buffer.name == "tba"
         self._buffer = make_buffer(
-            cfg.buffer.name, max_lag=cfg.asynchrony.max_lag * cfg.updates_per_step, group_size=cfg.batch.samples_per_prompt,
+            cfg.buffer.name, max_lag=lag_versions, group_size=cfg.batch.samples_per_prompt,
             seed=cfg.seed,
+            # continuous: tba's freshest sample is at most max_lag behind (the learner waits for it)
+            newest_lag=lag_versions if continuous_tba else None,
             **cfg.buffer.model_dump(exclude={"name"}),  # the tba settings (none for fifo)
         )
         self._stats, resumed_states, wall0 = self._restore()
         self.host = make_host(cfg, self._policy_path, base_path, gen_threads, self.inputs)
-        self.scheduler = Scheduler(cfg.asynchrony.max_lag, cfg.batch.prompts_per_step, self.host.depth)
+        self.scheduler = self._make_scheduler()
         self._logger = RunLogger(self.run_dir, cfg.steps, self._learner.steps_done,
                                  resume=self._trainer_state is not None, cfg=cfg)
         self._config_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
@@ -221,6 +227,14 @@ class Controller:
         self._published = self._learner.steps_done  # the learner step whose weights the workers were last sent
         self._last_row = (0, 0.0)  # (samples generated, training wall seconds) at the previous metrics row; _start sets it
         self._setup_s = 0.0  # set-up seconds, once every worker is ready
+
+    def _make_scheduler(self) -> Scheduler:
+        """The lag-gated scheduler, or the production-bounded one of ``generation: continuous``."""
+        cfg = self.cfg
+        if cfg.generation.name == "continuous":
+            return ContinuousScheduler(cfg.batch.prompts_per_step, cfg.request_samples, cfg.samples_ahead_bound,
+                                       self.host.depth)
+        return Scheduler(cfg.asynchrony.max_lag, cfg.batch.prompts_per_step, self.host.depth)
 
     def _load_learner(self, device, base_path: str, threads: int) -> tuple[Learner, object]:
         """The learner (and the tokenizer) from ``self._policy_path`` (a resume's checkpoint); with
@@ -274,13 +288,31 @@ class Controller:
         return not self._stop_requested and self.failure is None
 
     def _train(self) -> None:
+        if isinstance(self.scheduler, ContinuousScheduler):
+            return self._train_continuous()
         while self._learner.steps_done < self.cfg.steps and self._running():
             self._pool.dispatch(self._learner.steps_done, self._published)
             tw = time.perf_counter()
             done = self._wait_for_request()
             if done is None:
                 break
-            self._train_step(done, wait_s=time.perf_counter() - tw)
+            self._admit(done)
+            batch = self._next_batch()
+            if batch is not None:
+                self._learn(batch, done.groups, wait_s=time.perf_counter() - tw)
+
+    def _train_continuous(self) -> None:
+        """``generation: continuous``: replies go into the buffer as they arrive, generators keep
+        going up to the production bound, and each step samples its batch from the buffer."""
+        fresh: list = []  # the groups admitted since the previous step
+        initial = self.cfg.generation.initial_buffer_samples  # the first step of this process waits for it
+        while self._learner.steps_done < self.cfg.steps and self._running():
+            tw = time.perf_counter()
+            batch = self._wait_for_batch(fresh, initial)
+            if batch is None:
+                break
+            self._learn(batch, fresh, wait_s=time.perf_counter() - tw)
+            fresh, initial = [], 0
 
     def _poll(self) -> FromWorker | None:
         """Handle the next worker message, if one comes within ``POLL_S``."""
@@ -304,21 +336,50 @@ class Controller:
             taken = self.scheduler.take(step)
         return taken[1] if taken is not None else None
 
-    def _train_step(self, done: RequestDone, wait_s: float) -> None:
-        """Train on a batch once ``done``'s groups are in the buffer; log, evaluate, checkpoint."""
-        cfg, stats = self.cfg, self._stats
+    def _wait_for_batch(self, fresh: list, initial: int):
+        """Continuous: admit replies as they arrive (their groups appended to ``fresh``), keep the
+        generators going up to the bound, and return a batch once the buffer holds ``initial``
+        samples and has one; None when the run stops first."""
+        step, tried = self._learner.steps_done, False
+        while self._running():
+            buffer_dropped = int(self._buffer.stats().get("dropped", 0) - self._stats.buffer_at_start.get("dropped", 0))
+            self._pool.dispatch(step, self._published, self._stats.unconsumed_here(buffer_dropped))
+            arrived = self.scheduler.take_completed()
+            for _, done in arrived:
+                self._admit(done)
+                fresh.extend(done.groups)
+            # Ask the buffer once per arrival (dynamic sampling counts each miss as a request waited for).
+            if (arrived or not tried) and len(self._buffer) >= initial:
+                tried = True
+                batch = self._next_batch()
+                if batch is not None:
+                    return batch
+            self._poll()
+        return None
+
+    def _admit(self, done: RequestDone) -> None:
+        """``done``'s groups go into the buffer (dynamic sampling holds back the tied ones)."""
         self._pool.record(done)
         dyn = self._dynamic
         self._buffer.add(dyn.admit(done.groups) if dyn is not None else done.groups)
+        if dyn is not None:
+            self._stats.filtered = self._stats.filtered_at_start + dyn.filtered_here
+
+    def _next_batch(self):
+        """The buffer's batch for this step, or None (wait for more generation)."""
+        stats, dyn = self._stats, self._dynamic
         if dyn is not None:  # a batch of groups with an advantage, or wait for more generation
-            stats.filtered = stats.filtered_at_start + dyn.filtered_here
             batch = dyn.batch(self._buffer, self._learner.version)
             stats.filtered = stats.filtered_at_start + dyn.filtered_here  # a top-up un-filters
         else:
-            batch = self._buffer.sample(cfg.batch.prompts_per_step, learner_version=self._learner.version)
+            batch = self._buffer.sample(self.cfg.batch.prompts_per_step, learner_version=self._learner.version)
         stats.dropped += batch.dropped if batch is not None else 0
-        if batch is None:
-            return
+        return batch
+
+    def _learn(self, batch, fresh: list, wait_s: float) -> None:
+        """Train on ``batch`` (``fresh``: the groups generated for this step); publish on cadence,
+        log the metrics row, evaluate and checkpoint on cadence."""
+        cfg, stats, dyn = self.cfg, self._stats, self._dynamic
         m = self._learner.step(batch)
         step = self._learner.steps_done
         skipped = m.pop("skipped_update")
@@ -338,7 +399,7 @@ class Controller:
             # Evaluation pauses the training clock while generators may go on: at most 1.
             produced=stats.generated - self._last_row[0],
             generator_busy_share=min(1.0, busy_s / span_s) if span_s > 0 else 0.0,
-            step=step, wall_s=wall, stats=stats, batch=batch, fresh=done.groups,
+            step=step, wall_s=wall, stats=stats, batch=batch, fresh=fresh,
             replies=replies, learner_metrics=m, skipped=skipped, sync_s=sync_s,
             sync_bytes=sync_bytes, wait_s=wait_s, buffer_stats=self._buffer.stats(),
             extra=dyn.row(stats.filtered) if dyn is not None else None))

@@ -68,9 +68,10 @@ class WorkerPool:
         self.workers[wid] = self.host.start(wid, self._version(), slot)
 
     # --- traffic ------------------------------------------------------------------------------------
-    def dispatch(self, step: int, published: int) -> None:
-        """Send every request the scheduler's lag gate allows now."""
-        for wid, req in self.scheduler.dispatch(step, published):
+    def dispatch(self, step: int, published: int, ahead_samples: int = 0) -> None:
+        """Send every request the scheduler's gate allows now (``ahead_samples``: see
+        ``ContinuousScheduler``)."""
+        for wid, req in self.scheduler.dispatch(step, published, ahead_samples):
             self.workers[wid].send(req)
 
     def publish(self, state: dict, version: int) -> None:

@@ -1,4 +1,7 @@
-"""Lag-bounded dispatch of generation requests: the one scheduler every runtime shares.
+"""Dispatch of generation requests: the one ledger every runtime shares, with two gates.
+
+``Scheduler`` (``generation: gated``, the default) gates by the staleness bound below;
+``ContinuousScheduler`` (``generation: continuous``) by a production bound, see its docstring.
 
 Pure bookkeeping, no threads, no I/O, no model: the controller tells it what happened (learner
 step, weights published, a request completed, a worker joined or was lost) and asks it what to do
@@ -117,12 +120,17 @@ class Scheduler:
         waiting for re-dispatch are not counted until they are dispatched again."""
         return sum(1 for r in self.ledger.values() if r.worker_id is not None or r.done)
 
-    def dispatch(self, learner_step: int, published: int) -> list[tuple[int, GenerateRequest]]:
+    def admits(self, outstanding: int, learner_step: int, published: int, ahead_samples: int) -> bool:
+        """The lag gate: one more request may go out with ``outstanding`` ahead of it."""
+        return outstanding <= self.max_lag - (learner_step - published)
+
+    def dispatch(self, learner_step: int, published: int, ahead_samples: int = 0) -> list[tuple[int, GenerateRequest]]:
         """Every (worker id, request) the gate allows now; lost requests first, then new ones, each
-        to the live worker holding the fewest requests (below ``worker_depth``)."""
+        to the live worker holding the fewest requests (below ``worker_depth``).
+        ``ahead_samples``: completed samples not yet consumed (only the continuous gate reads it)."""
         out: list[tuple[int, GenerateRequest]] = []
         outstanding = self.outstanding
-        while self.workers and outstanding <= self.max_lag - (learner_step - published):
+        while self.workers and self.admits(outstanding, learner_step, published, ahead_samples):
             wid = min(self.workers, key=lambda w: (len(self.workers[w]), w))
             if self.worker_depth is not None and len(self.workers[wid]) >= self.worker_depth:
                 break
@@ -166,3 +174,47 @@ class Scheduler:
     def unconsumed(self) -> list[Any]:
         """Results completed but not taken (the run stopped first)."""
         return [r.result for r in self.ledger.values() if r.done]
+
+
+class ContinuousScheduler(Scheduler):
+    """``generation: continuous``: the ledger without the lag gate (TBA's searchers).
+
+    Requests go out while production stays below the bound: with ``ahead_samples`` completed
+    samples the learner has not consumed yet (the controller's count) and ``O`` requests in
+    flight, one more is dispatched while ``ahead_samples + O * request_samples < max_samples_ahead``
+    (so production overshoots the bound by less than one request). Every accepted reply is handed
+    over at once, in completion order (:meth:`take_completed`), for the buffer; staleness is then
+    bounded where a sample is trained on, by the buffer (fifo drops what is older than
+    ``max_lag``). Lost workers, re-dispatch and late replies work as in :class:`Scheduler`.
+    """
+
+    def __init__(self, num_prompts: int, request_samples: int, max_samples_ahead: int,
+                 worker_depth: int | None = 2, first_request_id: int = 0):
+        if max_samples_ahead < 1:
+            raise ValueError(f"max_samples_ahead must be >= 1, got {max_samples_ahead}")
+        super().__init__(0, num_prompts, worker_depth, first_request_id)
+        self.request_samples = request_samples
+        self.max_samples_ahead = max_samples_ahead
+        self._completed: deque[int] = deque()  # accepted replies not yet handed over, in arrival order
+
+    def admits(self, outstanding: int, learner_step: int, published: int, ahead_samples: int) -> bool:
+        return ahead_samples + outstanding * self.request_samples < self.max_samples_ahead
+
+    def complete(self, worker_id: int, request_id: int, result: Any) -> bool:
+        accepted = super().complete(worker_id, request_id, result)
+        if accepted:
+            self._completed.append(request_id)
+        return accepted
+
+    def take_completed(self) -> list[tuple[RequestRecord, Any]]:
+        """Every accepted reply not handed over yet, in arrival order (they leave the ledger)."""
+        out = []
+        while self._completed:
+            rec = self.ledger.pop(self._completed.popleft())
+            result, rec.result = rec.result, None
+            self.stats.taken += 1
+            out.append((rec, result))
+        return out
+
+    def take(self, learner_step: int) -> tuple[RequestRecord, Any] | None:
+        raise TypeError("continuous generation hands every reply over at once: use take_completed()")

@@ -104,6 +104,14 @@ class RunStats:
         """The scheduler's re-dispatch count of this process, added to the resumed total."""
         self.requests_redispatched = self.redispatched_at_start + this_process
 
+    def unconsumed_here(self, buffer_dropped: int) -> int:
+        """Samples this process generated (or restored) that the learner has not consumed yet:
+        not trained on (tba: each draw consumes one), dropped or filtered. ``buffer_dropped``: the
+        samples the buffer dropped as stale in this process, reported in a batch or not yet. fifo:
+        what the buffer holds."""
+        return (self.generated + self.restored - self.trained_here - self.discarded - buffer_dropped
+                - (self.filtered - self.filtered_at_start))
+
     @property
     def trained_here(self) -> int:
         """Samples trained on by this process."""
