@@ -578,6 +578,12 @@ class Vllm(Section):
     enforce_eager: bool | None = None
     """vllm: run the model eagerly (no ``torch.compile`` / CUDA graphs); None = eager on CPUs
     (compiling costs more than it saves in short runs), graphs on GPUs."""
+    inflight_updates: bool = Field(False, json_schema_extra=_extra(flat="inflight_updates"))
+    """vllm generators: apply a weight update between two decoding steps instead of after the
+    request: the sequences in flight are resubmitted with their tokens so far and continue under
+    the new weights (partial rollouts), and every token records the version that sampled it
+    (docs/engines.md). Needs ``engine: vllm`` and generators beside the learner (process or thread
+    workers, or Ray) with the ``queue``, ``inprocess`` or ``object_store`` transport."""
 
 
 class Engine(Section):
@@ -1026,7 +1032,21 @@ class Config(_Command):
         self._check_off_policy_correction()
         self._check_learner_ranks()
         self._check_generation()
+        self._check_inflight_updates(host)
         return self
+
+    def _check_inflight_updates(self, host: str) -> None:
+        if not self.engine.vllm.inflight_updates:
+            return
+        if self.engine.name != "vllm":
+            raise ValueError("inflight_updates applies weight updates between vLLM's decoding steps: it needs "
+                             "engine vllm (the hf engine generates a request in one call)")
+        if host == "inline":
+            raise ValueError("inflight_updates needs generators beside the learner: with workers=inline (the default "
+                             "at max_lag 0) no update can arrive while a request is generated; use workers process")
+        if self.asynchrony.weight_transport == "broadcast":
+            raise ValueError("inflight_updates needs the queue, inprocess or object_store weight transport: a "
+                             "broadcast is a collective every generator joins between requests")
 
     def _check_generation(self) -> None:
         gen = self.generation

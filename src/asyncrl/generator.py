@@ -42,6 +42,7 @@ class GeneratorSettings:
     length_penalty: float = 0.0
     missing_eos_penalty: float = 0.0
     shard: tuple[int, int] | None = None  # (slot, shards): draw only that shard's prompts; None = all
+    inflight_updates: bool = False  # take weight updates between decoding steps (vllm engine)
 
 
 def in_shard(task, shard: tuple[int, int]):
@@ -103,13 +104,18 @@ class Generator:
         for _ in range(drawn):
             next(self._prompts)
 
-    def generate(self, num_prompts: int) -> tuple[list[Group], GenStats]:
+    def generate(self, num_prompts: int, between_steps=None) -> tuple[list[Group], GenStats]:
+        """``between_steps``: with ``inflight_updates``, what the engine calls between decoding
+        steps (the worker's check for new weights); ignored otherwise."""
         prompts: list[Prompt] = [next(self._prompts) for _ in range(num_prompts)]
         self._prompts_drawn += num_prompts
         prompt_ids = encode_prompts(self.tokenizer, [p.model_input for p in prompts], self.chat_template)
         version = self.engine.version
         t0 = time.perf_counter()
-        completions = self.engine.generate(prompt_ids, self.k)  # [B][K]
+        if self.settings.inflight_updates and between_steps is not None:
+            completions = self.engine.generate(prompt_ids, self.k, between_steps=between_steps)  # [B][K]
+        else:
+            completions = self.engine.generate(prompt_ids, self.k)  # [B][K]
         t1 = time.perf_counter()
         flat_prompts = [p for p in prompts for _ in range(self.k)]
         texts = [self.tokenizer.decode(c.ids, skip_special_tokens=True) for g in completions for c in g]
@@ -135,8 +141,10 @@ class Generator:
             samples = []
             for j, c in enumerate(completions[b]):
                 i = b * self.k + j
-                samples.append(Sample(prompts[b].prompt_id, prompt_ids[b], c.ids, c.logprobs, rewards[i], version,
-                                      c.finished, texts[i], next(r)))
+                # in-flight updates: the sample's version is its oldest token's
+                samples.append(Sample(prompts[b].prompt_id, prompt_ids[b], c.ids, c.logprobs, rewards[i],
+                                      min(c.versions) if c.versions else version, c.finished, texts[i], next(r),
+                                      c.versions))
             groups.append(Group(prompts[b], samples))
         kept = {b * self.k + j for b in keep for j in range(self.k)}  # sums over the rows that are trained on
         sums = component_sums({k: [v if i in kept else None for i, v in enumerate(vals)] for k, vals in parts.items()})

@@ -43,10 +43,17 @@ class Sample:
     completion_ids: list[int]  # [C] generated ids, including the EOS token if one was produced
     behaviour_logprobs: list[float]  # [C] temperature-scaled log-probs under the generating policy
     reward: float
-    version: int  # learner version of the weights that generated this sample
+    version: int  # learner version of the weights that generated this sample (its oldest token's)
     finished: bool  # True when generation stopped at EOS (not at max tokens)
     text: str = ""  # decoded completion, for logs
     ref_logprobs: list[float] | None = None  # [C] frozen reference log-probs, when the generator computed them
+    # [C] the version of the weights that sampled each token (in-flight updates: a sequence may
+    # span several); None = every token is ``version``'s
+    token_versions: list[int] | None = None
+
+    def versions_of_tokens(self) -> list[int]:
+        """[C] each completion token's weights version."""
+        return self.token_versions if self.token_versions is not None else [self.version] * len(self.completion_ids)
 
 
 @dataclass
@@ -113,6 +120,10 @@ def samples_state(samples: list[Sample]) -> dict:
         "reward": torch.tensor([s.reward for s in samples], dtype=torch.float64),
         "version": torch.tensor([s.version for s in samples], dtype=torch.int64),
         "finished": torch.tensor([s.finished for s in samples], dtype=torch.bool),
+        # per-token versions only when some sample has them (older checkpoints lack the keys)
+        **({"token_versions": _cat([s.versions_of_tokens() for s in samples], torch.int64)[0],
+            "has_token_versions": torch.tensor([s.token_versions is not None for s in samples], dtype=torch.bool)}
+           if any(s.token_versions is not None for s in samples) else {}),
     }
 
 
@@ -126,5 +137,10 @@ def samples_from_state(d: dict) -> list[Sample]:
     ref = split(d["ref_logprobs"], d["ref_len"])
     has_ref, reward = d["has_ref"].tolist(), d["reward"].tolist()
     version, finished = d["version"].tolist(), d["finished"].tolist()
+    if "token_versions" in d:  # same lengths as the completions
+        tver, has_tver = split(d["token_versions"], d["completion_len"]), d["has_token_versions"].tolist()
+    else:
+        tver, has_tver = None, [False] * len(d["prompt_id"])
     return [Sample(d["prompt_id"][i], prompts[i], comps[i], beh[i], reward[i], version[i], finished[i], d["text"][i],
-                   ref[i] if has_ref[i] else None) for i in range(len(d["prompt_id"]))]
+                   ref[i] if has_ref[i] else None, tver[i] if has_tver[i] else None)
+            for i in range(len(d["prompt_id"]))]

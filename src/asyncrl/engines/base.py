@@ -13,6 +13,7 @@ class Completion:
     ids: list[int]  # [C] generated ids, ending with EOS when finished
     logprobs: list[float]  # [C] temperature-scaled behaviour log-probs of those ids
     finished: bool  # stopped at EOS rather than at max_new_tokens
+    versions: list[int] | None = None  # [C] weights version that sampled each id; None = all the engine's at the start
 
 
 class Engine(Protocol):

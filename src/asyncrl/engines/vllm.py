@@ -44,6 +44,7 @@ import shutil
 import tempfile
 import weakref
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -118,6 +119,7 @@ class VLLMEngine:
         self.lora_alpha = lora_alpha  # set: model_path is the base and updates are LoRA adapters
         self._rng = torch.Generator().manual_seed(seed)  # the per-request sampling seeds
         self._lora_modules: list[str] | None = None  # the adapted modules, fixed by the first update
+        self._requests = 0  # stepwise requests added (their ids)
         folder, self._tmp = plain_model_folder(model_path)
         try:
             gen_cfg = GenerationConfig.from_pretrained(folder)
@@ -154,12 +156,19 @@ class VLLMEngine:
             stop_token_ids=self.eos_ids, ignore_eos=True, seed=seed,
         )
 
-    def generate(self, prompts: list[list[int]], k: int, greedy: bool = False) -> list[list[Completion]]:
+    def generate(self, prompts: list[list[int]], k: int, greedy: bool = False,
+                 between_steps: Callable[[], None] | None = None) -> list[list[Completion]]:
+        """``between_steps``: in-flight weight updates (``--inflight-updates``): decode step by
+        step and call it before each engine step; it may :meth:`load_weights`, and the following
+        tokens of the sequences in flight are sampled by the new weights (``Completion.versions``)."""
         # One seed per prompt (vLLM gives the k samples of a request seed, seed + 1, ...): a seed
         # shared by all prompts would make their samples draw the same random numbers.
         seeds = [None] * len(prompts) if greedy else \
             torch.randint(0, 2**62, (len(prompts),), generator=self._rng).tolist()
         params = [self._params(1 if greedy else k, greedy, s) for s in seeds]
+        if between_steps is not None:
+            results = self._generate_stepwise(prompts, params, between_steps)
+            return [g * k if greedy and k > 1 else g for g in results]
         with vllm_compat.keep_process_state():
             outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         results: list[list[Completion]] = []
@@ -174,6 +183,78 @@ class VLLMEngine:
                 group = group * k
             results.append(group)
         return results
+
+    def _generate_stepwise(self, prompts: list[list[int]], params: list, between_steps: Callable[[], None]
+                           ) -> list[list[Completion]]:
+        """Requests added to vLLM's engine and decoded one engine step at a time, ``between_steps()``
+        before each; every token is tagged with the weights version loaded before the step that
+        sampled it (``Completion.versions``).
+
+        When ``between_steps`` loaded new weights, the sequences in flight are interrupted and
+        resubmitted with their tokens so far (AReaL's partial rollouts): each one continues as a
+        request of prompt + prefix for the tokens it has left, sampled by the new weights. Their
+        KV cache is recomputed by the new weights (the prefix cache is reset in between) rather
+        than kept (vLLM's pause in keep mode, PipelineRL's choice), so every token's behaviour
+        log-prob is exactly that of the weights its version names, which the learner can
+        recompute; the price is one prefill of every sequence in flight per update."""
+        from vllm.sampling_params import RequestOutputKind  # optional (asyncrl[vllm]), as in __init__
+
+        engine = self.llm.llm_engine
+        # (prompt, sample) -> token ids, log-probs, versions, [finished]
+        parts = {(b, j): ([], [], [], [False]) for b, sp in enumerate(params) for j in range(sp.n)}
+        owner: dict[str, dict[int, tuple[int, int]]] = {}  # live request id -> output index -> (prompt, sample)
+
+        def add(prompt_ids: list[int], sp, slots: dict[int, tuple[int, int]]) -> None:
+            sp.output_kind = RequestOutputKind.DELTA  # each step's new tokens, per sample
+            self._requests += 1
+            rid = f"asyncrl-{self._requests}"  # outputs carry this id (vLLM's internal one differs)
+            engine.add_request(rid, {"prompt_token_ids": prompt_ids}, sp)
+            owner[rid] = slots
+
+        with vllm_compat.keep_process_state():
+            for b, (p, sp) in enumerate(zip(prompts, params)):
+                add(p, sp, {j: (b, j) for j in range(sp.n)})
+        while owner:
+            before = self.version
+            between_steps()  # may load new weights
+            if self.version != before:
+                self._resubmit(engine, owner, parts, prompts, params, add)
+            version = self.version
+            with vllm_compat.keep_process_state():
+                outs = engine.step()
+            for out in outs:
+                slots = owner.get(out.request_id)
+                if slots is None:
+                    continue  # an interrupted request's last words
+                for c in out.outputs:
+                    ids, lps, versions, fin = parts[slots[c.index]]
+                    new = list(c.token_ids)
+                    ids.extend(new)
+                    lps.extend([pos[t].logprob for pos, t in zip(c.logprobs, new)] if c.logprobs else [0.0] * len(new))
+                    versions.extend([version] * len(new))
+                    if c.finish_reason is not None:
+                        fin[0] = c.finish_reason == "stop"
+                        fin.append(True)  # done
+                if out.finished:
+                    del owner[out.request_id]
+        return [[Completion(parts[(b, j)][0], parts[(b, j)][1], parts[(b, j)][3][0], parts[(b, j)][2])
+                 for j in range(sp.n)] for b, sp in enumerate(params)]
+
+    def _resubmit(self, engine, owner: dict, parts: dict, prompts: list[list[int]], params: list, add) -> None:
+        """New weights arrived mid-request: abort every request in flight, drop the prefix cache the
+        old weights filled, and resubmit each unfinished sequence as prompt + its tokens so far."""
+        live = [slot for slots in owner.values() for slot in slots.values() if len(parts[slot][3]) == 1]
+        with vllm_compat.keep_process_state():
+            engine.abort_request(list(owner))
+            owner.clear()
+            self.llm.reset_prefix_cache()
+            for b, j in live:
+                ids = parts[(b, j)][0]
+                sp = params[b].clone()
+                sp.n, sp.max_tokens = 1, self.max_new_tokens - len(ids)
+                if sp.seed is not None:  # a fresh seed for the rest of this sample
+                    sp.seed = int(torch.randint(0, 2**62, (1,), generator=self._rng))
+                add(prompts[b] + ids, sp, {0: (b, j)})
 
     def load_weights(self, state: dict[str, Tensor], version: int) -> None:
         """A full state dict, or with ``lora_alpha`` set an adapter state (peft's names)."""

@@ -62,7 +62,7 @@ from asyncrl.runtime.hosts import Host, InlineHost, LocalHost, Worker
 from asyncrl.runtime.learner_ranks import start_sharded_learner
 from asyncrl.runtime.ray_host import RayHost  # imports no Ray until a RayHost is made
 from asyncrl.runtime.messages import FromWorker, GeneratorState, RequestDone
-from asyncrl.runtime.metrics_row import step_row
+from asyncrl.runtime.metrics_row import step_row, token_staleness
 from asyncrl.runtime.pool import WorkerPool
 from asyncrl.runtime.scheduler import ContinuousScheduler, Scheduler
 from asyncrl.runtime.stats import RunStats
@@ -402,7 +402,8 @@ class Controller:
             step=step, wall_s=wall, stats=stats, batch=batch, fresh=fresh,
             replies=replies, learner_metrics=m, skipped=skipped, sync_s=sync_s,
             sync_bytes=sync_bytes, wait_s=wait_s, buffer_stats=self._buffer.stats(),
-            extra=dyn.row(stats.filtered) if dyn is not None else None))
+            extra={**(dyn.row(stats.filtered) if dyn is not None else {}),
+                   **(token_staleness(batch) if cfg.engine.vllm.inflight_updates else {})}))
         self._last_row = (stats.generated, self._clock.wall())
         if self._evaluator.due(step):
             self._evaluator.run(step)

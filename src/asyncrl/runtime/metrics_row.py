@@ -31,6 +31,23 @@ def reward_parts(replies: list[GenStats]) -> dict[str, float]:
     return {f"rewards/{k}/mean": (a / n if n else float("nan")) for k, (a, n) in parts.items()}
 
 
+def token_staleness(batch) -> dict[str, float]:
+    """In-flight updates: staleness per token (learner version at sampling - the version of the
+    weights that sampled the token) over the batch's completion tokens, and the share of samples
+    whose tokens come from more than one version."""
+    stale: list[int] = []
+    mixed = n = 0
+    for s, sample_staleness in zip((s for g in batch.groups for s in g.samples), batch.staleness):
+        learner_version = sample_staleness + s.version  # batch.staleness = learner version - s.version
+        versions = s.versions_of_tokens()
+        stale.extend(learner_version - v for v in versions)
+        mixed += len(set(versions)) > 1
+        n += 1
+    return {"token_staleness_mean": sum(stale) / len(stale) if stale else 0.0,
+            "token_staleness_max": max(stale) if stale else 0,
+            "mixed_version_share": mixed / n if n else 0.0}
+
+
 def step_row(*, step: int, wall_s: float, stats: RunStats, batch, fresh: list[Group], replies: list[GenStats],
              learner_metrics: dict, skipped: bool, sync_s: float, sync_bytes: int, wait_s: float,
              buffer_stats: dict, extra: dict | None = None, produced: int = 0,

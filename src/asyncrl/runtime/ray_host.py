@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from collections import deque
@@ -83,6 +84,11 @@ class _GeneratorActor:
     def __init__(self, worker_id: int):
         self.worker_id = worker_id
         self.service = None
+        # In-flight updates: ``offer`` runs in its own concurrency group (a second thread) while
+        # ``generate`` runs, and leaves the newest update here for the decoding loop to take.
+        self._offered: WeightsUpdate | None = None
+        self._offer_lock = threading.Lock()
+        self._inflight_version = -1  # the newest update taken in flight (its ordered load is then skipped)
 
     def setup(self, spec: WorkerSpec) -> tuple[WorkerReady, str, str] | WorkerError:
         """Build the generator of ``spec`` (the same spec a local worker gets; ``reward_actor`` set
@@ -96,13 +102,30 @@ class _GeneratorActor:
             task = RemoteRewardTask(Config(**spec.config), spec.reward_actor) if spec.reward_actor is not None else None
             gen = build_generator(spec, task=task)
             self.service = GeneratorService(gen, make_receiver(spec.transport, spec.receiver_spec), self.worker_id)
+            self.service.between_steps = self._take_offered
             return (WorkerReady(self.worker_id), *_node())
         except BaseException as e:  # noqa: BLE001 - reported to the controller, which decides
             return _error(self.worker_id, e)
 
+    def offer(self, update: WeightsUpdate) -> None:
+        """In-flight updates: ``update`` reaches a ``generate`` in progress (the ordered ``load``
+        follows it and is skipped if the update was taken meanwhile)."""
+        with self._offer_lock:
+            if self._offered is None or update.version > self._offered.version:
+                self._offered = update
+
+    def _take_offered(self) -> None:
+        """Between two decoding steps (the generate thread): load the newest offered update."""
+        with self._offer_lock:
+            update, self._offered = self._offered, None
+        if update is not None and update.version > self.service.version:
+            self.service.load(update)
+            self._inflight_version = update.version
+
     def load(self, update: WeightsUpdate) -> WorkerError | None:
         try:
-            self.service.load(update)
+            if update.version > self._inflight_version:  # else taken in flight already
+                self.service.load(update)
             return None
         except BaseException as e:  # noqa: BLE001
             return _error(self.worker_id, e)
@@ -187,7 +210,10 @@ def _actor_classes() -> dict[str, Any]:
     ``asyncrl``) never needs Ray."""
     if not _CLASSES:
         ray = _ray()
-        _CLASSES.update(generator=ray.remote(_GeneratorActor), reward=ray.remote(_RewardActor))
+        # "inflight": a second thread for ``offer`` only; every other method stays in the default
+        # group, one at a time and in the order sent.
+        _CLASSES.update(generator=ray.remote(concurrency_groups={"inflight": 1})(_GeneratorActor),
+                        reward=ray.remote(_RewardActor))
     return _CLASSES
 
 
@@ -314,6 +340,7 @@ class RayHost:
             raise ValueError(f"reward_actor=true shares the reward-side models of tasks {' and '.join(REWARD_ACTOR_TASKS)}; "
                              f"task {cfg.task.name!r} has none")
         self.cfg = cfg
+        self._inflight = cfg.engine.vllm.inflight_updates  # weights also offered to a generate in progress
         # Ray 2.60 leaves every GPU of a node visible to an actor that reserved none; `auto` devices
         # must not pick a GPU that Ray may have given to another actor.
         self.cfg_dict = config_for_actors(cfg)  # what generator actors build from
@@ -511,6 +538,8 @@ class RayHost:
     def _call(self, w: RayWorker, msg: ToWorker) -> None:
         if isinstance(msg, WeightsUpdate):
             msg = resolved(msg)
+            if self._inflight:
+                self._pending[w.actor.offer.options(concurrency_group="inflight").remote(msg)] = (w.worker_id, "offer")
             self._pending[w.actor.load.remote(msg)] = (w.worker_id, "load")
         elif isinstance(msg, GenerateRequest):
             self._pending[w.actor.generate.remote(msg)] = (w.worker_id, "generate")

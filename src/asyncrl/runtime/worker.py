@@ -15,6 +15,8 @@ import signal
 import threading
 import time
 import traceback
+from collections import deque
+from typing import Callable
 
 import torch
 
@@ -65,7 +67,7 @@ def build_generator(spec: WorkerSpec, task=None):
         samples_per_prompt=cfg.batch.samples_per_prompt, seed=cfg.seed * 1000 + worker_id + offset,
         chat_template=cfg.chat_template, temperature=cfg.sampling.temperature, reward_errors=cfg.rewards.reward_errors,
         length_penalty=cfg.rewards.length_penalty, missing_eos_penalty=cfg.rewards.missing_eos_penalty,
-        shard=spec.shard)
+        shard=spec.shard, inflight_updates=cfg.engine.vllm.inflight_updates)
     return Generator(engine, task if task is not None else make_task(cfg, inputs), tokenizer, settings,
                      ref_model=ref, rng=rng)
 
@@ -83,6 +85,9 @@ class GeneratorService:
         self.receiver = receiver
         self.worker_id = worker_id
         self._load_s = 0.0  # weight loading since the last reply
+        # In-flight updates: what the engine calls between decoding steps to take weights that
+        # arrived meanwhile (set by the host's loop, which owns the inbox); None = none arrive.
+        self.between_steps: Callable[[], None] | None = None
 
     def state(self) -> GeneratorState:
         seed, drawn = self.generator.stream_state()
@@ -101,13 +106,18 @@ class GeneratorService:
         elif rng.device.type == "cuda" and state.cuda_rng:
             rng.set_state(state.cuda_rng[rng.device.index or 0])
 
+    @property
+    def version(self) -> int:
+        """The version of the weights the engine holds."""
+        return self.generator.engine.version
+
     def load(self, update: WeightsUpdate) -> None:
         t0 = time.perf_counter()
         self.generator.engine.load_weights(self.receiver.receive(update), update.version)
         self._load_s += time.perf_counter() - t0
 
     def generate(self, req: GenerateRequest) -> RequestDone:
-        groups, stats = self.generator.generate(req.num_prompts)
+        groups, stats = self.generator.generate(req.num_prompts, between_steps=self.between_steps)
         done = RequestDone(self.worker_id, req.request_id, groups, stats, self._load_s, self.state())
         self._load_s = 0.0
         return done
@@ -158,10 +168,12 @@ def worker_loop(spec: WorkerSpec, inbox, outbox) -> None:
             torch.set_num_threads(spec.threads)
         service = GeneratorService(build_generator(spec), make_receiver(spec.transport, spec.receiver_spec),
                                    worker_id)
+        deferred: deque = deque()  # messages read during a request (in-flight updates), served next
+        service.between_steps = lambda: take_weights(service, inbox, deferred)
         outbox.put(WorkerReady(worker_id))
         while True:
             try:
-                msg = inbox.get(timeout=PARENT_CHECK_S)
+                msg = deferred.popleft() if deferred else inbox.get(timeout=PARENT_CHECK_S)
             except queue.Empty:
                 if parent is not None and not parent.is_alive():
                     # The controller was killed (SIGKILL): no one will stop this worker, and no one
@@ -181,6 +193,20 @@ def worker_loop(spec: WorkerSpec, inbox, outbox) -> None:
     finally:
         if service is not None:
             service.close()
+
+
+def take_weights(service: GeneratorService, inbox, deferred: deque) -> None:
+    """In-flight updates, between two decoding steps: load every weights update waiting in
+    ``inbox`` (in order); any other message waits in ``deferred`` for the end of the request."""
+    while True:
+        try:
+            msg = inbox.get_nowait()
+        except queue.Empty:
+            return
+        if isinstance(msg, WeightsUpdate):
+            service.load(msg)
+        else:
+            deferred.append(msg)
 
 
 def default_threads(cfg: Config) -> tuple[int, int]:
