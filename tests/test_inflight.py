@@ -79,6 +79,52 @@ def test_the_worker_takes_waiting_weights_between_steps_and_defers_the_rest():
     assert loaded == [1, 2] and list(deferred) == [msgs[1], msgs[3]] and inbox.empty()
 
 
+class StepEngine:
+    """A fake engine that decodes ``steps`` tokens per sample, calling ``between_steps`` before each
+    step as the vLLM engine does; ``after_step(i)`` lets a test deliver weights mid-request."""
+
+    def __init__(self, steps: int, after_step):
+        self.version, self.steps, self.after_step = 0, steps, after_step
+
+    def generate(self, prompts, k, greedy=False, between_steps=None):
+        from asyncrl.engines.base import Completion
+
+        ids, versions = [], []
+        for i in range(self.steps):
+            if between_steps is not None:
+                between_steps()
+            ids.append(5 + i)
+            versions.append(self.version)
+            self.after_step(i)
+        return [[Completion(list(ids), [-0.5] * len(ids), False, list(versions)) for _ in range(k)] for _ in prompts]
+
+    def load_weights(self, state, version):
+        self.version = version
+
+
+def test_weights_that_arrive_mid_request_reach_the_next_tokens_through_the_worker():
+    """The plumbing of a local worker: inbox -> take_weights -> service.load -> engine, between two
+    decoding steps; the sample records each token's version and its oldest as its version."""
+    import dataclasses
+
+    from asyncrl.runtime.transport import DirectReceiver
+    from asyncrl.runtime.worker import GeneratorService, WorkerSpec, build_generator
+
+    gen = build_generator(WorkerSpec.of(Config(samples_per_prompt=2, max_new_tokens=4), MODEL, 0))
+    inbox, deferred = queue.Queue(), deque()
+    gen.engine = StepEngine(3, lambda i: inbox.put(WeightsUpdate(1, {})) if i == 0 else None)
+    service = GeneratorService(gen, DirectReceiver(), 0)
+    service.between_steps = lambda: take_weights(service, inbox, deferred)
+    done = service.generate(GenerateRequest(0, 2))  # inflight_updates off: the hook is not used
+    assert {tuple(s.versions_of_tokens()) for g in done.groups for s in g.samples} == {(0, 0, 0)}
+    assert isinstance(inbox.get_nowait(), WeightsUpdate)  # left waiting for the end of the request
+    gen.settings = dataclasses.replace(gen.settings, inflight_updates=True)
+    done = service.generate(GenerateRequest(1, 2))
+    samples = [s for g in done.groups for s in g.samples]
+    assert all(s.token_versions == [0, 1, 1] and s.version == 0 for s in samples)
+    assert service.version == 1 and inbox.empty()
+
+
 def test_a_ray_generator_takes_an_offered_update_in_flight_and_skips_its_ordered_load():
     from asyncrl.runtime.ray_host import _GeneratorActor
 

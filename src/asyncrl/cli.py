@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import traceback
@@ -159,6 +160,14 @@ def resolve(args: argparse.Namespace) -> Config:
 
 
 def cmd_train(cfg: Config) -> int:
+    if cfg.task.name == "reasoning_gym" and cfg.task.rg_dataset == "list":
+        from asyncrl.tasks.reasoning_gym import dataset_names  # the optional package, only here
+
+        try:
+            print("\n".join(dataset_names()), flush=True)
+        except BrokenPipeError:  # `... | head`: the reader left; not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     try:
         summary = run_train(cfg)
     except (RunFailed, RewardError) as e:  # RewardError: raised in this process (evaluation)

@@ -98,7 +98,7 @@ class ArithmeticTaskConfig(_Task):
 
     name: Literal["arithmetic"] = Field("arithmetic", json_schema_extra=_extra(flat="task"))
     """Task (prompt source + reward + eval metric): ``arithmetic``, ``gsm8k``, ``custom``,
-    ``reward_model`` or ``redteam``. See docs/tasks.md."""
+    ``reward_model``, ``redteam`` or ``reasoning_gym``. See docs/tasks.md."""
 
 
 class Gsm8kTaskConfig(_Task):
@@ -277,8 +277,36 @@ class RedteamTaskConfig(_RowsTask):
         return self
 
 
+class ReasoningGymTaskConfig(_Task):
+    """``reasoning_gym``: procedurally generated verifiable problems (``pip install 'asyncrl[envs]'``)."""
+
+    name: Literal["reasoning_gym"] = Field("reasoning_gym", json_schema_extra=_extra(flat="task"))
+    """Task: ``reasoning_gym``."""
+    rg_dataset: str = "basic_arithmetic"
+    """reasoning_gym: the dataset (problem kind), e.g. ``chain_sum``, ``basic_arithmetic``,
+    ``base_conversion``; ``list`` prints every name and exits."""
+    rg_config: str | None = None
+    """reasoning_gym: the dataset's own settings as a JSON object, e.g. ``'{"min_terms": 2}'``;
+    None = its defaults."""
+    rg_size: int = Field(10000, ge=1)
+    """reasoning_gym: training problems generated (reshuffled every epoch)."""
+    rg_eval_size: int = Field(200, ge=1)
+    """reasoning_gym: evaluation problems (generated with seed ``rg_seed + 1``)."""
+    rg_seed: int = 0
+    """reasoning_gym: seed of the generated problems (not the run's seed, so every run sees the
+    same problems)."""
+    prompt_template: str | None = None
+    """reasoning_gym: prompt text with ``{question}`` replaced by the problem; None = the problem
+    plus "Give only the final answer, inside <answer></answer> tags."."""
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _placeholder(cls, v):
+        return _check_template(v)
+
+
 TaskConfig = Annotated[Union[ArithmeticTaskConfig, Gsm8kTaskConfig, CustomTaskConfig, RewardModelTaskConfig,
-                             RedteamTaskConfig], Field(discriminator="name")]
+                             RedteamTaskConfig, ReasoningGymTaskConfig], Field(discriminator="name")]
 TASKS = tuple(get_args(c.model_fields["name"].annotation)[0] for c in get_args(get_args(TaskConfig)[0]))
 
 

@@ -19,6 +19,7 @@ from asyncrl.tasks.arithmetic import ArithmeticTask
 from asyncrl.tasks.base import ListPrompts, RewardError, Task, checked_rewards
 from asyncrl.tasks.custom import CustomTask
 from asyncrl.tasks.gsm8k import GSM8KTask
+from asyncrl.tasks.reasoning_gym import ReasoningGymTask
 from asyncrl.tasks.redteam import RedteamTask
 from asyncrl.tasks.rm_tuning import RewardModelTask
 
@@ -70,6 +71,9 @@ def make_task(cfg: Config, inputs: TaskInputs | None = None) -> Task:
         return ArithmeticTask()
     if cfg.task.name == "gsm8k":
         return GSM8KTask(cfg.task.gsm8k_data, cfg.task.prompt_template)
+    if cfg.task.name == "reasoning_gym":
+        t = cfg.task
+        return ReasoningGymTask(t.rg_dataset, t.rg_size, t.rg_eval_size, t.rg_seed, t.rg_config, t.prompt_template)
     if cfg.task.name == "custom":
         inputs = inputs or TaskInputs()
         prompts = inputs.train_dataset if inputs.train_dataset is not None else cfg.task.prompts
