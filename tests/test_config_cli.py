@@ -225,8 +225,10 @@ def test_resumable_fields_are_marked_on_the_types():
         "vllm_kv_cache_gb", "vllm_max_model_len", "vllm_enforce_eager",
     }
     # added since: how the learner computes (memory only, same values)
+    # and when a generator takes new weights (engine section; the losses and the lag bound are unchanged)
     assert resume_may_change() == old | {"logprob_chunk_tokens", "gradient_checkpointing", "learner_ranks",
-                                         "learner_timeout_s", "learner_num_nodes", "learner_cpu_offload", "padding_free"}
+                                         "learner_timeout_s", "learner_num_nodes", "learner_cpu_offload", "padding_free",
+                                         "inflight_updates"}
 
 
 def test_path_fields_are_made_absolute_in_one_place(tmp_path, monkeypatch):

@@ -197,15 +197,13 @@ class VLLMEngine:
         than kept (vLLM's pause in keep mode, PipelineRL's choice), so every token's behaviour
         log-prob is exactly that of the weights its version names, which the learner can
         recompute; the price is one prefill of every sequence in flight per update."""
-        from vllm.sampling_params import RequestOutputKind  # optional (asyncrl[vllm]), as in __init__
-
-        engine = self.llm.llm_engine
+        engine = vllm_compat.step_engine(self.llm)
         # (prompt, sample) -> token ids, log-probs, versions, [finished]
         parts = {(b, j): ([], [], [], [False]) for b, sp in enumerate(params) for j in range(sp.n)}
         owner: dict[str, dict[int, tuple[int, int]]] = {}  # live request id -> output index -> (prompt, sample)
 
         def add(prompt_ids: list[int], sp, slots: dict[int, tuple[int, int]]) -> None:
-            sp.output_kind = RequestOutputKind.DELTA  # each step's new tokens, per sample
+            vllm_compat.delta_outputs(sp)  # each step's new tokens, per sample
             self._requests += 1
             rid = f"asyncrl-{self._requests}"  # outputs carry this id (vLLM's internal one differs)
             engine.add_request(rid, {"prompt_token_ids": prompt_ids}, sp)

@@ -107,6 +107,20 @@ def release(llm, last: bool) -> None:
 
 # --- inside vLLM's worker (``worker`` is the worker object ``worker_extension_cls`` is mixed into) ---
 
+def step_engine(llm):
+    """The ``LLMEngine`` behind an offline ``LLM``: ``add_request`` / ``step`` / ``abort_request`` /
+    ``has_unfinished_requests``, for decoding one step at a time (in-flight updates)."""
+    return llm.llm_engine
+
+
+def delta_outputs(params) -> None:
+    """Make a request of ``params`` (SamplingParams) return each step's new tokens per sample
+    (``LLM.generate`` forces final-only outputs; the stepwise path adds requests itself)."""
+    from vllm.sampling_params import RequestOutputKind
+
+    params.output_kind = RequestOutputKind.DELTA
+
+
 def worker_model(worker):
     return worker.model_runner.get_model()
 
