@@ -102,10 +102,10 @@ def _inject_generator_faults() -> None:
 
     real, rng = Generator.generate, random.Random(os.getpid())
 
-    def generate(self, num_prompts):
+    def generate(self, num_prompts, **kw):
         if rng.random() < rate:
             raise RuntimeError("injected generator fault (soak test)")
-        return real(self, num_prompts)
+        return real(self, num_prompts, **kw)
 
     Generator.generate = generate
 

@@ -61,13 +61,13 @@ def _flaky_generate(fail_calls: set[int]):
     calls = {"n": 0}
     lock = threading.Lock()
 
-    def generate(self, num_prompts):
+    def generate(self, num_prompts, **kw):
         with lock:
             calls["n"] += 1
             n = calls["n"]
         if n in fail_calls:
             raise RuntimeError(f"injected generator fault on call {n}")
-        return real(self, num_prompts)
+        return real(self, num_prompts, **kw)
 
     return generate
 

@@ -69,13 +69,13 @@ def test_generators_draw_disjoint_shards_and_a_replacement_keeps_its_slots(tmp_p
                   output_dir=str(tmp_path / "run"))
     controller = Controller(cfg, tmp_path / "run")
     drawn: dict[int, set[str]] = {0: set(), 1: set()}  # slot -> prompt ids trained on
-    record = type(controller)._train_step
+    record = type(controller)._admit
 
-    def spy(self, done, wait_s):
+    def spy(self, done):
         drawn[self._pool.slot_of[done.worker_id]].update(g.prompt.prompt_id for g in done.groups)
-        return record(self, done, wait_s)
+        return record(self, done)
 
-    monkeypatch.setattr(type(controller), "_train_step", spy)
+    monkeypatch.setattr(type(controller), "_admit", spy)
     summary, killed = run_killing_a_busy_worker(controller, lambda w: os.kill(w.pid, signal.SIGKILL))
     assert killed and summary["generator_restarts"] == 1 and summary["steps"] == 10
     task = make_task(cfg)
@@ -93,13 +93,13 @@ def test_a_resumed_run_keeps_each_slots_shard(tmp_path, monkeypatch):
     first = _custom(tmp_path, 10, steps=4, output_dir=str(tmp_path / "run"), **kw)
     assert Controller(first, tmp_path / "run").run()["steps"] == 4
     drawn: dict[int, set[str]] = {0: set(), 1: set()}
-    record = Controller._train_step
+    record = Controller._admit
 
-    def spy(self, done, wait_s):
+    def spy(self, done):
         drawn[self._pool.slot_of[done.worker_id]].update(g.prompt.prompt_id for g in done.groups)
-        return record(self, done, wait_s)
+        return record(self, done)
 
-    monkeypatch.setattr(Controller, "_train_step", spy)
+    monkeypatch.setattr(Controller, "_admit", spy)
     assert main(["train", "--resume", str(tmp_path / "run"), "--steps", "8"]) == 0  # the checkpoint's config
     task = make_task(first)
     for slot in (0, 1):

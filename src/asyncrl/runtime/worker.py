@@ -117,7 +117,10 @@ class GeneratorService:
         self._load_s += time.perf_counter() - t0
 
     def generate(self, req: GenerateRequest) -> RequestDone:
-        groups, stats = self.generator.generate(req.num_prompts, between_steps=self.between_steps)
+        if self.between_steps is not None and self.generator.settings.inflight_updates:
+            groups, stats = self.generator.generate(req.num_prompts, between_steps=self.between_steps)
+        else:
+            groups, stats = self.generator.generate(req.num_prompts)
         done = RequestDone(self.worker_id, req.request_id, groups, stats, self._load_s, self.state())
         self._load_s = 0.0
         return done
