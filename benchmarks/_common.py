@@ -97,3 +97,16 @@ def machine() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def simulated_cluster(node_cpus: int):
+    """A ``ray.cluster_utils.Cluster`` on this machine: a head node for the learner (``learner_node``)
+    and two worker nodes of ``node_cpus`` logical CPUs with a ``gen_node`` resource each, for
+    generators spread over them. The caller shuts it down."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": node_cpus, "resources": {"learner_node": 1}})
+    for _ in range(2):
+        cluster.add_node(num_cpus=node_cpus, resources={"gen_node": node_cpus})
+    cluster.wait_for_nodes()
+    return cluster

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt, machine, read_jsonl, run_train, spread, write_json  # noqa: E402
+from _common import fmt, machine, read_jsonl, run_train, simulated_cluster, spread, write_json  # noqa: E402
 
 ASYNC = ["--max-lag", "2", "--eval-every", "0"]
 
@@ -55,13 +55,7 @@ def overhead(args, extra: list[str], out: Path) -> dict:
 
 def scaling(args, extra: list[str], out: Path) -> dict:
     import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": args.node_cpus,
-                                                            "resources": {"learner_node": 1}})
-    for _ in range(2):
-        cluster.add_node(num_cpus=args.node_cpus, resources={"gen_node": args.node_cpus})
-    cluster.wait_for_nodes()
+    cluster = simulated_cluster(args.node_cpus)
     rows = []
     try:
         for g in (int(x) for x in args.generators.split(",")):

@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt, machine, read_jsonl, run_train, spread, write_json  # noqa: E402
+from _common import fmt, machine, read_jsonl, run_train, simulated_cluster, spread, write_json  # noqa: E402
 
 
 def _at_wall(run: Path, wall_s: float, last: int = 10) -> tuple[float | None, float | None]:
@@ -51,13 +51,7 @@ def _kl_end(run: Path, last: int = 10) -> float:
 
 
 def scaling(args, extra: list[str], out: Path) -> dict:
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": args.node_cpus,
-                                                            "resources": {"learner_node": 1}})
-    for _ in range(2):
-        cluster.add_node(num_cpus=args.node_cpus, resources={"gen_node": args.node_cpus})
-    cluster.wait_for_nodes()
+    cluster = simulated_cluster(args.node_cpus)
     gens = [int(x) for x in args.generators.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
     runs: dict[tuple[int, str], list[dict]] = {}
