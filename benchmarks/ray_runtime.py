@@ -55,6 +55,7 @@ def overhead(args, extra: list[str], out: Path) -> dict:
 
 def scaling(args, extra: list[str], out: Path) -> dict:
     import ray
+
     cluster = simulated_cluster(args.node_cpus)
     rows = []
     try:
