@@ -23,9 +23,9 @@ def test_make_task_dispatches_on_config(tmp_path):
     assert isinstance(make_task(Config()), ArithmeticTask)
     _write_gsm8k(tmp_path)
     assert isinstance(make_task(Config(task="gsm8k", gsm8k_data=str(tmp_path))), GSM8KTask)
-    assert TASKS == ("arithmetic", "gsm8k", "custom", "reward_model", "redteam", "reasoning_gym")
+    assert TASKS == ("arithmetic", "gsm8k", "custom", "reward_model", "redteam", "reasoning_gym", "env")
     with pytest.raises(ValueError, match="unknown task 'chess'; known tasks: arithmetic, gsm8k, custom, "
-                                         "reward_model, redteam, reasoning_gym"):
+                                         "reward_model, redteam, reasoning_gym, env"):
         make_task(Config(task="chess"))
 
 

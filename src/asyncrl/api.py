@@ -228,7 +228,8 @@ def precheck_train(cfg: Config, inputs: TaskInputs | None = None):
     the model's context. Returns the task, for the controller to use rather than build again."""
     # torch: see the note at the top
     from asyncrl.policy import resolve_device, resolve_model_path
-    from asyncrl.tasks import check_prompt_lengths, make_task
+    from asyncrl.envs import make_task
+    from asyncrl.tasks import check_prompt_lengths
 
     check_report_to(cfg)
     task = make_task(cfg, inputs)

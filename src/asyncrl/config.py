@@ -98,7 +98,8 @@ class ArithmeticTaskConfig(_Task):
 
     name: Literal["arithmetic"] = Field("arithmetic", json_schema_extra=_extra(flat="task"))
     """Task (prompt source + reward + eval metric): ``arithmetic``, ``gsm8k``, ``custom``,
-    ``reward_model``, ``redteam`` or ``reasoning_gym``. See docs/tasks.md."""
+    ``reward_model``, ``redteam``, ``reasoning_gym`` or ``env`` (multi-turn environments,
+    docs/envs.md). See docs/tasks.md."""
 
 
 class Gsm8kTaskConfig(_Task):
@@ -305,8 +306,37 @@ class ReasoningGymTaskConfig(_Task):
         return _check_template(v)
 
 
+class EnvTaskConfig(_Task):
+    """``env``: multi-turn episodes in an environment (docs/envs.md)."""
+
+    name: Literal["env"] = Field("env", json_schema_extra=_extra(flat="task"))
+    """Task: ``env``."""
+    env: str = "arithmetic_retry"
+    """env: a built-in environment id (``list`` prints them one per line and exits), ``skyrl:ID``
+    or ``skyrl:module:Class`` (a skyrl-gym environment, with ``env_prompts``), or
+    ``package.module:factory`` (a function returning an :class:`asyncrl.envs.Environment`; called
+    with ``env_args``)."""
+    env_args: str | None = None
+    """env: keyword arguments of the environment's constructor / factory as a JSON object, e.g.
+    ``'{"eval_size": 50}'``; None = its defaults (skyrl-gym: the environment's ``env_config``)."""
+    env_prompts: PathStr | None = None
+    """env (skyrl-gym): rows in SkyRL's dataset format (``prompt`` chat messages, ``env_class``,
+    ``reward_spec``, ...), ``.jsonl`` or ``.parquet``."""
+    env_eval_prompts: PathStr | None = None
+    """env (skyrl-gym): evaluation rows, same format; None = ``env_prompts``."""
+    max_turns: int | None = Field(None, ge=1)
+    """env: policy turns per episode; an episode that reaches it without the environment ending it
+    ends truncated. None = the environment's own ``max_turns``."""
+    max_episode_tokens: int = Field(1024, ge=1)
+    """env: tokens after the prompt (policy turns and observations) per episode; an episode that
+    passes it is cut there and ends truncated."""
+    tool_timeout_s: float = Field(5.0, gt=0)
+    """env (tool environments, e.g. ``calculator``): seconds a tool call may take; a call that takes
+    longer is answered with a timeout error as its observation."""
+
+
 TaskConfig = Annotated[Union[ArithmeticTaskConfig, Gsm8kTaskConfig, CustomTaskConfig, RewardModelTaskConfig,
-                             RedteamTaskConfig, ReasoningGymTaskConfig], Field(discriminator="name")]
+                             RedteamTaskConfig, ReasoningGymTaskConfig, EnvTaskConfig], Field(discriminator="name")]
 TASKS = tuple(get_args(c.model_fields["name"].annotation)[0] for c in get_args(get_args(TaskConfig)[0]))
 
 

@@ -35,24 +35,35 @@ from asyncrl.policy import (
     completion_logprobs, encode_prompts, load_model, load_tokenizer, pack, resolve_device, resolve_model_path,
 )
 from asyncrl.rewards import completion_tokens, shaped_reward
-from asyncrl.tasks import check_prompt_lengths, make_task
+from asyncrl.envs import Environment, is_environment, make_task
+from asyncrl.rollout import Limits, ObservationRenderer, episode_limits, run_episodes
+from asyncrl.tasks import check_prompt_lengths
 from asyncrl.tasks.base import Task
 
 
 @torch.no_grad()
 def evaluate(model, tokenizer, task: Task, *, max_new_tokens: int, limit: int | None = None,
              chat_template: str = "auto", batch_size: int = 64, ref_model=None, length_penalty: float = 0.0,
-             missing_eos_penalty: float = 0.0, engine: Engine | None = None) -> tuple[dict[str, float], list[dict]]:
+             missing_eos_penalty: float = 0.0, engine: Engine | None = None,
+             limits: Limits | None = None) -> tuple[dict[str, float], list[dict]]:
     """Returns (the task's metrics, e.g. ``accuracy``; one row per example) over the first ``limit``
     eval prompts (all when None). ``ref_model`` is used only when the task sets ``wants_kl``.
 
     ``engine`` generates (``engines.make_engine``; it must hold ``model``'s weights); None = the
     ``hf`` engine on ``model`` itself. ``model`` scores the completions for ``kl_ref`` and may be
-    None when the task does not want KL."""
+    None when the task does not want KL. An environment (``--task env``) runs greedy episodes within
+    ``limits`` (:func:`evaluate_episodes`)."""
     was_training = model.training if model is not None else False
     if engine is None:
         engine = _hf_engine(model, tokenizer, max_new_tokens)
     prompts = task.eval_prompts()[:limit] if limit else task.eval_prompts()
+    if is_environment(task):
+        try:
+            return evaluate_episodes(engine, task, tokenizer, prompts, chat_template=chat_template,
+                                     batch_size=batch_size, limits=limits)
+        finally:
+            if model is not None:
+                model.train(was_training)
     wants_kl = bool(getattr(task, "wants_kl", False))
     texts: list[str] = []
     prompt_ids: list[list[int]] = []
@@ -84,6 +95,35 @@ def evaluate(model, tokenizer, task: Task, *, max_new_tokens: int, limit: int | 
         metrics["ref_perplexity"] = math.exp(-ref_logp_sum / n_tokens)
         for row, v in zip(rows, per_row):
             row["kl_ref"] = v
+    return metrics, rows
+
+
+def limits_of(cfg, task) -> Limits | None:
+    """The episode limits of ``cfg``'s environment (``--max-turns``, ``--max-episode-tokens``); None for a task."""
+    if not is_environment(task):
+        return None
+    return episode_limits(task, getattr(cfg.task, "max_turns", None), getattr(cfg.task, "max_episode_tokens", None))
+
+
+def evaluate_episodes(engine: Engine, env, tokenizer, prompts, *, chat_template: str, batch_size: int,
+                      limits: Limits | None) -> tuple[dict[str, float], list[dict]]:
+    """Greedy episodes of ``env`` from ``prompts``: the environment's metrics (its ``evaluate``:
+    reward_mean, accuracy, turns_mean, truncated_share by default) and one row per episode. An
+    environment error is the row's ``error`` (evaluation goes on)."""
+    limits = limits or episode_limits(env, None, None)
+    renderer = ObservationRenderer(tokenizer, chat_template)
+    rows = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        ids = encode_prompts(tokenizer, [p.model_input for p in chunk], chat_template)
+        for e in run_episodes(engine, env, tokenizer, chunk, ids, 1, limits=limits, renderer=renderer,
+                              reward_errors="skip", greedy=True):
+            rows.append({"prompt_id": e.prompt.prompt_id, "prompt": e.prompt.text,
+                         "completion": tokenizer.decode(e.ids, skip_special_tokens=False), "turns": e.turns,
+                         "truncated": e.truncated, "reward": None if e.error else e.reward,
+                         **({"error": e.error} if e.error else {})})
+    metrics = dict(env.evaluate(rows)) if hasattr(env, "evaluate") else Environment.evaluate(env, rows)
+    metrics["reward_errors"] = float(sum(r.get("error") is not None for r in rows))
     return metrics, rows
 
 
@@ -226,7 +266,8 @@ def eval_checkpoint(cfg) -> dict:
     try:
         metrics, rows = evaluate(model, tokenizer, task, max_new_tokens=cfg.sampling.max_new_tokens, limit=cfg.evaluation.eval_limit,
                                  chat_template=cfg.chat_template, ref_model=ref, length_penalty=cfg.rewards.length_penalty,
-                                 missing_eos_penalty=cfg.rewards.missing_eos_penalty, engine=engine)
+                                 missing_eos_penalty=cfg.rewards.missing_eos_penalty, engine=engine,
+                                 limits=limits_of(cfg, task))
     finally:
         engine.close()
     values = leaf_values(cfg)

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from asyncrl.engines.base import Engine
+from asyncrl.envs.base import is_environment
 from asyncrl.policy import completion_logprobs, encode_prompts, pack
 from asyncrl.rewards import component_sums, completion_tokens, shaped_reward
-from asyncrl.tasks.base import RewardError, Task, checked_rewards
+from asyncrl.rollout import Episode, ObservationRenderer, TaskEnvironment, episode_limits, run_episodes
+from asyncrl.tasks.base import RewardError, Task
 from asyncrl.types import GenStats, Group, Prompt, Sample
 
 
@@ -43,6 +45,8 @@ class GeneratorSettings:
     missing_eos_penalty: float = 0.0
     shard: tuple[int, int] | None = None  # (slot, shards): draw only that shard's prompts; None = all
     inflight_updates: bool = False  # take weight updates between decoding steps (vllm engine)
+    max_turns: int | None = None  # environments: policy turns per episode; None = the environment's own
+    max_episode_tokens: int | None = None  # environments: tokens after the prompt; None = no limit
 
 
 def in_shard(task, shard: tuple[int, int]):
@@ -86,6 +90,10 @@ class Generator:
         self._prompts_drawn = 0
         self._keep = in_shard(task, settings.shard) if settings.shard is not None else None
         self._prompts = self._stream(settings.seed)
+        # a task is the one-turn environment; an environment (asyncrl.envs) runs as it is
+        self.env = task if is_environment(task) else TaskEnvironment(task)
+        self.limits = episode_limits(self.env, settings.max_turns, settings.max_episode_tokens)
+        self.renderer = ObservationRenderer(tokenizer, settings.chat_template)
 
     def _stream(self, seed: int):
         """The task's training-prompt stream of ``seed``, only this generator's shard of it."""
@@ -105,50 +113,51 @@ class Generator:
             next(self._prompts)
 
     def generate(self, num_prompts: int, between_steps=None) -> tuple[list[Group], GenStats]:
-        """``between_steps``: with ``inflight_updates``, what the engine calls between decoding
+        """``num_prompts`` prompts -> their groups of K scored episodes (one turn each for a task).
+        ``between_steps``: with ``inflight_updates``, what the engine calls between decoding
         steps (the worker's check for new weights); ignored otherwise."""
         prompts: list[Prompt] = [next(self._prompts) for _ in range(num_prompts)]
         self._prompts_drawn += num_prompts
         prompt_ids = encode_prompts(self.tokenizer, [p.model_input for p in prompts], self.chat_template)
         version = self.engine.version
         t0 = time.perf_counter()
-        if self.settings.inflight_updates and between_steps is not None:
-            completions = self.engine.generate(prompt_ids, self.k, between_steps=between_steps)  # [B][K]
-        else:
-            completions = self.engine.generate(prompt_ids, self.k)  # [B][K]
-        t1 = time.perf_counter()
-        flat_prompts = [p for p in prompts for _ in range(self.k)]
-        texts = [self.tokenizer.decode(c.ids, skip_special_tokens=True) for g in completions for c in g]
-        flat_ids = [c.ids for g in completions for c in g]
-        parts: dict[str, list[float | None]] = {}  # per reward function (custom task), for rewards/<name>/mean
-        rewards, errors = checked_rewards(self.task, flat_prompts, texts, self.reward_errors,  # [B*K]
-                                          completion_ids=flat_ids, step=version, components=parts)
+        inflight = between_steps if self.settings.inflight_updates else None
+        episodes = run_episodes(self.engine, self.env, self.tokenizer, prompts, prompt_ids, self.k, limits=self.limits,
+                                renderer=self.renderer, reward_errors=self.reward_errors, between_steps=inflight)  # [B*K]
+        t1 = time.perf_counter()  # sampling and (multi-turn) the environment's steps; single-turn: sampling and reward
+        rewards = [None if e.error is not None else e.reward for e in episodes]  # [B*K]
         if self.length_penalty or self.missing_eos_penalty:
-            flat = [c for g in completions for c in g]
-            rewards = [None if r is None else shaped_reward(r, completion_tokens(c.ids, c.finished), c.finished,
-                                                            self.length_penalty, self.missing_eos_penalty)
-                       for r, c in zip(rewards, flat)]
-        tokens = sum(len(c.ids) for g in completions for c in g)
-        # A group with any failed reward is dropped whole: the losses need exactly K samples per group.
+            rewards = [None if r is None else shaped_reward(r, completion_tokens(e.ids, e.finished) - (len(e.mask) - sum(e.mask)),
+                                                            e.finished, self.length_penalty, self.missing_eos_penalty)
+                       for r, e in zip(rewards, episodes)]
+        tokens = sum(sum(e.mask) for e in episodes)  # the policy's tokens
+        errors = {i: e.error for i, e in enumerate(episodes) if e.error is not None}
+        # A group with any failed episode is dropped whole: the losses need exactly K samples per group.
         keep = [b for b in range(len(prompts)) if all(rewards[b * self.k + j] is not None for j in range(self.k))]
         self._failed_requests = 0 if keep else self._failed_requests + 1
         if errors:
             self._note_errors(errors)
-        refs = self._ref_logprobs([prompt_ids[b] for b in keep], [completions[b] for b in keep])  # [B'*K]
+        kept = [episodes[b * self.k + j] for b in keep for j in range(self.k)]
+        refs = iter(self._ref_logprobs(kept))  # [B'*K]
         t2 = time.perf_counter()
-        groups, r = [], iter(refs)
+        groups = []
         for b in keep:
             samples = []
-            for j, c in enumerate(completions[b]):
+            for j in range(self.k):
                 i = b * self.k + j
+                e = episodes[i]
+                versions = e.versions if any(v != version for v in e.versions) else None
                 # in-flight updates: the sample's version is its oldest token's
-                samples.append(Sample(prompts[b].prompt_id, prompt_ids[b], c.ids, c.logprobs, rewards[i],
-                                      min(c.versions) if c.versions else version, c.finished, texts[i], next(r),
-                                      c.versions))
+                samples.append(Sample(prompts[b].prompt_id, prompt_ids[b], e.ids, e.logprobs, rewards[i],
+                                      min(versions) if versions else version, e.finished,
+                                      e.texts[0] if e.turns == 1 else self.tokenizer.decode(e.ids, skip_special_tokens=True),
+                                      next(refs), versions, e.loss_mask))
             groups.append(Group(prompts[b], samples))
-        kept = {b * self.k + j for b in keep for j in range(self.k)}  # sums over the rows that are trained on
-        sums = component_sums({k: [v if i in kept else None for i, v in enumerate(vals)] for k, vals in parts.items()})
-        return groups, GenStats(t1 - t0, t2 - t1, tokens, version, len(errors), sums)
+        parts = {name for e in kept for name in e.components}
+        sums = component_sums({k: [e.components.get(k) for e in kept] for k in parts})
+        turns = sum(e.turns for e in episodes)
+        return groups, GenStats(t1 - t0, t2 - t1, tokens, version, len(errors), sums, len(episodes), turns,
+                                sum(e.truncated for e in episodes))
 
     def _note_errors(self, errors: dict[int, str]) -> None:
         first = errors[min(errors)]
@@ -160,12 +169,13 @@ class Generator:
                               f"(reward_errors=skip), so nothing is left to train on; last: {first}")
 
     @torch.no_grad()
-    def _ref_logprobs(self, prompt_ids: list[list[int]], completions) -> list:
-        rows_c = [c.ids for g in completions for c in g]
-        if self.ref_model is None or not rows_c:
-            return [None] * len(rows_c)
-        rows_p = [p for p, g in zip(prompt_ids, completions) for _ in g]
+    def _ref_logprobs(self, episodes: list[Episode]) -> list:
+        """[N] the frozen reference's log-probs of each episode's tokens (environment tokens
+        included; the loss mask leaves them out), or None each without a reference here."""
+        if self.ref_model is None or not episodes:
+            return [None] * len(episodes)
+        rows_c = [e.ids for e in episodes]
         device = next(self.ref_model.parameters()).device
-        batch = pack(rows_p, rows_c, self.tokenizer.pad_token_id).to(device)
-        logp = completion_logprobs(self.ref_model, batch, self.temperature).float().cpu()  # [B*K, C]
+        batch = pack([e.prompt_ids for e in episodes], rows_c, self.tokenizer.pad_token_id).to(device)
+        logp = completion_logprobs(self.ref_model, batch, self.temperature).float().cpu()  # [N, C]
         return [logp[i, : len(c)].tolist() for i, c in enumerate(rows_c)]

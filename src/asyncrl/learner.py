@@ -343,6 +343,10 @@ class Learner:
             ref = _pad_floats(refs, C).to(self.device) if all(r is not None for r in refs) else None  # [n, C]
             self._mark("other")
             inp = self._micro_inputs(packed, beh, rewards, ref)
+            masks = [s.loss_mask for g in part for s in g.samples]  # multi-turn: environment tokens are 0
+            if any(m is not None for m in masks):
+                keep = _pad_floats([m if m is not None else [1] * len(c) for m, c in zip(masks, comps)], C)  # [n, C]
+                inp = dataclasses.replace(inp, mask=inp.mask * keep.to(self.device))
             if getattr(self.cfg.loss, "mask_truncated_completions", False):
                 # Cut at max_new_tokens: no loss on these tokens (their rewards still shape the baselines).
                 keep = torch.tensor(finished, dtype=inp.mask.dtype, device=self.device).unsqueeze(-1)  # [n, 1]

@@ -22,7 +22,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from asyncrl.errors import one_line
 
-BUILTIN_MODELS = {"arithmetic": Path(__file__).parent / "assets" / "arithmetic-base"}
+# task -> the model a run without --model starts from (``env``: for its default, ``arithmetic_retry``)
+BUILTIN_MODELS = {"arithmetic": Path(__file__).parent / "assets" / "arithmetic-base",
+                  "env": Path(__file__).parent / "assets" / "arithmetic-base"}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -50,6 +50,9 @@ class Sample:
     # [C] the version of the weights that sampled each token (in-flight updates: a sequence may
     # span several); None = every token is ``version``'s
     token_versions: list[int] | None = None
+    # [C] 1 = a policy token (trained on), 0 = an environment's (multi-turn episodes: observations are
+    # context, with no behaviour log-prob); None = every token is the policy's
+    loss_mask: list[int] | None = None
 
     def versions_of_tokens(self) -> list[int]:
         """[C] each completion token's weights version."""
@@ -79,6 +82,9 @@ class GenStats:
     reward_errors: int = 0  # completions whose reward failed (reward_errors=skip; their groups are dropped)
     # custom task: reward function name -> (sum, rows scored) over the kept groups' unshaped values
     reward_components: dict[str, tuple[float, int]] = field(default_factory=dict)
+    episodes: int = 0  # episodes rolled out (B*K)
+    turns: int = 0  # policy turns over those episodes (single-turn: one each)
+    truncated: int = 0  # episodes ended by max_turns / max_episode_tokens
 
 
 # --- checkpoint form (``checkpoint.py`` writes the tensors to safetensors, the rest to JSON) ---
@@ -124,6 +130,10 @@ def samples_state(samples: list[Sample]) -> dict:
         **({"token_versions": _cat([s.versions_of_tokens() for s in samples], torch.int64)[0],
             "has_token_versions": torch.tensor([s.token_versions is not None for s in samples], dtype=torch.bool)}
            if any(s.token_versions is not None for s in samples) else {}),
+        # loss masks only when some sample has one (multi-turn episodes)
+        **({"loss_mask": _cat([s.loss_mask or [1] * len(s.completion_ids) for s in samples], torch.int64)[0],
+            "has_loss_mask": torch.tensor([s.loss_mask is not None for s in samples], dtype=torch.bool)}
+           if any(s.loss_mask is not None for s in samples) else {}),
     }
 
 
@@ -141,6 +151,11 @@ def samples_from_state(d: dict) -> list[Sample]:
         tver, has_tver = split(d["token_versions"], d["completion_len"]), d["has_token_versions"].tolist()
     else:
         tver, has_tver = None, [False] * len(d["prompt_id"])
+    if "loss_mask" in d:
+        masks, has_mask = split(d["loss_mask"], d["completion_len"]), d["has_loss_mask"].tolist()
+    else:
+        masks, has_mask = None, [False] * len(d["prompt_id"])
     return [Sample(d["prompt_id"][i], prompts[i], comps[i], beh[i], reward[i], version[i], finished[i], d["text"][i],
-                   ref[i] if has_ref[i] else None, tver[i] if has_tver[i] else None)
+                   ref[i] if has_ref[i] else None, tver[i] if has_tver[i] else None,
+                   masks[i] if has_mask[i] else None)
             for i in range(len(d["prompt_id"]))]

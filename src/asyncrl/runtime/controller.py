@@ -69,7 +69,7 @@ from asyncrl.runtime.stats import RunStats
 from asyncrl.runtime.summary import build_summary
 from asyncrl.runtime.worker import default_threads
 from asyncrl.signals import stop_on_signals
-from asyncrl.tasks import make_task
+from asyncrl.envs import make_task
 from asyncrl.tasks.base import RewardError
 
 POLL_S = 0.05  # how long to wait for a worker message before re-checking stop requests

@@ -18,7 +18,7 @@ from typing import Callable
 
 from asyncrl.config import Config
 from asyncrl.engines import make_engine
-from asyncrl.evaluation import evaluate
+from asyncrl.evaluation import evaluate, limits_of
 from asyncrl.lora import ReferenceView, load_policy
 from asyncrl.policy import autocast, load_model, resolve_model_path
 
@@ -99,7 +99,7 @@ class Evaluator:
                                      max_new_tokens=cfg.sampling.max_new_tokens, limit=cfg.evaluation.eval_limit,
                                      chat_template=cfg.chat_template, ref_model=self.ref,
                                      length_penalty=cfg.rewards.length_penalty, missing_eos_penalty=cfg.rewards.missing_eos_penalty,
-                                     engine=engine)
+                                     engine=engine, limits=limits_of(cfg, self.task))
         dt = time.perf_counter() - te
         self.logger.log_eval({"step": step, "wall_time_s": w, **metrics, "n": len(rows), "eval_time_s": dt},
                              rows[: cfg.evaluation.eval_log_generations])

@@ -37,7 +37,7 @@ from asyncrl.config import Config, absolute_paths, flat_fields, get_path, set_pa
 from asyncrl.errors import one_line
 from asyncrl.policy import resolve_device
 from asyncrl.runtime.broadcast import BroadcastPublisher
-from asyncrl.tasks import make_task
+from asyncrl.envs import make_task
 from asyncrl.runtime.hosts import WORKER_DEPTH, shard_of
 from asyncrl.runtime.object_store import ObjectRefBox, ObjectStorePublisher, ray_module, resolved
 from asyncrl.runtime.spec import WorkerSpec

@@ -25,7 +25,8 @@ from asyncrl.engines import make_engine
 from asyncrl.generator import Generator, GeneratorSettings
 from asyncrl.lora import ReferenceView, load_policy
 from asyncrl.policy import load_model, load_tokenizer, resolve_device
-from asyncrl.tasks import TaskInputs, make_task
+from asyncrl.envs import make_task
+from asyncrl.tasks import TaskInputs
 from asyncrl.runtime.messages import (
     FromWorker, GenerateRequest, GeneratorState, RequestDone, RestoreGenerator, StopWorker, WeightsUpdate,
     WorkerError, WorkerReady,
@@ -67,7 +68,8 @@ def build_generator(spec: WorkerSpec, task=None):
         samples_per_prompt=cfg.batch.samples_per_prompt, seed=cfg.seed * 1000 + worker_id + offset,
         chat_template=cfg.chat_template, temperature=cfg.sampling.temperature, reward_errors=cfg.rewards.reward_errors,
         length_penalty=cfg.rewards.length_penalty, missing_eos_penalty=cfg.rewards.missing_eos_penalty,
-        shard=spec.shard, inflight_updates=cfg.engine.vllm.inflight_updates)
+        shard=spec.shard, inflight_updates=cfg.engine.vllm.inflight_updates,
+        max_turns=getattr(cfg.task, "max_turns", None), max_episode_tokens=getattr(cfg.task, "max_episode_tokens", None))
     return Generator(engine, task if task is not None else make_task(cfg, inputs), tokenizer, settings,
                      ref_model=ref, rng=rng)
 
@@ -191,8 +193,13 @@ def worker_loop(spec: WorkerSpec, inbox, outbox) -> None:
                 outbox.put(reply)
     except KeyboardInterrupt:
         return  # the controller handles Ctrl-C; workers just leave quietly
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the controller closed this worker's pipe while a request ran (the run is over): no one reads
     except BaseException as e:
-        outbox.put(error_message(worker_id, e))
+        try:
+            outbox.put(error_message(worker_id, e))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the controller is gone; it learns of the loss from the closed pipe
     finally:
         if service is not None:
             service.close()

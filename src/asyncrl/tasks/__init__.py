@@ -43,10 +43,11 @@ class TaskInputs:
     reward_funcs: list | None = None
     train_dataset: Any = None
     eval_dataset: Any = None
+    env: Any = None  # --task env: the environment object (asyncrl.envs.Environment)
 
     @property
     def empty(self) -> bool:
-        return self.reward_funcs is None and self.train_dataset is None and self.eval_dataset is None
+        return self.reward_funcs is None and self.train_dataset is None and self.eval_dataset is None and self.env is None
 
     def dumps(self) -> bytes:
         try:
@@ -67,6 +68,8 @@ def make_task(cfg: Config, inputs: TaskInputs | None = None) -> Task:
     fields that kind reads: config.TaskConfig) (and, for ``custom``, the
     Python objects of ``inputs``, which take the place of ``prompts`` / ``eval_prompts`` /
     ``reward_funcs``)."""
+    if cfg.task.name == "env":
+        raise ValueError("task 'env' is built by asyncrl.envs.make_task")
     if cfg.task.name == "arithmetic":
         return ArithmeticTask()
     if cfg.task.name == "gsm8k":
