@@ -50,6 +50,7 @@ def kill_after(out: Path, flags: list[str], rows: int) -> None:
 @pytest.mark.parametrize("extra", [
     ["--loss", "tb"],
     ["--loss", "grpo", "--buffer", "tba", "--per-prompt-capacity", "8"],  # a buffer whose contents carry over
+    ["--task", "env", "--env", "arithmetic_retry", "--lr", "1e-4"],  # multi-turn episodes
 ])
 def test_a_killed_synchronous_run_resumes_bitwise(tmp_path, extra):
     flags = [*FLAGS, "--max-lag", "0", *extra]

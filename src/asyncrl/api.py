@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asyncrl.config import Config, ConfigError, file_keys, place, read_config_file, validated
+from asyncrl.config import Config, ConfigError, EnvTaskConfig, file_keys, place, read_config_file, validated
 from asyncrl.console import notes, quiet_libraries
 from asyncrl.errors import RunFailed, one_line
 from asyncrl.io import RUN_DIRS, RUN_FILES, foreign_entry
@@ -103,7 +103,7 @@ def default_output_dir(cfg: Config, command: str = "train") -> str:
     return f"runs/{cfg.task.name}-{cfg.loss.name}-lag{cfg.asynchrony.max_lag}-{stamp}"
 
 
-def train(config=None, *, reward_funcs=None, train_dataset=None, eval_dataset=None) -> dict | None:
+def train(config=None, *, reward_funcs=None, train_dataset=None, eval_dataset=None, env=None) -> dict | None:
     """Train as ``asyncrl train`` does; returns the summary dict (also in ``summary.json``); under
     ``torchrun``, ranks other than 0 return None.
 
@@ -112,14 +112,26 @@ def train(config=None, *, reward_funcs=None, train_dataset=None, eval_dataset=No
     ``module:function`` strings or sequence-classification model folders (docs/tasks.md);
     weights are ``config.reward_weights``. ``train_dataset`` / ``eval_dataset``: a
     ``datasets.Dataset``, a list of dicts, or a path / hub name (as ``--prompts``). Any of them
-    selects the ``custom`` task (an explicit other ``task`` is an error)."""
+    selects the ``custom`` task (an explicit other ``task`` is an error). ``env``: an environment
+    object (:class:`asyncrl.envs.Environment`) for multi-turn episodes; it selects the ``env`` task
+    (sent to generator processes and Ray actors with cloudpickle)."""
     from asyncrl.tasks import TaskInputs  # torch: see the note at the top
 
     if callable(reward_funcs) or isinstance(reward_funcs, (str, Path)):
         reward_funcs = [reward_funcs]
-    cfg = as_config(config, {"reward_funcs": reward_funcs is not None, "train_dataset": train_dataset is not None,
-                             "eval_dataset": eval_dataset is not None})
-    inputs = TaskInputs(list(reward_funcs) if reward_funcs is not None else None, train_dataset, eval_dataset)
+    if env is not None:
+        if reward_funcs is not None or train_dataset is not None or eval_dataset is not None:
+            raise ConfigError("env= runs an environment, which brings its own prompts and rewards; reward_funcs, "
+                              "train_dataset and eval_dataset are for task 'custom': pass one or the other")
+        cfg = as_config(config)
+        if "task" in cfg.model_fields_set and cfg.task.name != "env":
+            raise ConfigError(f"env= is for task 'env', but the config sets task {cfg.task.name!r}")
+        if cfg.task.name != "env":
+            cfg.task = EnvTaskConfig(env=f"{type(env).__module__}:{type(env).__name__}")
+    else:
+        cfg = as_config(config, {"reward_funcs": reward_funcs is not None, "train_dataset": train_dataset is not None,
+                                 "eval_dataset": eval_dataset is not None})
+    inputs = TaskInputs(list(reward_funcs) if reward_funcs is not None else None, train_dataset, eval_dataset, env)
     # asyncrl's notes (run folder, warnings) on the console unless the caller configured logging
     # themselves; nothing of the caller's logging is left changed afterwards (docs/logging.md)
     with notes():

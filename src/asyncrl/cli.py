@@ -159,15 +159,23 @@ def resolve(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def _print_lines(lines: list[str]) -> int:
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # `... | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def cmd_train(cfg: Config) -> int:
     if cfg.task.name == "reasoning_gym" and cfg.task.rg_dataset == "list":
         from asyncrl.tasks.reasoning_gym import dataset_names  # the optional package, only here
 
-        try:
-            print("\n".join(dataset_names()), flush=True)
-        except BrokenPipeError:  # `... | head`: the reader left; not an error
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return _print_lines(dataset_names())
+    if cfg.task.name == "env" and cfg.task.env == "list":
+        from asyncrl.envs import builtin_ids  # torch (via asyncrl.tasks), only here
+
+        return _print_lines(builtin_ids())
     try:
         summary = run_train(cfg)
     except (RunFailed, RewardError) as e:  # RewardError: raised in this process (evaluation)

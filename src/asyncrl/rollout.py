@@ -108,8 +108,12 @@ class ObservationRenderer:
         self.eos_text = eos if isinstance(eos, str) else ""
 
     def __call__(self, messages: list[dict], turn_ended_with_eos: bool) -> list[int]:
+        return self.tokenizer(self.text(messages, turn_ended_with_eos), add_special_tokens=False)["input_ids"]
+
+    def text(self, messages: list[dict], turn_ended_with_eos: bool) -> str:
+        """The observation's text, from the end of the policy's turn to the start of its next one."""
         if not self.chat:
-            return self.tokenizer("\n".join(m["content"] for m in messages), add_special_tokens=False)["input_ids"]
+            return "\n".join(m["content"] for m in messages)
         base = [{"role": "user", "content": "q"}, {"role": "assistant", "content": MARK}]
         before = self.tokenizer.apply_chat_template(base, tokenize=False)
         after = self.tokenizer.apply_chat_template(base + messages, add_generation_prompt=True, tokenize=False)
@@ -119,7 +123,7 @@ class ObservationRenderer:
         text = before[before.index(MARK) + len(MARK):] + after[len(before):]
         if turn_ended_with_eos and self.eos_text and text.startswith(self.eos_text):
             text = text[len(self.eos_text):]
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text
 
 
 def _as_messages(obs: str | list[dict], role: str) -> list[dict]:

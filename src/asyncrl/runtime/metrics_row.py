@@ -92,4 +92,17 @@ def step_row(*, step: int, wall_s: float, stats: RunStats, batch, fresh: list[Gr
         "samples_produced": produced,
         "generator_busy_share": generator_busy_share,
         **(extra or {}),  # dynamic sampling's entries, when it is on
+        **episode_stats(replies),
     }
+
+
+def episode_stats(replies: list[GenStats]) -> dict[str, float]:
+    """Multi-turn environments: policy turns per episode and the share of episodes cut by
+    ``max_turns`` / ``max_episode_tokens``, over the replies accepted since the previous row; empty
+    for single-turn tasks (their replies count no turns) and when no reply came."""
+    episodes = sum(s.episodes for s in replies)
+    turns = sum(s.turns for s in replies)
+    if not episodes or not turns:
+        return {}
+    return {"episode_turns_mean": turns / episodes,
+            "episode_truncated_mean": sum(s.truncated for s in replies) / episodes}
