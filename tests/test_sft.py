@@ -49,6 +49,13 @@ def test_load_rows_jsonl_gz_json_and_errors(tmp_path):
         column([{"completion": "x"}, {"prompt": "y"}], "completion", "f.jsonl")
     with pytest.raises(DataError, match="row 1: field 'completion' must be a string, got int"):
         column([{"completion": 3}], "completion", "f.jsonl")
+    # sft prompts may be chat messages (TRL's conversational format); anything else list-shaped is refused
+    chat = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    assert column([{"prompt": chat}], "prompt", "f.jsonl", messages=True) == [chat]
+    with pytest.raises(DataError, match="row 1: field 'prompt' holds a list that is not chat messages"):
+        column([{"prompt": ["a"]}], "prompt", "f.jsonl", messages=True)
+    with pytest.raises(DataError, match="row 1: field 'prompt' must be a string or chat messages, got int"):
+        column([{"prompt": 3}], "prompt", "f.jsonl", messages=True)
 
 
 def test_split_and_batches_are_seeded_and_cover_every_row():

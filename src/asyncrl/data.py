@@ -155,13 +155,21 @@ def field_value(row: dict, field: str, source: str | Path, i: int):
     return row[field]
 
 
-def column(rows: list[dict], field: str, source: str | Path) -> list[str]:
-    """The string values of ``field``; names the first row (1-based) that lacks it or holds a non-string."""
+def column(rows: list[dict], field: str, source: str | Path, messages: bool = False) -> list:
+    """The string values of ``field``; names the first row (1-based) that lacks it or holds a
+    non-string. ``messages``: a value may also be chat messages (a list of ``{"role", "content"}``
+    dicts, TRL's conversational format)."""
     out = []
     for i, row in enumerate(rows, 1):
         v = field_value(row, field, source, i)
-        if not isinstance(v, str):
-            raise DataError(f"{source} row {i}: field {field!r} must be a string, got {type(v).__name__}")
+        if messages and isinstance(v, list):
+            if not v or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                and isinstance(m.get("content"), str) for m in v):
+                raise DataError(f"{source} row {i}: field {field!r} holds a list that is not chat messages "
+                                "(each a {'role': str, 'content': str} dict)")
+        elif not isinstance(v, str):
+            raise DataError(f"{source} row {i}: field {field!r} must be a string{' or chat messages' if messages else ''}, "
+                            f"got {type(v).__name__}")
         out.append(v)
     return out
 

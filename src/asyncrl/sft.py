@@ -99,11 +99,12 @@ def load_examples(cfg: Config, tokenizer) -> tuple[list[Example], list[Example],
         raise DataError("sft needs training rows: pass --data FILE (.jsonl with prompt/completion fields)")
     prompt_field = cfg.data.prompt_field or "prompt"
     rows = load_rows(cfg.data.path)
-    prompts, comps = column(rows, prompt_field, cfg.data.path), column(rows, cfg.data.completion_field, cfg.data.path)
+    prompts = column(rows, prompt_field, cfg.data.path, messages=True)  # text or chat messages
+    comps = column(rows, cfg.data.completion_field, cfg.data.path)
     pairs = list(zip(prompts, comps))
     if cfg.data.eval_data is not None:
         erows = load_rows(cfg.data.eval_data)
-        eval_pairs = list(zip(column(erows, prompt_field, cfg.data.eval_data),
+        eval_pairs = list(zip(column(erows, prompt_field, cfg.data.eval_data, messages=True),
                               column(erows, cfg.data.completion_field, cfg.data.eval_data)))
     else:
         pairs, eval_pairs = split_rows(pairs, cfg.data.eval_holdout_rows, cfg.seed, cfg.data.path)

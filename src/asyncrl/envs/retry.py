@@ -10,6 +10,7 @@ turn once it has learnt, the setting where asynchrony pays (docs/envs.md).
 
 from __future__ import annotations
 
+import time
 from typing import Iterator
 
 from asyncrl.envs.base import Environment, Step
@@ -21,10 +22,15 @@ class ArithmeticRetryEnvironment(Environment):
     name = "arithmetic_retry"
     observation_role = "user"
 
-    def __init__(self, max_turns: int = 4, eval_size: int = 200):
+    def __init__(self, max_turns: int = 4, eval_size: int = 200, latency_s: float = 0.0):
+        """``latency_s``: seconds each step waits before answering, to stand for a slow environment
+        (a tool, a sandbox, a game engine) in benchmarks; 0 = none."""
         if max_turns < 1:
             raise ValueError(f"arithmetic_retry: max_turns must be at least 1, got {max_turns}")
+        if latency_s < 0:
+            raise ValueError(f"arithmetic_retry: latency_s must be at least 0, got {latency_s}")
         self.max_turns = max_turns
+        self.latency_s = latency_s
         self._task = ArithmeticTask(eval_size)
 
     def train_prompts(self, seed: int) -> Iterator[Prompt]:
@@ -37,6 +43,8 @@ class ArithmeticRetryEnvironment(Environment):
         return {"prompt": prompt, "tries": 0}
 
     def step(self, state: dict, turn: str) -> Step:
+        if self.latency_s:
+            time.sleep(self.latency_s)
         state["tries"] += 1
         if parse_answer(turn) == state["prompt"].meta["answer"]:
             return Step(reward=1.0 / state["tries"], done=True)
