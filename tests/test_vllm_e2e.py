@@ -94,3 +94,16 @@ def test_a_resumed_runs_first_vllm_evaluation_uses_the_current_weights(tmp_path)
     expected = [r["completion"] for r in read_jsonl(ev / "eval_examples.jsonl")]
     logged = [r["completion"] for r in read_jsonl(out / "generations.jsonl") if r["step"] == 4]
     assert logged and logged == expected[: len(logged)]
+
+
+def test_multi_turn_episodes_with_vllm_match_the_learner(tmp_path):
+    """Episodes of several turns (each turn a new vLLM request on the episode so far): the policy
+    tokens' behaviour log-probs still match the learner's, observation tokens left out by the mask."""
+    out, rows, summary = _train(tmp_path, "--max-lag", "0", "--task", "env", "--env", "arithmetic_retry",
+                                "--lr", "1e-4")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert r["episode_turns_mean"] > 1
+        assert r["engine_logp_abs_diff_fresh"] < 1e-4 and 0 <= r["engine_kl"] < 1e-8
+    assert [e["step"] for e in read_jsonl(out / "eval.jsonl")] == [0, 2, 4]
+    assert_accounting(summary)
