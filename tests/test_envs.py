@@ -116,6 +116,15 @@ def test_token_limit_cuts_the_episode(tok):
     assert e.reward == pytest.approx(0.25)  # the environment is not asked about the cut turn
 
 
+def test_an_episode_ends_before_a_turn_that_would_not_fit_the_context(tok):
+    # prompt "3+4=" (5 tokens with BOS) + "22"+EOS (3) + "7=" (2) + max_new_tokens 4 = 14
+    eps, engine, _ = _run(tok, Echo(), ["22", "1"], limits=Limits(5, 10**9, context_tokens=13, max_new_tokens=4))
+    e = eps[0]
+    assert e.turns == 1 and e.truncated and e.mask == [1, 1, 1] and len(engine.calls) == 1
+    eps, engine, _ = _run(tok, Echo(), ["22", "1"], limits=Limits(5, 10**9, context_tokens=14, max_new_tokens=4))
+    assert eps[0].turns == 2 and eps[0].finished and len(engine.calls) == 2
+
+
 class Raises(Echo):
     def step(self, state, turn):
         raise RuntimeError("board exploded\nsecond line")

@@ -32,7 +32,8 @@ from asyncrl.engines.base import Engine
 from asyncrl.engines.hf import HFEngine
 from asyncrl.io import atomic_write_text
 from asyncrl.policy import (
-    completion_logprobs, encode_prompts, load_model, load_tokenizer, pack, resolve_device, resolve_model_path,
+    completion_logprobs, context_length, encode_prompts, load_model, load_tokenizer, pack, resolve_device,
+    resolve_model_path,
 )
 from asyncrl.rewards import completion_tokens, shaped_reward
 from asyncrl.envs import Environment, is_environment, make_task
@@ -98,11 +99,13 @@ def evaluate(model, tokenizer, task: Task, *, max_new_tokens: int, limit: int | 
     return metrics, rows
 
 
-def limits_of(cfg, task) -> Limits | None:
-    """The episode limits of ``cfg``'s environment (``--max-turns``, ``--max-episode-tokens``); None for a task."""
+def limits_of(cfg, task, model_path: str | None) -> Limits | None:
+    """The episode limits of ``cfg``'s environment (``--max-turns``, ``--max-episode-tokens``, the
+    context of the model at ``model_path``); None for a task."""
     if not is_environment(task):
         return None
-    return episode_limits(task, getattr(cfg.task, "max_turns", None), getattr(cfg.task, "max_episode_tokens", None))
+    return episode_limits(task, getattr(cfg.task, "max_turns", None), getattr(cfg.task, "max_episode_tokens", None),
+                          context_length(model_path) if model_path else None, cfg.sampling.max_new_tokens)
 
 
 def evaluate_episodes(engine: Engine, env, tokenizer, prompts, *, chat_template: str, batch_size: int,
@@ -267,7 +270,7 @@ def eval_checkpoint(cfg) -> dict:
         metrics, rows = evaluate(model, tokenizer, task, max_new_tokens=cfg.sampling.max_new_tokens, limit=cfg.evaluation.eval_limit,
                                  chat_template=cfg.chat_template, ref_model=ref, length_penalty=cfg.rewards.length_penalty,
                                  missing_eos_penalty=cfg.rewards.missing_eos_penalty, engine=engine,
-                                 limits=limits_of(cfg, task))
+                                 limits=limits_of(cfg, task, cfg.model))
     finally:
         engine.close()
     values = leaf_values(cfg)

@@ -47,6 +47,8 @@ class GeneratorSettings:
     inflight_updates: bool = False  # take weight updates between decoding steps (vllm engine)
     max_turns: int | None = None  # environments: policy turns per episode; None = the environment's own
     max_episode_tokens: int | None = None  # environments: tokens after the prompt; None = no limit
+    context_tokens: int | None = None  # the model's context (max_position_embeddings); None = unknown
+    max_new_tokens: int = 0  # tokens a turn may take (the engine's limit), for the context check
 
 
 def in_shard(task, shard: tuple[int, int]):
@@ -92,7 +94,8 @@ class Generator:
         self._prompts = self._stream(settings.seed)
         # a task is the one-turn environment; an environment (asyncrl.envs) runs as it is
         self.env = task if is_environment(task) else TaskEnvironment(task)
-        self.limits = episode_limits(self.env, settings.max_turns, settings.max_episode_tokens)
+        self.limits = episode_limits(self.env, settings.max_turns, settings.max_episode_tokens,
+                                     settings.context_tokens, settings.max_new_tokens)
         self.renderer = ObservationRenderer(tokenizer, settings.chat_template)
 
     def _stream(self, seed: int):

@@ -13,7 +13,9 @@ roles (:class:`ObservationRenderer`), gets mask 0 and log-prob 0.0 (context, nev
 Limits (also in docs/envs.md): an episode ends when the environment says ``done``; or, as
 *truncated*, after ``max_turns`` policy turns, or when its tokens after the prompt pass
 ``max_episode_tokens`` (cut there; the environment is not asked about a turn the cut went
-through, and an observation that leaves no room for a policy token ends it too). A truncated
+through, and an observation that leaves no room for a policy token ends it too), or when the
+next turn would not fit the model's context (prompt + episode + observation + ``max_new_tokens``
+past ``max_position_embeddings``; the observation is then not added). A truncated
 episode is not ``finished`` (like a completion cut at ``max_new_tokens``: ``missing_eos_penalty``
 and ``mask_truncated_completions`` apply to it); its reward is what its turns earned.
 """
@@ -134,13 +136,25 @@ def _as_messages(obs: str | list[dict], role: str) -> list[dict]:
 class Limits:
     max_turns: int  # policy turns per episode
     max_episode_tokens: int  # tokens after the prompt (policy and environment)
+    # the model's context and the most tokens a turn may take: a turn starts only when prompt +
+    # episode + max_new_tokens fit (None = not checked)
+    context_tokens: int | None = None
+    max_new_tokens: int = 0
+
+    def room_for_a_turn(self, e: "Episode", extra: int) -> bool:
+        """Whether ``e`` with ``extra`` more tokens leaves room for a whole turn in the context."""
+        return (self.context_tokens is None
+                or len(e.prompt_ids) + len(e.ids) + extra + self.max_new_tokens <= self.context_tokens)
 
 
-def episode_limits(env, max_turns: int | None, max_episode_tokens: int | None) -> Limits:
+def episode_limits(env, max_turns: int | None, max_episode_tokens: int | None, context_tokens: int | None = None,
+                   max_new_tokens: int = 0) -> Limits:
     """The limits of ``env``'s episodes: ``max_turns`` (None = the environment's own
-    ``max_turns``, 1 for a task) and ``max_episode_tokens`` (None = no limit)."""
+    ``max_turns``, 1 for a task), ``max_episode_tokens`` (None = no limit), the model's
+    ``context_tokens`` (None = unknown) and ``max_new_tokens`` per turn."""
     turns = max_turns if max_turns is not None else int(getattr(env, "max_turns", 1) or 1)
-    return Limits(turns, max_episode_tokens if max_episode_tokens is not None else 2**62)
+    return Limits(turns, max_episode_tokens if max_episode_tokens is not None else 2**62, context_tokens,
+                  max_new_tokens)
 
 
 def run_episodes(engine: Engine, env, tokenizer, prompts: list[Prompt], prompt_ids: list[list[int]], k: int, *,
@@ -183,7 +197,7 @@ def run_episodes(engine: Engine, env, tokenizer, prompts: list[Prompt], prompt_i
             if e.turns >= limits.max_turns:
                 e.done = e.truncated = True
         for e in (e for e, _ in asked if not e.done):
-            _observe(e, renderer, limits.max_episode_tokens)
+            _observe(e, renderer, limits)
     return episodes
 
 
@@ -196,10 +210,15 @@ def _cut(e: Episode, limit: int) -> bool:
     return True
 
 
-def _observe(e: Episode, renderer: ObservationRenderer, limit: int) -> None:
-    """Append the pending observation's tokens (context: mask 0)."""
+def _observe(e: Episode, renderer: ObservationRenderer, limits: Limits) -> None:
+    """Append the pending observation's tokens (context: mask 0); an episode whose next turn would
+    not fit the model's context ends here instead, truncated, without the observation."""
     ids = renderer(e.pending, e.last_turn_finished)
     e.pending = None
+    if not limits.room_for_a_turn(e, len(ids)):
+        e.done = e.truncated = True
+        return
+    limit = limits.max_episode_tokens
     e.ids += ids
     e.logprobs += [0.0] * len(ids)
     e.mask += [0] * len(ids)
