@@ -25,14 +25,21 @@ def slow_retry(delay_s: float = 0.01, max_turns: int = 4):
 
 
 class Raising(ArithmeticRetryEnvironment):
-    """Raises on the third episode's second turn."""
+    """Raises on the problems whose answer is odd (about half of them)."""
 
     name = "raising"
 
     def step(self, state, turn):
-        if state["prompt"].prompt_id.startswith("1"):
+        if state["prompt"].meta["answer"] % 2:
             raise RuntimeError("the board is on fire")
         return super().step(state, turn)
+
+
+class AlwaysRaising(ArithmeticRetryEnvironment):
+    name = "always_raising"
+
+    def step(self, state, turn):
+        raise RuntimeError("the board is on fire")
 
 
 class Endless(ArithmeticRetryEnvironment):
@@ -42,3 +49,12 @@ class Endless(ArithmeticRetryEnvironment):
 
     def step(self, state, turn):
         return Step(state["prompt"].text, 0.0, False)
+
+
+class Malformed(ArithmeticRetryEnvironment):
+    """Answers with an observation that is neither text nor chat messages."""
+
+    name = "malformed"
+
+    def step(self, state, turn):
+        return Step({"role": "user"}, 0.0, False)

@@ -176,6 +176,19 @@ CASES = [
     ("chat-prompt-without-template", lambda t: ["train", *custom(
         t, rows=[{"question": [{"role": "user", "content": "1+1="}], "answer": "2"}] * 2)],
      "needs the tokenizer's chat template", 2),
+    # --- environments (--task env) ---
+    ("unknown-env", lambda t: ["train", "--task", "env", "--env", "arithmetic_retyr"],
+     "unknown environment 'arithmetic_retyr'", 2),
+    ("env-args-not-json", lambda t: ["train", "--task", "env", "--env-args", "{max_turns: 2"],
+     "env_args is not valid JSON", 2),
+    ("env-args-not-taken", lambda t: ["train", "--task", "env", "--env-args", '{"turns": 2}'],
+     "environment 'arithmetic_retry' does not take env_args ['turns']", 2),
+    ("env-factory-not-importable", lambda t: ["train", "--task", "env", "--env", "no_such_module:make"],
+     "--env no_such_module:make: cannot load 'make' from module 'no_such_module'", 2),
+    ("env-raises", lambda t: ["train", *SMALL, "--task", "env", "--env", "tests.env_fixtures:AlwaysRaising"],
+     "step raised RuntimeError: the board is on fire", 1),
+    ("env-malformed-observation", lambda t: ["train", *SMALL, "--task", "env", "--env", "tests.env_fixtures:Malformed"],
+     "returned an observation of type dict, expected text or a list of chat messages", 1),
     # --- other commands ---
     ("eval-missing-checkpoint", lambda t: ["eval", str(t / "nope")], "nope", 2),
     ("plot-folder-without-metrics", lambda t: ["plot", str(t), "--out", str(t / "p.png")], "metrics.jsonl", 2),

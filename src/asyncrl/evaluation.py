@@ -46,14 +46,14 @@ from asyncrl.tasks.base import Task
 def evaluate(model, tokenizer, task: Task, *, max_new_tokens: int, limit: int | None = None,
              chat_template: str = "auto", batch_size: int = 64, ref_model=None, length_penalty: float = 0.0,
              missing_eos_penalty: float = 0.0, engine: Engine | None = None,
-             limits: Limits | None = None) -> tuple[dict[str, float], list[dict]]:
+             limits: Limits | None = None, reward_errors: str = "stop") -> tuple[dict[str, float], list[dict]]:
     """Returns (the task's metrics, e.g. ``accuracy``; one row per example) over the first ``limit``
     eval prompts (all when None). ``ref_model`` is used only when the task sets ``wants_kl``.
 
     ``engine`` generates (``engines.make_engine``; it must hold ``model``'s weights); None = the
     ``hf`` engine on ``model`` itself. ``model`` scores the completions for ``kl_ref`` and may be
     None when the task does not want KL. An environment (``--task env``) runs greedy episodes within
-    ``limits`` (:func:`evaluate_episodes`)."""
+    ``limits`` (:func:`evaluate_episodes`); ``reward_errors`` decides for its errors."""
     was_training = model.training if model is not None else False
     if engine is None:
         engine = _hf_engine(model, tokenizer, max_new_tokens)
@@ -61,7 +61,7 @@ def evaluate(model, tokenizer, task: Task, *, max_new_tokens: int, limit: int | 
     if is_environment(task):
         try:
             return evaluate_episodes(engine, task, tokenizer, prompts, chat_template=chat_template,
-                                     batch_size=batch_size, limits=limits)
+                                     batch_size=batch_size, limits=limits, reward_errors=reward_errors)
         finally:
             if model is not None:
                 model.train(was_training)
@@ -109,10 +109,11 @@ def limits_of(cfg, task, model_path: str | None) -> Limits | None:
 
 
 def evaluate_episodes(engine: Engine, env, tokenizer, prompts, *, chat_template: str, batch_size: int,
-                      limits: Limits | None) -> tuple[dict[str, float], list[dict]]:
+                      limits: Limits | None, reward_errors: str = "stop") -> tuple[dict[str, float], list[dict]]:
     """Greedy episodes of ``env`` from ``prompts``: the environment's metrics (its ``evaluate``:
     reward_mean, accuracy, turns_mean, truncated_share by default) and one row per episode. An
-    environment error is the row's ``error`` (evaluation goes on)."""
+    environment error stops the evaluation with one line (``reward_errors`` ``stop``) or is the
+    row's ``error`` (``skip``: evaluation goes on, the row left out of the means)."""
     limits = limits or episode_limits(env, None, None)
     renderer = ObservationRenderer(tokenizer, chat_template)
     rows = []
@@ -120,7 +121,7 @@ def evaluate_episodes(engine: Engine, env, tokenizer, prompts, *, chat_template:
         chunk = prompts[i : i + batch_size]
         ids = encode_prompts(tokenizer, [p.model_input for p in chunk], chat_template)
         for e in run_episodes(engine, env, tokenizer, chunk, ids, 1, limits=limits, renderer=renderer,
-                              reward_errors="skip", greedy=True):
+                              reward_errors=reward_errors, greedy=True):
             rows.append({"prompt_id": e.prompt.prompt_id, "prompt": e.prompt.text,
                          "completion": tokenizer.decode(e.ids, skip_special_tokens=False), "turns": e.turns,
                          "truncated": e.truncated, "reward": None if e.error else e.reward,
@@ -270,7 +271,7 @@ def eval_checkpoint(cfg) -> dict:
         metrics, rows = evaluate(model, tokenizer, task, max_new_tokens=cfg.sampling.max_new_tokens, limit=cfg.evaluation.eval_limit,
                                  chat_template=cfg.chat_template, ref_model=ref, length_penalty=cfg.rewards.length_penalty,
                                  missing_eos_penalty=cfg.rewards.missing_eos_penalty, engine=engine,
-                                 limits=limits_of(cfg, task, cfg.model))
+                                 limits=limits_of(cfg, task, cfg.model), reward_errors=cfg.rewards.reward_errors)
     finally:
         engine.close()
     values = leaf_values(cfg)

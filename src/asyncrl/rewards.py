@@ -194,16 +194,22 @@ class ModelReward(RewardFunc):
         return self.scorer.score(texts, comps)
 
 
+def import_user_module(name: str):
+    """Import a user's module (reward functions, ``--env module:factory``) as Python would from the
+    current folder: ``asyncrl`` is a console script, so the cwd is not on sys.path by itself."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return importlib.import_module(name)
+
+
 def import_function(spec: str) -> Callable:
     """``package.module:function`` -> the function; one-line ValueError when it cannot be found."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"reward function {spec!r} must look like package.module:function or be a model folder")
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)  # `asyncrl` is a console script, so the cwd is not on sys.path by itself
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)
     except Exception as e:  # noqa: BLE001 - ImportError, or the module's own top-level error
         raise ValueError(f"cannot import reward module {module_name!r}: {type(e).__name__}: {e}") from None
     fn = module

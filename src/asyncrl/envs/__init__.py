@@ -12,6 +12,7 @@ import importlib
 import json
 
 from asyncrl.config import Config
+from asyncrl.rewards import import_user_module
 from asyncrl.envs.base import EnvError, Environment, Step, checked_step, is_environment
 from asyncrl.tasks import TaskInputs
 from asyncrl.tasks import make_task as make_single_turn_task
@@ -70,7 +71,7 @@ def make_env(cfg: Config):
     elif ":" in t.env:
         module, _, attr = t.env.partition(":")
         try:
-            factory = getattr(importlib.import_module(module), attr)
+            factory = getattr(import_user_module(module), attr)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"--env {t.env}: cannot load {attr!r} from module {module!r} ({e})") from None
         env = _construct(factory, args, f"--env {t.env}")

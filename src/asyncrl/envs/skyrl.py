@@ -48,13 +48,13 @@ from __future__ import annotations
 
 import copy
 import difflib
-import importlib
 import numbers
 import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
 from asyncrl.data import DataError, field_value, load_rows, rows_of
+from asyncrl.rewards import import_user_module
 from asyncrl.envs.base import EnvError, Environment, Step
 from asyncrl.errors import clip, one_line
 from asyncrl.tasks.base import shuffled_forever
@@ -121,7 +121,7 @@ def _env_class(env: str | type):
     if isinstance(env, str):
         module, _, attr = env.partition(":")
         try:
-            kind = getattr(importlib.import_module(module), attr)
+            kind = getattr(import_user_module(module), attr)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"skyrl environment {env!r}: cannot load {attr!r} from module {module!r} "
                              f"({one_line(e, limit=200)})") from None

@@ -99,7 +99,8 @@ class Evaluator:
                                      max_new_tokens=cfg.sampling.max_new_tokens, limit=cfg.evaluation.eval_limit,
                                      chat_template=cfg.chat_template, ref_model=self.ref,
                                      length_penalty=cfg.rewards.length_penalty, missing_eos_penalty=cfg.rewards.missing_eos_penalty,
-                                     engine=engine, limits=limits_of(cfg, self.task, self.policy_path))
+                                     engine=engine, limits=limits_of(cfg, self.task, self.policy_path),
+                                     reward_errors=cfg.rewards.reward_errors)
         dt = time.perf_counter() - te
         self.logger.log_eval({"step": step, "wall_time_s": w, **metrics, "n": len(rows), "eval_time_s": dt},
                              rows[: cfg.evaluation.eval_log_generations])
