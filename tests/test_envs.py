@@ -272,3 +272,12 @@ def test_retry_environment_rewards_the_try():
     s = env.reset(p)
     assert env.step(s, "8") == Step("3+4=", 0.0, False)
     assert env.step(s, "7") == Step(None, 0.5, True)
+
+
+def test_the_engine_context_is_the_smaller_of_the_model_and_vllm_limits():
+    from asyncrl.engines import engine_context
+
+    assert engine_context(Config(), BASE) == 64  # the shipped model's max_position_embeddings
+    assert engine_context(Config(engine="vllm", vllm_max_model_len=48), BASE) == 48
+    assert engine_context(Config(engine="vllm", vllm_max_model_len=480), BASE) == 64
+    assert engine_context(Config(engine="vllm", vllm_max_model_len=48), BASE, "hf") == 64

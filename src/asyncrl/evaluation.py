@@ -26,14 +26,13 @@ import yaml
 
 from asyncrl.checkpoint import TRAINER_STATE, find_checkpoint
 from asyncrl.config import ConfigError, load_config
-from asyncrl.engines import make_engine
+from asyncrl.engines import engine_context, make_engine
 from asyncrl.config import flat_name, leaf_values
 from asyncrl.engines.base import Engine
 from asyncrl.engines.hf import HFEngine
 from asyncrl.io import atomic_write_text
 from asyncrl.policy import (
-    completion_logprobs, context_length, encode_prompts, load_model, load_tokenizer, pack, resolve_device,
-    resolve_model_path,
+    completion_logprobs, encode_prompts, load_model, load_tokenizer, pack, resolve_device, resolve_model_path,
 )
 from asyncrl.rewards import completion_tokens, shaped_reward
 from asyncrl.envs import Environment, is_environment, make_task
@@ -101,11 +100,12 @@ def evaluate(model, tokenizer, task: Task, *, max_new_tokens: int, limit: int | 
 
 def limits_of(cfg, task, model_path: str | None) -> Limits | None:
     """The episode limits of ``cfg``'s environment (``--max-turns``, ``--max-episode-tokens``, the
-    context of the model at ``model_path``); None for a task."""
+    context of the evaluation engine on the model at ``model_path``); None for a task."""
     if not is_environment(task):
         return None
+    context = engine_context(cfg, model_path, cfg.engine.eval_engine or cfg.engine.name) if model_path else None
     return episode_limits(task, getattr(cfg.task, "max_turns", None), getattr(cfg.task, "max_episode_tokens", None),
-                          context_length(model_path) if model_path else None, cfg.sampling.max_new_tokens)
+                          context, cfg.sampling.max_new_tokens)
 
 
 def evaluate_episodes(engine: Engine, env, tokenizer, prompts, *, chat_template: str, batch_size: int,

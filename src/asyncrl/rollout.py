@@ -175,6 +175,7 @@ def run_episodes(engine: Engine, env, tokenizer, prompts: list[Prompt], prompt_i
         kw["greedy"] = True
     first = True
     while live := [e for e in episodes if not e.done]:
+        version = engine.version  # the weights of this turn (in-flight updates may load new ones between turns)
         if first:  # one call, K samples per prompt: exactly a single-turn task's request
             out = [c for g in engine.generate(prompt_ids, k, **kw) for c in g]  # [B*K]
             completions = [c for c, e in zip(out, episodes) if not e.done]

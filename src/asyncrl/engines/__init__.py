@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from asyncrl.engines.base import Completion, Engine, eos_token_ids
 from asyncrl.engines.hf import HFEngine
 from asyncrl.engines.vllm import VLLMEngine
-from asyncrl.policy import ADAPTER_WEIGHTS, is_adapter_folder, load_model, resolve_device, resolve_model_path
+from asyncrl.policy import (ADAPTER_WEIGHTS, context_length, is_adapter_folder, load_model, resolve_device,
+                            resolve_model_path)
 
 ENGINES = ("hf", "vllm")
 
@@ -64,3 +65,12 @@ def make_engine(cfg, model_path: str, tokenizer, *, name: str | None = None, mod
 
 
 __all__ = ["Completion", "ENGINES", "Engine", "eos_token_ids", "make_engine"]
+
+
+def engine_context(cfg, model_path: str, name: str | None = None) -> int | None:
+    """The most tokens (prompt + completion) the generator's engine takes: the model's context, or
+    ``vllm_max_model_len`` when that is smaller (vLLM refuses longer requests). ``name``: the
+    engine (None = ``cfg.engine.name``; evaluation passes its ``eval_engine``)."""
+    ctx = context_length(model_path)
+    vllm_len = cfg.engine.vllm.max_model_len if (name or cfg.engine.name) == "vllm" else None
+    return min(x for x in (ctx, vllm_len) if x is not None) if (ctx or vllm_len) else None

@@ -21,10 +21,10 @@ from typing import Callable
 import torch
 
 from asyncrl.config import Config
-from asyncrl.engines import make_engine
+from asyncrl.engines import engine_context, make_engine
 from asyncrl.generator import Generator, GeneratorSettings
 from asyncrl.lora import ReferenceView, load_policy
-from asyncrl.policy import context_length, load_model, load_tokenizer, resolve_device
+from asyncrl.policy import load_model, load_tokenizer, resolve_device
 from asyncrl.envs import make_task
 from asyncrl.tasks import TaskInputs
 from asyncrl.runtime.messages import (
@@ -70,7 +70,7 @@ def build_generator(spec: WorkerSpec, task=None):
         length_penalty=cfg.rewards.length_penalty, missing_eos_penalty=cfg.rewards.missing_eos_penalty,
         shard=spec.shard, inflight_updates=cfg.engine.vllm.inflight_updates,
         max_turns=getattr(cfg.task, "max_turns", None), max_episode_tokens=getattr(cfg.task, "max_episode_tokens", None),
-        context_tokens=context_length(model_path), max_new_tokens=cfg.sampling.max_new_tokens)
+        context_tokens=engine_context(cfg, model_path), max_new_tokens=cfg.sampling.max_new_tokens)
     return Generator(engine, task if task is not None else make_task(cfg, inputs), tokenizer, settings,
                      ref_model=ref, rng=rng)
 
