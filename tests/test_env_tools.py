@@ -286,3 +286,13 @@ def test_environment_pickles():
     env = pickle.loads(pickle.dumps(CalculatorEnvironment(timeout_s=2.0)))
     assert env.timeout_s == 2.0
     assert env.step(env.reset(PROBLEM), call("calculator", expression="2+3*4")).observation == response("14")
+
+
+def test_lenient_answers_fall_back_to_the_last_number():
+    from asyncrl.envs.calculator import parse_final_answer
+
+    assert parse_final_answer("The result is 54,806.") is None
+    assert parse_final_answer("The result is 54,806.", lenient=True) == 54806
+    assert parse_final_answer("818 * 67 = -12.5 then 7", lenient=True) == 7
+    assert parse_final_answer("<answer>3</answer> and 9", lenient=True) == 3  # tags win
+    assert parse_final_answer("no number", lenient=True) is None

@@ -170,10 +170,16 @@ def make_problem(rng: random.Random, min_ops: int = 2, max_ops: int = 3) -> tupl
     return text, answer
 
 
-def parse_final_answer(turn: str) -> int | float | None:
+NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def parse_final_answer(turn: str, lenient: bool = False) -> int | float | None:
     """The number inside the last ``<answer></answer>`` of ``turn`` (spaces and commas ignored),
-    or None when there is none or it is not a finite number."""
+    or None when there is none or it is not a finite number. ``lenient``: a turn without
+    ``<answer>`` tags answers with its last number (as GSM8K graders fall back to)."""
     found = ANSWER_RE.findall(turn)
+    if not found and lenient:
+        found = NUMBER_RE.findall(turn)
     if not found:
         return None
     text = found[-1].strip().replace(",", "")
@@ -193,14 +199,15 @@ class CalculatorEnvironment(ToolEnvironment):
 
     def __init__(self, timeout_s: float = 5.0, max_turns: int = 4, eval_size: int = EVAL_SIZE, *,
                  max_calls_per_turn: int = 8, max_response_chars: int = 2000, wrap_responses: bool = True,
-                 min_ops: int = 2, max_ops: int = 3, example: bool = False):
+                 min_ops: int = 2, max_ops: int = 3, example: bool = False, lenient: bool = False):
         """``min_ops`` / ``max_ops``: operations per problem; ``example``: show a worked tool call in
-        the question (a small model copies the format from it)."""
+        the question (a small model copies the format from it); ``lenient``: a final turn without
+        ``<answer>`` tags answers with its last number."""
         if eval_size < 1:
             raise ValueError(f"calculator: eval_size must be at least 1, got {eval_size}")
         if not 1 <= min_ops <= max_ops:
             raise ValueError(f"calculator: need 1 <= min_ops <= max_ops, got min_ops={min_ops}, max_ops={max_ops}")
-        self.min_ops, self.max_ops, self.example = min_ops, max_ops, example
+        self.min_ops, self.max_ops, self.example, self.lenient = min_ops, max_ops, example, lenient
         super().__init__([calculator], timeout_s=timeout_s, max_turns=max_turns,
                          max_calls_per_turn=max_calls_per_turn, max_response_chars=max_response_chars,
                          wrap_responses=wrap_responses)
@@ -226,5 +233,5 @@ class CalculatorEnvironment(ToolEnvironment):
                 for i in range(self.eval_size)]
 
     def final_reward(self, state: dict, turn: str) -> float:
-        value = parse_final_answer(turn)
+        value = parse_final_answer(turn, self.lenient)
         return 1.0 if value is not None and value == state["prompt"].meta["answer"] else 0.0
