@@ -1,7 +1,7 @@
 """Benchmark: does the built-in tool environment ``calculator`` learn? SmolLM2-135M-Instruct, CPU.
 
 SmolLM2-135M-Instruct alone almost never writes a tool call (1 first turn in 24 at temperature 1
-in a probe), so RL has nothing to reinforce. As the field does (SFT, then RL), a short SFT first
+in a probe), so RL has nothing to reinforce. Figures: docs/envs.md. As the field does (SFT, then RL), a short SFT first
 teaches the *format of the first turn only*: ``asyncrl sft`` on ``--sft-rows`` problems (their own
 seed, disjoint from the RL and evaluation streams) whose completion is the tool call
 ``<tool_call>{"name": "calculator", "arguments": {"expression": "<the problem>"}}</tool_call>``.
