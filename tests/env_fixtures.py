@@ -25,12 +25,12 @@ def slow_retry(delay_s: float = 0.01, max_turns: int = 4):
 
 
 class Raising(ArithmeticRetryEnvironment):
-    """Raises on the problems whose answer is odd (about half of them)."""
+    """Raises on the problems whose answer is a multiple of 3 (about a third of them)."""
 
     name = "raising"
 
     def step(self, state, turn):
-        if state["prompt"].meta["answer"] % 2:
+        if state["prompt"].meta["answer"] % 3 == 0:
             raise RuntimeError("the board is on fire")
         return super().step(state, turn)
 
