@@ -31,8 +31,11 @@ def test_retry_environment_trains_sync_and_async(tmp_path, mode):
     assert main(["train", *TINY, "--env", "arithmetic_retry", *mode, "--output-dir", str(out)]) == 0
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    # the tiny model gets many problems wrong: episodes take several tries, some all four
-    assert all(1 < r["episode_turns_mean"] <= 4 and 0 < r["episode_truncated_mean"] <= 1 for r in rows)
+    # the tiny model gets many problems wrong: episodes take several tries, some all four (a row
+    # without a new reply, possible when asynchronous, has null episode stats)
+    fresh = [r for r in rows if r["episode_turns_mean"] is not None]
+    assert fresh and all(1 < r["episode_turns_mean"] <= 4 and 0 < r["episode_truncated_mean"] <= 1 for r in fresh)
+    assert all("episode_turns_mean" in r for r in rows)
     if mode[1] == "0":
         assert all(r["staleness_max"] == 0 for r in rows)
     evals = read_jsonl(out / "eval.jsonl")
@@ -87,4 +90,5 @@ def test_environment_on_ray(tmp_path):
     finally:
         assert not ray.is_initialized()
     rows = read_jsonl(out / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["episode_turns_mean"] > 1 for r in rows)
+    fresh = [r for r in rows if r["episode_turns_mean"] is not None]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and fresh and all(r["episode_turns_mean"] > 1 for r in fresh)

@@ -80,7 +80,8 @@ def test_calculator_episodes_call_the_tool_and_train(tmp_path, monkeypatch, tiny
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
     # every episode: a tool call, the response, the answer = two policy turns, none truncated
-    assert all(r["episode_turns_mean"] == 2 and r["episode_truncated_mean"] == 0 for r in rows)
+    fresh = [r for r in rows if r["episode_turns_mean"] is not None]  # async: a row may have no new reply
+    assert fresh and all(r["episode_turns_mean"] == 2 and r["episode_truncated_mean"] == 0 for r in fresh)
     # the tool's result made it into the answers (those not made wrong on purpose)
     assert all(0 <= r["reward_mean"] <= 1 for r in rows) and any(r["reward_mean"] > 0 for r in rows)
     evals = read_jsonl(out / "eval.jsonl")

@@ -492,3 +492,16 @@ def test_a_run_restores_the_callers_thread_count_and_random_state(tmp_path):
         assert torch.equal(torch.rand(3), expected)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_episode_stats_average_the_replies_and_are_null_without_one():
+    import math
+
+    from asyncrl.runtime.metrics_row import episode_stats
+    from asyncrl.types import GenStats
+
+    a = GenStats(1.0, 0.1, 10, 0, episodes=8, turns=20, truncated=2)
+    b = GenStats(1.0, 0.1, 10, 0, episodes=8, turns=12, truncated=0)
+    assert episode_stats([a, b]) == {"episode_turns_mean": 2.0, "episode_truncated_mean": 0.125}
+    empty = episode_stats([])
+    assert set(empty) == {"episode_turns_mean", "episode_truncated_mean"} and all(math.isnan(v) for v in empty.values())

@@ -401,6 +401,7 @@ class Controller:
             generator_busy_share=min(1.0, busy_s / span_s) if span_s > 0 else 0.0,
             step=step, wall_s=wall, stats=stats, batch=batch, fresh=fresh,
             replies=replies, learner_metrics=m, skipped=skipped, sync_s=sync_s,
+            episodes=cfg.task.name == "env",
             sync_bytes=sync_bytes, wait_s=wait_s, buffer_stats=self._buffer.stats(),
             extra={**(dyn.row(stats.filtered) if dyn is not None else {}),
                    **(token_staleness(batch) if cfg.engine.vllm.inflight_updates else {})}))

@@ -51,14 +51,15 @@ def token_staleness(batch) -> dict[str, float]:
 def step_row(*, step: int, wall_s: float, stats: RunStats, batch, fresh: list[Group], replies: list[GenStats],
              learner_metrics: dict, skipped: bool, sync_s: float, sync_bytes: int, wait_s: float,
              buffer_stats: dict, extra: dict | None = None, produced: int = 0,
-             generator_busy_share: float = 0.0) -> dict:
+             generator_busy_share: float = 0.0, episodes: bool = False) -> dict:
     """The row of learner step ``step``. ``batch``: what it trained on (its groups and staleness);
     ``fresh``: the groups of the request taken this step; ``replies``: the stats of the replies
     accepted since the previous step; ``learner_metrics``: ``Learner.step``'s dict without
     ``skipped_update`` (not modified); ``stats``: the run totals after this step; ``extra``: more
     entries (dynamic sampling's); ``produced``: samples generated since the previous row;
     ``generator_busy_share``: the generators' sampling + scoring seconds since the previous row
-    over num_generators x the wall seconds in between (1 = never idle)."""
+    over num_generators x the wall seconds in between (1 = never idle); ``episodes``: a multi-turn
+    environment's run, whose rows carry :func:`episode_stats`."""
     m = dict(learner_metrics)
     gen_t = sum(s.gen_time_s for s in replies)
     gen_tok = sum(s.tokens for s in replies)
@@ -92,17 +93,17 @@ def step_row(*, step: int, wall_s: float, stats: RunStats, batch, fresh: list[Gr
         "samples_produced": produced,
         "generator_busy_share": generator_busy_share,
         **(extra or {}),  # dynamic sampling's entries, when it is on
-        **episode_stats(replies),
+        **(episode_stats(replies) if episodes else {}),
     }
 
 
 def episode_stats(replies: list[GenStats]) -> dict[str, float]:
     """Multi-turn environments: policy turns per episode and the share of episodes cut by
-    ``max_turns`` / ``max_episode_tokens``, over the replies accepted since the previous row; empty
-    for single-turn tasks (their replies count no turns) and when no reply came."""
+    ``max_turns`` / ``max_episode_tokens`` / the context, over the replies accepted since the
+    previous row; NaN (null in metrics.jsonl) when no reply came (the step trained on buffered
+    samples), so every row has the same keys."""
     episodes = sum(s.episodes for s in replies)
-    turns = sum(s.turns for s in replies)
-    if not episodes or not turns:
-        return {}
-    return {"episode_turns_mean": turns / episodes,
+    if not episodes:
+        return {"episode_turns_mean": float("nan"), "episode_truncated_mean": float("nan")}
+    return {"episode_turns_mean": sum(s.turns for s in replies) / episodes,
             "episode_truncated_mean": sum(s.truncated for s in replies) / episodes}
