@@ -147,6 +147,21 @@ def _hub_rows(name: str, split: str) -> list[dict]:
     return rows
 
 
+def json_object_flag(text: str | None, name: str, holding: str) -> dict:
+    """A flag whose value is a JSON object (``--env-args``, ``--rg-config``): the dict, ``{}`` for
+    None; a one-line ValueError naming flag ``name`` when it is not valid JSON or not an object of
+    ``holding`` (what its keys are, for the message)."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name} is not valid JSON ({e.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object of {holding}, got {text!r}")
+    return value
+
+
 def field_value(row: dict, field: str, source: str | Path, i: int):
     """``row[field]``; a DataError naming row ``i`` (1-based) and the fields it has when it lacks it."""
     if field not in row:

@@ -9,9 +9,9 @@ task kind is built by :func:`asyncrl.tasks.make_task`.
 from __future__ import annotations
 
 import importlib
-import json
 
 from asyncrl.config import Config
+from asyncrl.data import json_object_flag
 from asyncrl.rewards import import_user_module
 from asyncrl.envs.base import EnvError, Environment, Step, checked_step, is_environment
 from asyncrl.tasks import TaskInputs
@@ -33,15 +33,7 @@ def builtin_ids() -> list[str]:
 
 def parse_env_args(text: str | None) -> dict:
     """``--env-args``: a JSON object of keyword arguments (None = none)."""
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"env_args is not valid JSON ({e.msg}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"env_args must be a JSON object of keyword arguments, got {text!r}")
-    return value
+    return json_object_flag(text, "env_args", "keyword arguments")
 
 
 def _construct(factory, args: dict, what: str):

@@ -20,8 +20,8 @@ datasets give partial credit in [0, 1]) of the text inside the completion's last
 from __future__ import annotations
 
 import difflib
-import json
 
+from asyncrl.data import json_object_flag
 from asyncrl.tasks.base import ListPrompts
 from asyncrl.types import Prompt
 
@@ -47,15 +47,7 @@ def dataset_names() -> list[str]:
 
 def parse_config(text: str | None) -> dict:
     """``--rg-config``: a JSON object of the dataset's settings (None = its defaults)."""
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"rg_config is not valid JSON ({e.msg}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"rg_config must be a JSON object of the dataset's settings, got {text!r}")
-    return value
+    return json_object_flag(text, "rg_config", "the dataset's settings")
 
 
 class ReasoningGymTask(ListPrompts):
