@@ -158,7 +158,7 @@ class Generator:
             groups.append(Group(prompts[b], samples))
         parts = {name for e in kept for name in e.components}
         sums = component_sums({k: [e.components.get(k) for e in kept] for k in parts})
-        turns = 0 if isinstance(self.env, TaskEnvironment) else sum(e.turns for e in episodes)
+        turns = sum(e.turns for e in episodes)
         return groups, GenStats(t1 - t0, t2 - t1, tokens, version, len(errors), sums, len(episodes), turns,
                                 sum(e.truncated for e in episodes))
 

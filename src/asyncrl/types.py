@@ -83,7 +83,7 @@ class GenStats:
     # custom task: reward function name -> (sum, rows scored) over the kept groups' unshaped values
     reward_components: dict[str, tuple[float, int]] = field(default_factory=dict)
     episodes: int = 0  # episodes rolled out (B*K)
-    turns: int = 0  # policy turns over those episodes (0 for a single-turn task)
+    turns: int = 0  # policy turns over those episodes (single-turn: one each)
     truncated: int = 0  # episodes ended by max_turns / max_episode_tokens
 
 
